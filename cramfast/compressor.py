@@ -1,0 +1,331 @@
+"""Batched cramming: many texts, each with its own mem vectors, AdamW state and stop rule,
+optimized together in one forward/backward of a frozen LM.
+
+The loop, top to bottom:
+  compress(texts)                 tokenize + validate everything first (bad input costs nothing)
+  -> _run(jobs)                   the scheduler (csrc/) plans which jobs occupy which slots
+     -> SlotState.start(...)      refilled slots get a fresh seeded mem and fresh AdamW moments
+     -> _step(...) x sync_every   forward (ops.mem_embed -> backbone -> ops.linear_cross_entropy),
+                                  stop rule and per-slot AdamW, all on the device, no host sync
+     -> scheduler.report(...)     the k evaluations' correct-counts; finished jobs free slots
+  -> _finish(...)                 metrics with and without mem, greedy decode check
+
+Stop rule (evaluation s = number of updates applied; the scheduler applies the same rule and
+the two are cross-checked): keep the best accuracy and the mem that reached it *before* the
+update that follows; stop if every token is right ("lossless"), if s - best_step >= patience
+("stalled"), or if s >= max_steps ("max_steps"). A non-finite loss stops that text alone.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field, asdict
+
+import torch
+
+from cramfast import ops, presets
+from cramfast.errors import CramfastError
+from cramfast.metrics import CompressionResult, make_result
+from cramfast.models import LoadedModel, load_model
+from cramfast.scheduler import FAILED_ON_DEVICE, Scheduler
+
+REASONS = {1: "lossless", 2: "stalled", 3: "max_steps", 4: "nonfinite"}
+
+
+@dataclass
+class OptimSettings:
+    """The published settings by default (Kuratov et al. 2025)."""
+    lr: float = 1e-2
+    beta1: float = 0.9
+    beta2: float = 0.9
+    weight_decay: float = 0.01
+    eps: float = 1e-8
+    max_steps: int = 5000
+    patience: int = 2000
+    init_scale: float = 1.0       # mem init = randn * init_scale * std(embedding matrix)
+    sync_every: int = 16          # evaluations between host syncs (stop rules run on device)
+    max_slots: int = 32           # texts optimized at once
+    token_budget: int = 16384     # sum over slots of (padded length + n_mem) per step
+    policy: str = "bucketed"      # scheduler fill policy: fifo | bucketed
+
+    def __post_init__(self):
+        if self.lr <= 0 or self.max_steps < 0 or self.patience < 1 or self.sync_every < 1:
+            raise CramfastError("lr must be > 0, max_steps >= 0, patience >= 1, sync_every >= 1")
+
+    def to_dict(self):
+        return asdict(self)
+
+
+@dataclass
+class Job:
+    index: int
+    token_ids: list[int]
+    init_mem: torch.Tensor          # [m, d], float
+    started: float = 0.0
+    result: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# public entry
+
+
+def compress(texts, model=None, n_mem: int = 1, max_length: int | None = None, seed: int = 0,
+             backend: str | None = None, preset: str = "paper", progress=None,
+             **optim) -> list[CompressionResult]:
+    """Cram each text (str or list of token ids) into ``n_mem`` vectors of the frozen ``model``.
+    ``preset`` names the optimization settings (presets.py); ``optim`` overrides OptimSettings
+    fields. ``progress`` is called with each finished job. Results come back in input order."""
+    lm = load_model(model)
+    settings = OptimSettings(**presets.preset(preset, **optim))
+    if isinstance(texts, (str, bytes)) or (texts and isinstance(texts[0], int)):
+        texts = [texts]
+    token_lists = [tokenize(lm, t, max_length, n_mem) for t in texts]
+    jobs = [Job(i, ids, init_mem(lm, ids, n_mem, seed, settings.init_scale))
+            for i, ids in enumerate(token_lists)]
+    _run(lm, jobs, n_mem, settings, backend, progress)
+    return [_finish(lm, job, n_mem, seed, settings, backend) for job in jobs]
+
+
+def tokenize(lm: LoadedModel, text, max_length: int | None, n_mem: int) -> list[int]:
+    """Token ids of one text as crammed: the tokenizer's default encoding (special tokens
+    included, e.g. a BOS where the tokenizer adds one), cut to ``max_length``."""
+    if n_mem < 1:
+        raise CramfastError(f"n_mem must be >= 1, got {n_mem}")
+    if isinstance(text, str):
+        if not text.strip():
+            raise CramfastError("empty text: nothing to compress")
+        ids = lm.tokenizer(text)["input_ids"]
+    else:
+        ids = [int(t) for t in text]
+    if max_length is not None:
+        ids = ids[:max_length]
+    if len(ids) < 2:
+        raise CramfastError(f"text has {len(ids)} token(s); at least 2 are needed "
+                            "(the first is given, the rest are predicted)")
+    limit = lm.max_positions
+    if limit is not None and len(ids) + n_mem > limit:
+        raise CramfastError(f"text too long: {len(ids)} tokens + {n_mem} mem > the model's "
+                            f"context of {limit}; use max_length")
+    if max(ids) >= lm.vocab_size or min(ids) < 0:
+        raise CramfastError(f"token id out of the model's vocabulary (size {lm.vocab_size})")
+    return ids
+
+
+def init_mem(lm: LoadedModel, ids: list[int], n_mem: int, seed: int, scale: float) -> torch.Tensor:
+    """randn(m, d) * scale * std(E), seeded by (seed, the text's tokens): a text gets the same
+    init whatever batch, order or machine it is compressed in."""
+    digest = hashlib.sha256(f"{seed}:{','.join(map(str, ids))}".encode()).digest()
+    gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    mem = torch.randn(n_mem, lm.hidden_size, generator=gen, dtype=torch.float64)
+    return (mem * scale * lm.embedding_std()).to(mem_dtype(lm))
+
+
+def mem_dtype(lm: LoadedModel) -> torch.dtype:
+    # mem is optimized in fp32 even for bf16 models (fp64 only for fp64 test models).
+    return torch.float64 if lm.dtype == torch.float64 else torch.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# the forward pass shared by training and evaluation
+
+
+def predict(lm: LoadedModel, ids: torch.Tensor, targets: torch.Tensor, mem: torch.Tensor | None,
+            backend: str | None):
+    """Per-position CE and argmax of the frozen LM on [mem ; ids] for the text positions 2..T.
+
+    ids [B, T] right-padded, targets [B, T-1] (IGNORE_INDEX where not scored), mem [B, m, d] or
+    None. Right padding needs no attention mask: causal attention never lets a real position
+    see the padding after it. Returns (loss [B, T-1] fp32, argmax [B, T-1])."""
+    B, T = ids.shape
+    m = 0 if mem is None else mem.shape[1]
+    if mem is None:
+        x = torch.nn.functional.embedding(ids, lm.embedding)
+    else:
+        x = ops.mem_embed(ids, lm.embedding, mem, backend=backend)
+    hidden = lm.backbone(inputs_embeds=x, use_cache=False)[0]
+    hidden = hidden[:, m:m + T - 1].reshape(B * (T - 1), -1)
+    head = lm.head
+    loss, argmax = ops.linear_cross_entropy(hidden, head.weight, targets.reshape(-1), head.bias,
+                                            backend=backend)
+    return loss.view(B, T - 1), argmax.view(B, T - 1)
+
+
+def pad_batch(token_lists: list[list[int]], length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids [B, length] right-padded with 0, targets [B, length-1] with IGNORE_INDEX past each text."""
+    ids = torch.zeros(len(token_lists), length, dtype=torch.long)
+    targets = torch.full((len(token_lists), length - 1), ops.IGNORE_INDEX, dtype=torch.long)
+    for row, toks in enumerate(token_lists):
+        ids[row, :len(toks)] = torch.tensor(toks)
+        targets[row, :len(toks) - 1] = torch.tensor(toks[1:])
+    return ids.to(device), targets.to(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# per-slot optimizer state
+
+
+class SlotState:
+    """Everything one slot carries, as [S, ...] tensors on the device: the mem being optimized,
+    its AdamW moments and step count, the best mem so far and the stop bookkeeping."""
+
+    def __init__(self, n_slots: int, n_mem: int, d: int, dtype, device):
+        z = lambda *s, dt=dtype: torch.zeros(*s, dtype=dt, device=device)
+        self.mem, self.exp_avg, self.exp_avg_sq, self.best_mem = (z(n_slots, n_mem, d) for _ in range(4))
+        self.steps = z(n_slots, dt=torch.long)
+        self.best_correct = z(n_slots, dt=torch.long)
+        self.best_step = z(n_slots, dt=torch.long)
+        self.n_pred = z(n_slots, dt=torch.long)
+        self.reason = z(n_slots, dt=torch.long)
+        self.active = z(n_slots, dt=torch.bool)
+
+    def start(self, slot: int, mem: torch.Tensor, n_pred: int):
+        self.mem[slot] = mem
+        self.best_mem[slot] = mem
+        for t in (self.exp_avg, self.exp_avg_sq, self.steps, self.best_step, self.reason):
+            t[slot] = 0
+        self.best_correct[slot] = -1
+        self.n_pred[slot] = n_pred
+        self.active[slot] = True
+
+
+def adamw_update(state: SlotState, rows: torch.Tensor, grad: torch.Tensor, active: torch.Tensor,
+                 s: OptimSettings):
+    """torch.optim.AdamW's update, vectorized over slots, each with its own step count (so a
+    refilled slot starts its bias correction afresh), applied only where ``active``."""
+    a = active.view(-1, 1, 1)
+    mem, m1, m2 = state.mem[rows], state.exp_avg[rows], state.exp_avg_sq[rows]
+    step = state.steps[rows] + 1
+    m1_new = torch.lerp(m1, grad, 1 - s.beta1)
+    m2_new = m2 * s.beta2 + (1 - s.beta2) * grad * grad
+    t = step.to(mem.dtype).view(-1, 1, 1)
+    bias1 = 1 - s.beta1 ** t
+    bias2_sqrt = (1 - s.beta2 ** t).sqrt()
+    denom = m2_new.sqrt() / bias2_sqrt + s.eps
+    mem_new = mem * (1 - s.lr * s.weight_decay) - (s.lr / bias1) * m1_new / denom
+    state.mem[rows] = torch.where(a, mem_new, mem)
+    state.exp_avg[rows] = torch.where(a, m1_new, m1)
+    state.exp_avg_sq[rows] = torch.where(a, m2_new, m2)
+    state.steps[rows] = torch.where(active, step, state.steps[rows])
+
+
+def _step(lm, state: SlotState, rows, ids, targets, settings: OptimSettings, backend):
+    """One evaluation + update for the slots in ``rows``; returns their correct-counts."""
+    active = state.active[rows]
+    mem = state.mem[rows].clone().requires_grad_(True)
+    scored = torch.where(active[:, None], targets, torch.full_like(targets, ops.IGNORE_INDEX))
+    loss, argmax = predict(lm, ids, scored, mem, backend)
+    n_pred = state.n_pred[rows]
+    per_text = loss.sum(dim=1) / n_pred            # the paper's objective: mean CE per text
+    per_text.sum().backward()                      # texts' gradients do not mix: one mem each
+    correct = ((argmax == scored) & (scored != ops.IGNORE_INDEX)).sum(dim=1)
+    _apply_stop_rule(state, rows, active, correct, per_text.detach(), mem.detach(), settings)
+    adamw_update(state, rows, mem.grad.to(state.mem.dtype), state.active[rows], settings)
+    failed = active & (state.reason[rows] == 4)
+    return torch.where(failed, FAILED_ON_DEVICE, torch.where(active, correct, -1))
+
+
+def _apply_stop_rule(state, rows, active, correct, loss, mem, s: OptimSettings):
+    steps = state.steps[rows]
+    improved = active & (correct > state.best_correct[rows])
+    state.best_correct[rows] = torch.where(improved, correct, state.best_correct[rows])
+    state.best_step[rows] = torch.where(improved, steps, state.best_step[rows])
+    state.best_mem[rows] = torch.where(improved.view(-1, 1, 1), mem, state.best_mem[rows])
+    reason = torch.zeros_like(steps)
+    reason = torch.where(steps >= s.max_steps, 3, reason)
+    reason = torch.where(steps - state.best_step[rows] >= s.patience, 2, reason)
+    reason = torch.where(correct == state.n_pred[rows], 1, reason)
+    reason = torch.where(~torch.isfinite(loss), 4, reason)
+    stop = active & (reason > 0)
+    state.reason[rows] = torch.where(stop, reason, state.reason[rows])
+    state.active[rows] = active & ~stop
+
+
+# ---------------------------------------------------------------------------------------------
+# the scheduled loop
+
+
+def _run(lm: LoadedModel, jobs: list[Job], n_mem: int, settings: OptimSettings, backend, progress):
+    budget = max(settings.token_budget, max(len(j.token_ids) for j in jobs) + n_mem)
+    sched = Scheduler(settings.max_slots, budget, n_mem, settings.policy)
+    for job in jobs:
+        sched.add_job(job.index, len(job.token_ids), settings.max_steps, settings.patience)
+    state = SlotState(settings.max_slots, n_mem, lm.hidden_size, mem_dtype(lm), lm.device)
+    while not sched.done():
+        plan = sched.plan()
+        for slot in plan.new_slots:
+            job = jobs[plan.slot_jobs[slot]]
+            state.start(slot, job.init_mem.to(lm.device), len(job.token_ids) - 1)
+            job.started = time.perf_counter()
+        occupied = [s for s, j in enumerate(plan.slot_jobs) if j >= 0]
+        rows = torch.tensor(occupied, device=lm.device)
+        ids, targets = pad_batch([jobs[plan.slot_jobs[s]].token_ids for s in occupied],
+                                 plan.padded_length, lm.device)
+        history = torch.stack([_step(lm, state, rows, ids, targets, settings, backend)
+                               for _ in range(settings.sync_every)])
+        report = torch.full((settings.sync_every, settings.max_slots), -1, dtype=torch.long)
+        report[:, occupied] = history.cpu()        # the one host sync per sync_every steps
+        for fin in sched.report(report.numpy()):
+            _collect(jobs[fin.job_id], fin, state)
+            if progress is not None:
+                progress(jobs[fin.job_id])
+
+
+def _collect(job: Job, fin, state: SlotState):
+    slot = fin.slot
+    reason = REASONS.get(int(state.reason[slot]), "unknown")
+    steps = int(state.steps[slot])
+    expected = "failed" if reason == "nonfinite" else reason
+    if expected != fin.reason or steps != fin.steps:
+        raise RuntimeError(f"scheduler and device disagree on job {job.index}: "
+                           f"{fin.reason}@{fin.steps} vs {reason}@{steps}")
+    job.result = dict(mem=state.best_mem[slot].detach().cpu().clone(), steps=steps,
+                      best_step=int(state.best_step[slot]), stop_reason=reason,
+                      seconds=time.perf_counter() - job.started)
+
+
+# ---------------------------------------------------------------------------------------------
+# after optimization: metrics and the greedy-decode check
+
+
+@torch.inference_mode()
+def evaluate(lm: LoadedModel, token_lists, mems: torch.Tensor | None, backend=None):
+    """Summed CE (nats) and correct-count over positions 2..N, with ``mems`` [B, m, d] or none."""
+    length = max(len(t) for t in token_lists)
+    ids, targets = pad_batch(token_lists, length, lm.device)
+    loss, argmax = predict(lm, ids, targets, None if mems is None else mems.to(lm.device), backend)
+    correct = ((argmax == targets) & (targets != ops.IGNORE_INDEX)).sum(dim=1)
+    return loss.double().sum(dim=1).cpu(), correct.cpu()
+
+
+@torch.inference_mode()
+def greedy_decode(lm: LoadedModel, mems: torch.Tensor, first_ids: list[int], n_new: int) -> list[list[int]]:
+    """Greedy generation, KV-cached and batched, from [mem ; first token]: the first token is
+    given by the protocol, every later one must come from the mem vectors."""
+    mems = mems.to(lm.device, lm.dtype)
+    first = torch.tensor(first_ids, device=lm.device)
+    x = torch.cat([mems, lm.embedding[first][:, None]], dim=1)
+    out = lm.model(inputs_embeds=x, use_cache=True)
+    generated = []
+    for i in range(n_new):
+        token = out.logits[:, -1].argmax(dim=-1)
+        generated.append(token)
+        if i + 1 < n_new:
+            out = lm.model(input_ids=token[:, None], cache=out.cache, use_cache=True)
+    if not generated:
+        return [[] for _ in first_ids]
+    return torch.stack(generated, dim=1).tolist()
+
+
+def _finish(lm, job: Job, n_mem, seed, settings: OptimSettings, backend) -> CompressionResult:
+    ids = job.token_ids
+    mem = job.result["mem"]
+    ce_without, correct_without = evaluate(lm, [ids], None, backend)
+    ce_with, correct_with = evaluate(lm, [ids], mem[None], backend)
+    decoded = greedy_decode(lm, mem[None], [ids[0]], len(ids) - 1)[0]
+    return make_result(
+        token_ids=ids, n_mem=n_mem, model=lm.name, seed=seed,
+        settings=settings.to_dict(), decoded_ids=decoded,
+        ce_without_mem=float(ce_without[0]), ce_with_mem=float(ce_with[0]),
+        correct_without_mem=int(correct_without[0]), correct_with_mem=int(correct_with[0]),
+        text=lm.tokenizer.decode(ids), **job.result)

@@ -1,0 +1,83 @@
+"""Where texts come from: the embedded passage, text files (Gutenberg boilerplate stripped) and
+seeded passages of exactly L tokens cut from them."""
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+from cramfast.errors import CramfastError
+
+# Jane Austen, Pride and Prejudice (1813), opening lines; public domain.
+DEFAULT_PASSAGE = ("It is a truth universally acknowledged, that a single man in possession "
+                   "of a good fortune, must be in want of a wife.")
+
+_START = re.compile(r"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)
+_END = re.compile(r"^\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)
+
+
+def read_text_file(path) -> str:
+    """A UTF-8 text file's body, without a Project Gutenberg header and footer if present."""
+    path = Path(path)
+    if not path.is_file():
+        raise CramfastError(f"{path}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CramfastError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    start = _START.search(text)
+    if start:
+        text = text[start.end():]
+    end = _END.search(text)
+    if end:
+        text = text[:end.start()]
+    if not text.strip():
+        raise CramfastError(f"{path}: empty text")
+    return text.strip()
+
+
+def text_files(path) -> list[Path]:
+    """A file, or the *.txt files of a directory (sorted), that hold text to compress."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.glob("*.txt") if not p.name.upper().startswith("LICENSE"))
+        if not files:
+            raise CramfastError(f"{path}: directory holds no .txt files")
+        return files
+    if not path.exists():
+        raise CramfastError(f"{path}: no such file or directory")
+    return [path]
+
+
+def paragraphs(text: str) -> list[str]:
+    return [" ".join(p.split()) for p in re.split(r"\n\s*\n", text) if p.strip()]
+
+
+def sample_passages(tokenizer, text: str, length: int, k: int, seed: int) -> list[list[int]]:
+    """``k`` passages of exactly ``length`` tokens, each starting at a paragraph start picked with
+    ``seed`` (paragraphs joined until long enough); distinct starts where the text allows."""
+    paras = paragraphs(text)
+    rng = random.Random(seed)
+    starts = list(range(len(paras)))
+    rng.shuffle(starts)
+    passages = []
+    for start in starts:
+        ids = _tokens_from(tokenizer, paras, start, length)
+        if ids is not None:
+            passages.append(ids)
+        if len(passages) == k:
+            return passages
+    raise CramfastError(f"the text yields only {len(passages)} passages of {length} tokens, "
+                        f"{k} asked for")
+
+
+def _tokens_from(tokenizer, paras, start, length):
+    chunk = ""
+    for p in paras[start:]:
+        chunk = f"{chunk}\n\n{p}" if chunk else p
+        ids = tokenizer(chunk)["input_ids"]
+        if len(ids) >= length:
+            return ids[:length]
+        if len(chunk) > 40 * length:  # runaway: tokens per char is far below this
+            return None
+    return None

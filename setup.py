@@ -1,0 +1,39 @@
+"""Build cramfast: the Python package, the Triton kernels (installed as cramfast.kernels)
+and the C++ scheduler extension cramfast._scheduler (plain pybind11, no torch headers)."""
+import shutil
+import sys
+
+from setuptools import setup
+
+try:
+    from pybind11.setup_helpers import Pybind11Extension, build_ext
+except ImportError:  # pragma: no cover - a clear message instead of a traceback
+    sys.exit("cramfast: building needs pybind11 (pip install pybind11) before installing.")
+
+if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
+    sys.exit("cramfast: no C++ compiler found (c++/g++/clang++); install one (e.g. apt-get install g++) "
+             "to build the scheduler extension.")
+
+ext_modules = [
+    Pybind11Extension(
+        "cramfast._scheduler",
+        ["csrc/scheduler.cpp", "csrc/bindings.cpp"],
+        include_dirs=["csrc"],
+        cxx_std=17,
+        extra_compile_args=["-O2"],
+    )
+]
+
+setup(
+    name="cramfast",
+    version="0.1.0",
+    description="Fast batched cramming of texts into trainable input vectors of frozen causal LMs",
+    packages=["cramfast", "cramfast.kernels"],
+    package_dir={"cramfast": "cramfast", "cramfast.kernels": "kernels"},
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": build_ext},
+    python_requires=">=3.10",
+    install_requires=["transformers", "safetensors", "numpy", "tqdm"],
+    extras_require={"gguf": ["gguf", "accelerate"], "triton": ["triton"]},
+    entry_points={"console_scripts": ["cramfast=cramfast.cli:main"]},
+)
