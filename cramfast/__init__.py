@@ -6,7 +6,7 @@
     res.accuracy, res.exact, res.info_gain_bits
     cramfast.decode(res, model=lm)                  # the text, from the mem vectors
 """
-from cramfast.compressor import OptimSettings, compress
+from cramfast.compressor import OptimSettings, compress, compress_iter
 from cramfast.decode import decode
 from cramfast.errors import CramfastError
 from cramfast.metrics import CompressionResult, capacity
@@ -14,6 +14,6 @@ from cramfast.models import DEFAULT_MODEL, LoadedModel, load_model, theoretical_
 from cramfast.results_io import load_results, save
 
 __version__ = "0.1.0"
-__all__ = ["compress", "decode", "load_model", "save", "load_results", "theoretical_capacity",
+__all__ = ["compress", "compress_iter", "decode", "load_model", "save", "load_results", "theoretical_capacity",
            "capacity", "CompressionResult", "OptimSettings", "LoadedModel", "CramfastError",
            "DEFAULT_MODEL"]

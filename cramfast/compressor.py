@@ -2,13 +2,14 @@
 optimized together in one forward/backward of a frozen LM.
 
 The loop, top to bottom:
-  compress(texts)                 tokenize + validate everything first (bad input costs nothing)
+  compress(texts) / compress_iter tokenize + validate everything first (bad input costs nothing)
   -> _run(jobs)                   the scheduler (csrc/) plans which jobs occupy which slots
      -> SlotState.start(...)      refilled slots get a fresh seeded mem and fresh AdamW moments
      -> _step(...) x sync_every   forward (ops.mem_embed -> backbone -> ops.linear_cross_entropy),
                                   stop rule and per-slot AdamW, all on the device, no host sync
      -> scheduler.report(...)     the k evaluations' correct-counts; finished jobs free slots
-  -> _finish(...)                 metrics with and without mem, greedy decode check
+  -> _finish(...)                 metrics with and without mem, greedy decode check, per batch
+                                  of jobs finished at the same sync
 
 Stop rule (evaluation s = number of updates applied; the scheduler applies the same rule and
 the two are cross-checked): keep the best accuracy and the mem that reached it *before* the
@@ -62,6 +63,7 @@ class Job:
     index: int
     token_ids: list[int]
     init_mem: torch.Tensor          # [m, d], float
+    settings: OptimSettings
     started: float = 0.0
     result: dict = field(default_factory=dict)
 
@@ -71,20 +73,54 @@ class Job:
 
 
 def compress(texts, model=None, n_mem: int = 1, max_length: int | None = None, seed: int = 0,
-             backend: str | None = None, preset: str = "paper", progress=None,
+             backend: str | None = None, preset: str = "paper", per_text: list[dict] | None = None,
              **optim) -> list[CompressionResult]:
     """Cram each text (str or list of token ids) into ``n_mem`` vectors of the frozen ``model``.
     ``preset`` names the optimization settings (presets.py); ``optim`` overrides OptimSettings
-    fields. ``progress`` is called with each finished job. Results come back in input order."""
+    fields for all texts, ``per_text`` (one dict per text) for single texts: lr, betas, weight
+    decay, eps, init_scale, max_steps and patience may differ between texts of one batch.
+    Results come back in input order."""
+    results = dict(compress_iter(texts, model, n_mem, max_length, seed, backend, preset, per_text,
+                                 **optim))
+    return [results[i] for i in range(len(results))]
+
+
+def compress_iter(texts, model=None, n_mem: int = 1, max_length: int | None = None, seed: int = 0,
+                  backend: str | None = None, preset: str = "paper",
+                  per_text: list[dict] | None = None, **optim):
+    """Like ``compress``, but yields (input index, result) as soon as each text finishes, so a
+    caller can store it at once. Every text is tokenized and checked before any work starts."""
     lm = load_model(model)
     settings = OptimSettings(**presets.preset(preset, **optim))
     if isinstance(texts, (str, bytes)) or (texts and isinstance(texts[0], int)):
         texts = [texts]
+    if not texts:
+        raise CramfastError("no texts to compress")
     token_lists = [tokenize(lm, t, max_length, n_mem) for t in texts]
-    jobs = [Job(i, ids, init_mem(lm, ids, n_mem, seed, settings.init_scale))
-            for i, ids in enumerate(token_lists)]
-    _run(lm, jobs, n_mem, settings, backend, progress)
-    return [_finish(lm, job, n_mem, seed, settings, backend) for job in jobs]
+    job_settings = _per_text_settings(settings, per_text, len(texts))
+    jobs = [Job(i, ids, init_mem(lm, ids, n_mem, seed, s.init_scale), s)
+            for i, (ids, s) in enumerate(zip(token_lists, job_settings))]
+    for finished in _run(lm, jobs, n_mem, settings, backend):
+        for job, result in zip(finished, _finish(lm, finished, n_mem, seed, backend)):
+            yield job.index, result
+
+
+PER_SLOT = ("lr", "beta1", "beta2", "weight_decay", "eps", "init_scale", "max_steps", "patience")
+
+
+def _per_text_settings(base: OptimSettings, per_text, n_texts) -> list[OptimSettings]:
+    if per_text is None:
+        return [base] * n_texts
+    if len(per_text) != n_texts:
+        raise CramfastError(f"per_text has {len(per_text)} entries for {n_texts} texts")
+    out = []
+    for overrides in per_text:
+        unknown = set(overrides) - set(PER_SLOT)
+        if unknown:
+            raise CramfastError(f"per_text settings {sorted(unknown)} cannot differ within a "
+                                f"batch; per-text keys: {', '.join(PER_SLOT)}")
+        out.append(OptimSettings(**dict(base.to_dict(), **overrides)))
+    return out
 
 
 def tokenize(lm: LoadedModel, text, max_length: int | None, n_mem: int) -> list[int]:
@@ -167,49 +203,53 @@ def pad_batch(token_lists: list[list[int]], length: int, device) -> tuple[torch.
 
 class SlotState:
     """Everything one slot carries, as [S, ...] tensors on the device: the mem being optimized,
-    its AdamW moments and step count, the best mem so far and the stop bookkeeping."""
+    its AdamW moments, step count and hyperparameters (each slot may have its own), the best
+    mem so far and the stop bookkeeping."""
+
+    HYPER = ("lr", "beta1", "beta2", "weight_decay", "eps")
 
     def __init__(self, n_slots: int, n_mem: int, d: int, dtype, device):
         z = lambda *s, dt=dtype: torch.zeros(*s, dtype=dt, device=device)
         self.mem, self.exp_avg, self.exp_avg_sq, self.best_mem = (z(n_slots, n_mem, d) for _ in range(4))
-        self.steps = z(n_slots, dt=torch.long)
-        self.best_correct = z(n_slots, dt=torch.long)
-        self.best_step = z(n_slots, dt=torch.long)
-        self.n_pred = z(n_slots, dt=torch.long)
-        self.reason = z(n_slots, dt=torch.long)
+        self.hyper = z(n_slots, len(self.HYPER))
+        self.steps, self.best_correct, self.best_step, self.n_pred, self.reason, self.max_steps, \
+            self.patience = (z(n_slots, dt=torch.long) for _ in range(7))
         self.active = z(n_slots, dt=torch.bool)
 
-    def start(self, slot: int, mem: torch.Tensor, n_pred: int):
+    def start(self, slot: int, mem: torch.Tensor, n_pred: int, settings: OptimSettings):
         self.mem[slot] = mem
         self.best_mem[slot] = mem
         for t in (self.exp_avg, self.exp_avg_sq, self.steps, self.best_step, self.reason):
             t[slot] = 0
         self.best_correct[slot] = -1
         self.n_pred[slot] = n_pred
+        self.hyper[slot] = torch.tensor([getattr(settings, k) for k in self.HYPER], dtype=self.hyper.dtype)
+        self.max_steps[slot] = settings.max_steps
+        self.patience[slot] = settings.patience
         self.active[slot] = True
 
 
-def adamw_update(state: SlotState, rows: torch.Tensor, grad: torch.Tensor, active: torch.Tensor,
-                 s: OptimSettings):
-    """torch.optim.AdamW's update, vectorized over slots, each with its own step count (so a
-    refilled slot starts its bias correction afresh), applied only where ``active``."""
+def adamw_update(state: SlotState, rows: torch.Tensor, grad: torch.Tensor, active: torch.Tensor):
+    """torch.optim.AdamW's update, vectorized over slots, each with its own hyperparameters and
+    step count (so a refilled slot starts its bias correction afresh), applied where ``active``."""
     a = active.view(-1, 1, 1)
+    lr, beta1, beta2, wd, eps = state.hyper[rows].T.reshape(len(SlotState.HYPER), -1, 1, 1)
     mem, m1, m2 = state.mem[rows], state.exp_avg[rows], state.exp_avg_sq[rows]
     step = state.steps[rows] + 1
-    m1_new = torch.lerp(m1, grad, 1 - s.beta1)
-    m2_new = m2 * s.beta2 + (1 - s.beta2) * grad * grad
+    m1_new = torch.lerp(m1, grad, 1 - beta1)
+    m2_new = m2 * beta2 + (1 - beta2) * grad * grad
     t = step.to(mem.dtype).view(-1, 1, 1)
-    bias1 = 1 - s.beta1 ** t
-    bias2_sqrt = (1 - s.beta2 ** t).sqrt()
-    denom = m2_new.sqrt() / bias2_sqrt + s.eps
-    mem_new = mem * (1 - s.lr * s.weight_decay) - (s.lr / bias1) * m1_new / denom
+    bias1 = 1 - beta1 ** t
+    bias2_sqrt = (1 - beta2 ** t).sqrt()
+    denom = m2_new.sqrt() / bias2_sqrt + eps
+    mem_new = mem * (1 - lr * wd) - (lr / bias1) * m1_new / denom
     state.mem[rows] = torch.where(a, mem_new, mem)
     state.exp_avg[rows] = torch.where(a, m1_new, m1)
     state.exp_avg_sq[rows] = torch.where(a, m2_new, m2)
     state.steps[rows] = torch.where(active, step, state.steps[rows])
 
 
-def _step(lm, state: SlotState, rows, ids, targets, settings: OptimSettings, backend):
+def _step(lm, state: SlotState, rows, ids, targets, backend):
     """One evaluation + update for the slots in ``rows``; returns their correct-counts."""
     active = state.active[rows]
     mem = state.mem[rows].clone().requires_grad_(True)
@@ -219,21 +259,21 @@ def _step(lm, state: SlotState, rows, ids, targets, settings: OptimSettings, bac
     per_text = loss.sum(dim=1) / n_pred            # the paper's objective: mean CE per text
     per_text.sum().backward()                      # texts' gradients do not mix: one mem each
     correct = ((argmax == scored) & (scored != ops.IGNORE_INDEX)).sum(dim=1)
-    _apply_stop_rule(state, rows, active, correct, per_text.detach(), mem.detach(), settings)
-    adamw_update(state, rows, mem.grad.to(state.mem.dtype), state.active[rows], settings)
+    _apply_stop_rule(state, rows, active, correct, per_text.detach(), mem.detach())
+    adamw_update(state, rows, mem.grad.to(state.mem.dtype), state.active[rows])
     failed = active & (state.reason[rows] == 4)
     return torch.where(failed, FAILED_ON_DEVICE, torch.where(active, correct, -1))
 
 
-def _apply_stop_rule(state, rows, active, correct, loss, mem, s: OptimSettings):
+def _apply_stop_rule(state, rows, active, correct, loss, mem):
     steps = state.steps[rows]
     improved = active & (correct > state.best_correct[rows])
     state.best_correct[rows] = torch.where(improved, correct, state.best_correct[rows])
     state.best_step[rows] = torch.where(improved, steps, state.best_step[rows])
     state.best_mem[rows] = torch.where(improved.view(-1, 1, 1), mem, state.best_mem[rows])
     reason = torch.zeros_like(steps)
-    reason = torch.where(steps >= s.max_steps, 3, reason)
-    reason = torch.where(steps - state.best_step[rows] >= s.patience, 2, reason)
+    reason = torch.where(steps >= state.max_steps[rows], 3, reason)
+    reason = torch.where(steps - state.best_step[rows] >= state.patience[rows], 2, reason)
     reason = torch.where(correct == state.n_pred[rows], 1, reason)
     reason = torch.where(~torch.isfinite(loss), 4, reason)
     stop = active & (reason > 0)
@@ -245,30 +285,32 @@ def _apply_stop_rule(state, rows, active, correct, loss, mem, s: OptimSettings):
 # the scheduled loop
 
 
-def _run(lm: LoadedModel, jobs: list[Job], n_mem: int, settings: OptimSettings, backend, progress):
+def _run(lm: LoadedModel, jobs: list[Job], n_mem: int, settings: OptimSettings, backend):
+    """Drive the scheduler; yields the list of jobs finished at each sync."""
     budget = max(settings.token_budget, max(len(j.token_ids) for j in jobs) + n_mem)
     sched = Scheduler(settings.max_slots, budget, n_mem, settings.policy)
     for job in jobs:
-        sched.add_job(job.index, len(job.token_ids), settings.max_steps, settings.patience)
+        sched.add_job(job.index, len(job.token_ids), job.settings.max_steps, job.settings.patience)
     state = SlotState(settings.max_slots, n_mem, lm.hidden_size, mem_dtype(lm), lm.device)
     while not sched.done():
         plan = sched.plan()
         for slot in plan.new_slots:
             job = jobs[plan.slot_jobs[slot]]
-            state.start(slot, job.init_mem.to(lm.device), len(job.token_ids) - 1)
+            state.start(slot, job.init_mem.to(lm.device), len(job.token_ids) - 1, job.settings)
             job.started = time.perf_counter()
         occupied = [s for s, j in enumerate(plan.slot_jobs) if j >= 0]
         rows = torch.tensor(occupied, device=lm.device)
         ids, targets = pad_batch([jobs[plan.slot_jobs[s]].token_ids for s in occupied],
                                  plan.padded_length, lm.device)
-        history = torch.stack([_step(lm, state, rows, ids, targets, settings, backend)
+        history = torch.stack([_step(lm, state, rows, ids, targets, backend)
                                for _ in range(settings.sync_every)])
         report = torch.full((settings.sync_every, settings.max_slots), -1, dtype=torch.long)
         report[:, occupied] = history.cpu()        # the one host sync per sync_every steps
-        for fin in sched.report(report.numpy()):
+        finished = sched.report(report.numpy())
+        for fin in finished:
             _collect(jobs[fin.job_id], fin, state)
-            if progress is not None:
-                progress(jobs[fin.job_id])
+        if finished:
+            yield [jobs[fin.job_id] for fin in finished]
 
 
 def _collect(job: Job, fin, state: SlotState):
@@ -317,15 +359,17 @@ def greedy_decode(lm: LoadedModel, mems: torch.Tensor, first_ids: list[int], n_n
     return torch.stack(generated, dim=1).tolist()
 
 
-def _finish(lm, job: Job, n_mem, seed, settings: OptimSettings, backend) -> CompressionResult:
-    ids = job.token_ids
-    mem = job.result["mem"]
-    ce_without, correct_without = evaluate(lm, [ids], None, backend)
-    ce_with, correct_with = evaluate(lm, [ids], mem[None], backend)
-    decoded = greedy_decode(lm, mem[None], [ids[0]], len(ids) - 1)[0]
-    return make_result(
-        token_ids=ids, n_mem=n_mem, model=lm.name, seed=seed,
-        settings=settings.to_dict(), decoded_ids=decoded,
-        ce_without_mem=float(ce_without[0]), ce_with_mem=float(ce_with[0]),
-        correct_without_mem=int(correct_without[0]), correct_with_mem=int(correct_with[0]),
-        text=lm.tokenizer.decode(ids), **job.result)
+def _finish(lm, jobs: list[Job], n_mem, seed, backend) -> list[CompressionResult]:
+    """Metrics with and without mem, and the greedy-decode check, for jobs finished together."""
+    token_lists = [job.token_ids for job in jobs]
+    mems = torch.stack([job.result["mem"] for job in jobs])
+    ce_without, correct_without = evaluate(lm, token_lists, None, backend)
+    ce_with, correct_with = evaluate(lm, token_lists, mems, backend)
+    decoded = greedy_decode(lm, mems, [ids[0] for ids in token_lists],
+                            max(len(ids) for ids in token_lists) - 1)
+    return [make_result(
+        token_ids=ids, n_mem=n_mem, model=lm.name, seed=seed, settings=job.settings.to_dict(),
+        decoded_ids=out[:len(ids) - 1], ce_without_mem=float(ce_without[i]),
+        ce_with_mem=float(ce_with[i]), correct_without_mem=int(correct_without[i]),
+        correct_with_mem=int(correct_with[i]), text=lm.tokenizer.decode(ids), **job.result)
+        for i, (job, ids, out) in enumerate(zip(jobs, token_lists, decoded))]

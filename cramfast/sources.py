@@ -81,3 +81,21 @@ def _tokens_from(tokenizer, paras, start, length):
         if len(chunk) > 40 * length:  # runaway: tokens per char is far below this
             return None
     return None
+
+
+def random_word_text(n_words: int, seed, vocab: list[str] | None = None) -> str:
+    """The paper's random-word text: ``n_words`` words drawn uniformly, with replacement, from
+    ``vocab`` (default: wordfreq's 100,000 most frequent English words), joined by spaces. The
+    draws are sequential from ``random.Random(seed)``, so the text for n words is a prefix of the
+    text for more words with the same seed (tokenize and cut to L tokens, from 5 * L words)."""
+    if vocab is None:
+        try:
+            from wordfreq import top_n_list
+        except ImportError:
+            raise CramfastError("random-word text needs the wordfreq package (pip install "
+                                "wordfreq), or a word list (one word a line) as vocab") from None
+        vocab = top_n_list("en", 100_000)
+    if not vocab:
+        raise CramfastError("random-word text: the vocabulary is empty")
+    rng = random.Random(seed)
+    return " ".join(rng.choice(vocab) for _ in range(n_words))

@@ -25,18 +25,30 @@ def test_adamw_matches_torch_optim():
     settings = OptimSettings(lr=0.05, weight_decay=0.01, beta1=0.9, beta2=0.9)
     state = SlotState(3, 2, 5, torch.float64, "cpu")
     init = torch.randn(2, 5, dtype=torch.float64)
-    state.start(1, init, 4)
+    state.start(1, init, 4, settings)
     ref = init.clone().requires_grad_(True)
     opt = torch.optim.AdamW([ref], lr=0.05, betas=(0.9, 0.9), weight_decay=0.01, eps=1e-8)
     rows = torch.tensor([0, 1, 2])
     for _ in range(7):
         grad = torch.randn(3, 2, 5, dtype=torch.float64)
-        adamw_update(state, rows, grad, torch.tensor([False, True, False]), settings)
+        adamw_update(state, rows, grad, torch.tensor([False, True, False]))
         ref.grad = grad[1].clone()
         opt.step()
     torch.testing.assert_close(state.mem[1], ref.detach(), rtol=1e-12, atol=1e-12)
     assert state.mem[0].abs().sum() == 0 and state.mem[2].abs().sum() == 0  # inactive: untouched
     assert state.steps.tolist() == [0, 7, 0]
+
+
+def test_per_text_settings_equal_separate_runs(tiny_models):
+    lm = cramfast.load_model(tiny_models["llama"], dtype=torch.float64)
+    text = [3, 50, 7, 9, 11, 40]
+    mixed = cramfast.compress([text, text], model=lm, max_steps=6, per_text=[{"lr": 0.1}, {"lr": 0.01}])
+    for res, lr in zip(mixed, (0.1, 0.01)):
+        [alone] = cramfast.compress([text], model=lm, max_steps=6, lr=lr)
+        torch.testing.assert_close(res.mem, alone.mem, rtol=1e-9, atol=1e-9)
+        assert res.settings["lr"] == lr
+    with pytest.raises(cramfast.CramfastError, match="per_text"):
+        cramfast.compress([text], model=lm, per_text=[{"sync_every": 3}])
 
 
 def test_fused_loss_matches_full_logits(tiny_models):
