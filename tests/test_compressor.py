@@ -134,3 +134,15 @@ def test_nonfinite_loss_fails_that_text_only(trained_path, monkeypatch):
     bad, good = cramfast.compress(texts, model=lm, lr=0.03, max_steps=300)
     assert bad.stop_reason == "nonfinite" and bad.error and not bad.exact
     assert good.stop_reason == "lossless" and good.exact
+
+
+def test_triton_and_torch_backends_agree(trained_path):
+    lm = cramfast.load_model(trained_path)
+    texts = corpus_texts(lm.tokenizer, [6, 11], seed=3)   # the interpreter is slow: few steps
+    kw = dict(model=lm, lr=0.03, max_steps=12, sync_every=4)
+    by_torch = cramfast.compress(texts, backend="torch", **kw)
+    by_triton = cramfast.compress(texts, backend="triton", **kw)
+    for a, b in zip(by_torch, by_triton):
+        assert (a.steps, a.stop_reason, a.accuracy) == (b.steps, b.stop_reason, b.accuracy)
+        torch.testing.assert_close(a.mem, b.mem, rtol=1e-4, atol=1e-4)
+        assert a.ce_with_mem == pytest.approx(b.ce_with_mem, rel=1e-4)

@@ -1,0 +1,86 @@
+"""mem_embed: [mem ; embedding[input_ids]] written into one [B, m+T, d] buffer by one kernel.
+
+One program copies one output row. Which source it reads (a mem row or a gathered embedding
+row) is decided by predicating both loads instead of branching: a masked-off load issues no
+memory transaction, so reading "both" costs one row, and the program has no divergent paths.
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# The interpreter runs each program in numpy: fewer, wider blocks are much faster there.
+MAX_BLOCK_D = 8192 if INTERPRET else 1024
+
+
+@triton.jit
+def _mem_embed_kernel(ids_ptr, emb_ptr, mem_ptr, out_ptr, M, S, D,
+                      stride_ids_b, stride_emb, stride_mem_b, stride_mem_m,
+                      stride_out_b, stride_out_s, BLOCK_D: tl.constexpr):
+    # int64 before multiplying by strides: B * (m+T) * d overflows int32 for long batches.
+    row = tl.program_id(0).to(tl.int64)
+    b = row // S
+    s = row % S
+    is_mem = s < M
+    tok = tl.load(ids_ptr + b * stride_ids_b + (s - M), mask=s >= M, other=0).to(tl.int64)
+    mem_row = mem_ptr + b * stride_mem_b + s * stride_mem_m
+    emb_row = emb_ptr + tok * stride_emb
+    out_row = out_ptr + b * stride_out_b + s * stride_out_s
+    # Each source's load mask is "column < its width", the width being 0 for the source not
+    # used by this row.
+    d_mem = tl.where(is_mem, D, 0)
+    d_tok = D - d_mem
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        x_mem = tl.load(mem_row + cols, mask=cols < d_mem, other=0)
+        x_tok = tl.load(emb_row + cols, mask=cols < d_tok, other=0)
+        tl.store(out_row + cols, tl.where(is_mem, x_mem, x_tok), mask=cols < D)
+
+
+def _unit_last_stride(t):
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def mem_embed_forward(input_ids, embedding, mem):
+    if input_ids.dim() != 2 or mem.dim() != 3 or embedding.dim() != 2:
+        raise ValueError(f"mem_embed: expected input_ids [B,T], embedding [V,d], mem [B,m,d]; got "
+                         f"{tuple(input_ids.shape)}, {tuple(embedding.shape)}, {tuple(mem.shape)}")
+    (b, t), (_, d), (bm, m, dm) = input_ids.shape, embedding.shape, mem.shape
+    if bm != b or dm != d:
+        raise ValueError(f"mem_embed: mem {tuple(mem.shape)} does not match batch {b} and d {d}")
+    if not INTERPRET and not embedding.is_cuda:
+        raise RuntimeError("mem_embed (triton): tensors must be on CUDA, or set TRITON_INTERPRET=1 "
+                           "before importing cramfast to run the kernels on CPU")
+    # mem is cast on the host side so the kernel is a same-dtype copy: mem is only B*m rows, and
+    # the interpreter's fp32 -> bf16 cast truncates where torch (and CUDA) round to nearest even.
+    mem = mem.to(embedding.dtype)
+    input_ids, embedding, mem = (_unit_last_stride(x) for x in (input_ids, embedding, mem))
+    out = torch.empty(b, m + t, d, dtype=embedding.dtype, device=embedding.device)
+    if out.numel():
+        _mem_embed_kernel[(b * (m + t),)](
+            input_ids, embedding, mem, out, m, m + t, d,
+            input_ids.stride(0), embedding.stride(0), mem.stride(0), mem.stride(1),
+            out.stride(0), out.stride(1),
+            BLOCK_D=min(triton.next_power_of_2(d), MAX_BLOCK_D), num_warps=4)
+    return out
+
+
+class MemEmbedFunction(torch.autograd.Function):
+    """Differentiable in ``mem`` only: the embedding matrix is frozen, so its (large, sparse)
+    gradient is never formed; mem's gradient is just the first m rows of grad_out."""
+
+    @staticmethod
+    def forward(ctx, input_ids, embedding, mem):
+        ctx.m, ctx.mem_dtype = mem.shape[1], mem.dtype
+        return mem_embed_forward(input_ids, embedding, mem)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_mem = grad_out[:, :ctx.m].to(ctx.mem_dtype) if ctx.needs_input_grad[2] else None
+        return None, None, grad_mem
+
+
+def mem_embed(input_ids, embedding, mem):
+    return MemEmbedFunction.apply(input_ids, embedding, mem)
