@@ -1,0 +1,158 @@
+"""``python -m cramfast.study optimizer``: steps to lossless under candidate optimizer settings.
+
+Every candidate runs on the same texts, seeds and inits, all in one batched optimization (each
+slot carries its own settings), so the comparison costs one run and shares its noise. Learning
+rates are given as multiples of std(embedding matrix), so a candidate means the same thing on
+models whose embeddings have other scales (the paper's lr 1e-2 is 0.074 std on SmolLM2-135M).
+
+Prints, per (length, n_mem, candidate): lossless rate, median and p90 steps over all texts
+(a text that never got lossless counts with the steps it burned), and token-steps spent; writes
+the table (markdown, CSV) and a plot of steps per candidate to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from cramfast.errors import CramfastError
+
+# name -> per-text settings; "lr_std" is lr as a multiple of std(E).
+CANDIDATES = {
+    "paper": {"lr": 1e-2},
+    "lr=0.2std": {"lr_std": 0.2},
+    "lr=0.5std": {"lr_std": 0.5},
+    "lr=1std": {"lr_std": 1.0},
+    "lr=0.2std,b2=0.99": {"lr_std": 0.2, "beta2": 0.99},
+    "lr=0.2std,init=0.5": {"lr_std": 0.2, "init_scale": 0.5},
+}
+
+
+def resolve(candidate: dict, embedding_std: float) -> dict:
+    out = dict(candidate)
+    if "lr_std" in out:
+        out["lr"] = out.pop("lr_std") * embedding_std
+    return out
+
+
+def run_optimizer_study(model, token_lists_by_length: dict, n_mems, candidates: dict,
+                        seed: int = 0, **optim):
+    """Rows of {length, n_mem, candidate, lossless, median_steps, p90_steps, token_steps, ...}."""
+    import cramfast
+    lm = cramfast.load_model(model)
+    rows = []
+    for length, token_lists in token_lists_by_length.items():
+        for n_mem in n_mems:
+            texts, per_text, names = [], [], []
+            for name, cand in candidates.items():
+                for ids in token_lists:
+                    texts.append(ids)
+                    per_text.append(resolve(cand, lm.embedding_std()))
+                    names.append(name)
+            start = time.perf_counter()
+            results = cramfast.compress(texts, model=lm, n_mem=n_mem, seed=seed,
+                                        per_text=per_text, **optim)
+            seconds = time.perf_counter() - start
+            for name in candidates:
+                mine = [r for r, n in zip(results, names) if n == name]
+                rows.append(summarize(length, n_mem, name, mine, per_text[names.index(name)],
+                                      seconds))
+    return rows
+
+
+def summarize(length, n_mem, name, results, settings, batch_seconds):
+    steps = sorted(r.steps for r in results)
+    return dict(length=length, n_mem=n_mem, candidate=name, lr=settings["lr"],
+                texts=len(results), lossless=sum(r.exact for r in results),
+                median_steps=statistics.median(steps),
+                p90_steps=steps[min(len(steps) - 1, round(0.9 * (len(steps) - 1)))],
+                token_steps=sum(r.steps * (r.n_tokens + n_mem) for r in results),
+                batch_seconds=round(batch_seconds, 1))
+
+
+def markdown(rows) -> str:
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _fmt(v):
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def plot(rows, path: Path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 4))
+    groups = sorted({(r["length"], r["n_mem"]) for r in rows})
+    names = list(dict.fromkeys(r["candidate"] for r in rows))
+    width = 0.8 / len(groups)
+    for g, (length, n_mem) in enumerate(groups):
+        med = [next(r["median_steps"] for r in rows if r["candidate"] == n and
+                    (r["length"], r["n_mem"]) == (length, n_mem)) for n in names]
+        ax.bar([i + g * width for i in range(len(names))], med, width, label=f"L={length}, m={n_mem}")
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, rotation=20, ha="right")
+    ax.set_ylabel("median steps (lossless or stopped)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cramfast.study", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("study", choices=["optimizer"])
+    p.add_argument("--model", default=None)
+    p.add_argument("--file", required=True, help="a UTF-8 text file or folder to sample from")
+    p.add_argument("--lengths", default="16,32,64")
+    p.add_argument("--n-mem", default="1,2")
+    p.add_argument("--texts", type=int, default=24)
+    p.add_argument("--candidates", default=",".join(CANDIDATES),
+                   help=f"comma-separated names from: {', '.join(CANDIDATES)}")
+    p.add_argument("--max-steps", type=int, default=5000)
+    p.add_argument("--patience", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="out/study")
+    args = p.parse_args(argv)
+    try:
+        rows = _run(args)
+    except CramfastError as exc:
+        print(f"cramfast: error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown(rows)
+    print(table)
+    (out / "optimizer.md").write_text(table + "\n")
+    with open(out / "optimizer.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(rows, out / "optimizer.png")
+    print(f"wrote {out}/optimizer.md, .csv, .png")
+    return 0
+
+
+def _run(args):
+    import cramfast
+    from cramfast import sources
+    names = [n for n in args.candidates.split(",") if n]
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown:
+        raise CramfastError(f"unknown candidate(s) {unknown}: choose from {', '.join(CANDIDATES)}")
+    lm = cramfast.load_model(args.model)
+    text = "\n\n".join(sources.read_text_file(f) for f in sources.text_files(args.file))
+    lengths = [int(x) for x in args.lengths.split(",")]
+    by_length = {L: sources.sample_passages(lm.tokenizer, text, L, args.texts, args.seed) for L in lengths}
+    return run_optimizer_study(lm, by_length, [int(x) for x in args.n_mem.split(",")],
+                               {n: CANDIDATES[n] for n in names}, seed=args.seed,
+                               max_steps=args.max_steps, patience=args.patience)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

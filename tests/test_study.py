@@ -1,0 +1,20 @@
+"""The optimizer study: candidates share one batch and give the same numbers as separate runs."""
+import cramfast
+from cramfast import study
+from test_compressor import corpus_texts
+
+
+def test_candidates_in_one_batch_match_separate_runs(trained_path, tmp_path):
+    lm = cramfast.load_model(trained_path)
+    texts = corpus_texts(lm.tokenizer, [7, 12, 9], seed=5)
+    candidates = {"a": {"lr": 0.03}, "b": {"lr_std": 0.5}}
+    rows = study.run_optimizer_study(lm, {12: texts}, [1], candidates, max_steps=200)
+    assert [r["candidate"] for r in rows] == ["a", "b"]
+    for row, cand in zip(rows, candidates.values()):
+        settings = study.resolve(cand, lm.embedding_std())
+        alone = cramfast.compress(texts, model=lm, max_steps=200, **settings)
+        assert row["lossless"] == sum(r.exact for r in alone)
+        assert row["token_steps"] == sum(r.steps * (r.n_tokens + 1) for r in alone)
+    assert rows[1]["lr"] == 0.5 * lm.embedding_std()
+    study.plot(rows, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
