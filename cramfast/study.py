@@ -26,8 +26,8 @@ CANDIDATES = {
     "lr=0.2std": {"lr_std": 0.2},
     "lr=0.5std": {"lr_std": 0.5},
     "lr=1std": {"lr_std": 1.0},
-    "lr=0.2std,b2=0.99": {"lr_std": 0.2, "beta2": 0.99},
-    "lr=0.2std,init=0.5": {"lr_std": 0.2, "init_scale": 0.5},
+    "lr=0.2std+b2=0.99": {"lr_std": 0.2, "beta2": 0.99},
+    "lr=0.2std+init=0.5": {"lr_std": 0.2, "init_scale": 0.5},
 }
 
 
