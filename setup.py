@@ -30,10 +30,12 @@ setup(
     description="Fast batched cramming of texts into trainable input vectors of frozen causal LMs",
     packages=["cramfast", "cramfast.kernels"],
     package_dir={"cramfast": "cramfast", "cramfast.kernels": "kernels"},
+    package_data={"cramfast": ["grids/*.toml"]},
     ext_modules=ext_modules,
     cmdclass={"build_ext": build_ext},
     python_requires=">=3.10",
     install_requires=["transformers", "safetensors", "numpy", "tqdm"],
-    extras_require={"gguf": ["gguf", "accelerate"], "triton": ["triton"]},
+    extras_require={"gguf": ["gguf", "accelerate"], "triton": ["triton"],
+                    "sweep": ["wordfreq", "matplotlib"]},
     entry_points={"console_scripts": ["cramfast=cramfast.cli:main"]},
 )

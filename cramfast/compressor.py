@@ -19,7 +19,6 @@ update that follows; stop if every token is right ("lossless"), if s - best_step
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from dataclasses import dataclass, field, asdict
 
@@ -74,20 +73,21 @@ class Job:
 
 def compress(texts, model=None, n_mem: int = 1, max_length: int | None = None, seed: int = 0,
              backend: str | None = None, preset: str = "paper", per_text: list[dict] | None = None,
-             **optim) -> list[CompressionResult]:
+             init_mems=None, **optim) -> list[CompressionResult]:
     """Cram each text (str or list of token ids) into ``n_mem`` vectors of the frozen ``model``.
     ``preset`` names the optimization settings (presets.py); ``optim`` overrides OptimSettings
     fields for all texts, ``per_text`` (one dict per text) for single texts: lr, betas, weight
     decay, eps, init_scale, max_steps and patience may differ between texts of one batch.
-    Results come back in input order."""
+    ``init_mems`` (one [n_mem, d] tensor or None per text) starts texts from given vectors
+    instead of the seeded random init (warm starts). Results come back in input order."""
     results = dict(compress_iter(texts, model, n_mem, max_length, seed, backend, preset, per_text,
-                                 **optim))
+                                 init_mems, **optim))
     return [results[i] for i in range(len(results))]
 
 
 def compress_iter(texts, model=None, n_mem: int = 1, max_length: int | None = None, seed: int = 0,
                   backend: str | None = None, preset: str = "paper",
-                  per_text: list[dict] | None = None, **optim):
+                  per_text: list[dict] | None = None, init_mems=None, **optim):
     """Like ``compress``, but yields (input index, result) as soon as each text finishes, so a
     caller can store it at once. Every text is tokenized and checked before any work starts."""
     lm = load_model(model)
@@ -98,11 +98,28 @@ def compress_iter(texts, model=None, n_mem: int = 1, max_length: int | None = No
         raise CramfastError("no texts to compress")
     token_lists = [tokenize(lm, t, max_length, n_mem) for t in texts]
     job_settings = _per_text_settings(settings, per_text, len(texts))
-    jobs = [Job(i, ids, init_mem(lm, ids, n_mem, seed, s.init_scale), s)
-            for i, (ids, s) in enumerate(zip(token_lists, job_settings))]
+    starts = _start_mems(lm, init_mems, len(texts), n_mem)
+    jobs = [Job(i, ids, init_mem(lm, ids, n_mem, seed, s.init_scale) if start is None else start, s)
+            for i, (ids, s, start) in enumerate(zip(token_lists, job_settings, starts))]
     for finished in _run(lm, jobs, n_mem, settings, backend):
         for job, result in zip(finished, _finish(lm, finished, n_mem, seed, backend)):
             yield job.index, result
+
+
+def _start_mems(lm, init_mems, n_texts, n_mem):
+    if init_mems is None:
+        return [None] * n_texts
+    if len(init_mems) != n_texts:
+        raise CramfastError(f"init_mems has {len(init_mems)} entries for {n_texts} texts")
+    out = []
+    for mem in init_mems:
+        if mem is not None:
+            mem = torch.as_tensor(mem).detach().to("cpu", mem_dtype(lm))
+            if tuple(mem.shape) != (n_mem, lm.hidden_size):
+                raise CramfastError(f"init mem of shape {list(mem.shape)}; expected "
+                                    f"[{n_mem}, {lm.hidden_size}]")
+        out.append(mem)
+    return out
 
 
 PER_SLOT = ("lr", "beta1", "beta2", "weight_decay", "eps", "init_scale", "max_steps", "patience")

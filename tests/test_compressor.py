@@ -146,3 +146,13 @@ def test_triton_and_torch_backends_agree(trained_path):
         assert (a.steps, a.stop_reason, a.accuracy) == (b.steps, b.stop_reason, b.accuracy)
         torch.testing.assert_close(a.mem, b.mem, rtol=1e-4, atol=1e-4)
         assert a.ce_with_mem == pytest.approx(b.ce_with_mem, rel=1e-4)
+
+
+def test_init_mems_warm_start(trained_path):
+    lm = cramfast.load_model(trained_path)
+    text = corpus_texts(lm.tokenizer, [10], seed=7)
+    first, = cramfast.compress(text, model=lm, lr=0.03, max_steps=300)
+    again, = cramfast.compress(text, model=lm, lr=0.03, init_mems=[first.mem])
+    assert first.exact and again.steps == 0 and torch.equal(again.mem, first.mem)
+    with pytest.raises(cramfast.CramfastError, match="shape"):
+        cramfast.compress(text, model=lm, init_mems=[torch.zeros(2, 3)])

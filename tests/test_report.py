@@ -1,0 +1,104 @@
+"""cramfast.report: Table 1 numbers from hand-made rows (the paper's definitions), shards merged,
+published rows matched, four PNGs; and end to end from a real tiny sweep."""
+import csv
+import json
+
+import pytest
+
+from cramfast import report, store, sweep
+
+SETTINGS = json.dumps({"identity": {"lr": 0.01, "warm_start": False}})
+
+
+def row(sample, length, acc, n_mem=1, origin="grid", gain=None, ce0=None, source="pg19:test?x"):
+    ce0 = ce0 if ce0 is not None else 3.0 * length
+    ce1 = 0.0 if acc >= 1 else ce0 - 2.0 * length * acc
+    return dict(model="EleutherAI/pythia-160m", source=source, sample=sample, length=length,
+                n_mem=n_mem, seed=0, settings_hash="h1", origin=origin, model_label="EleutherAI/pythia-160m",
+                source_label="pg19", hidden_size=768, vocab_size=50304, max_cap=787, context=2048,
+                accuracy=acc, token_gain=gain if gain is not None else acc * (length - 1) - 1,
+                info_gain_nats=ce0 - ce1, info_gain_bits=(ce0 - ce1) / 0.6931471805599453,
+                ce_without_mem=ce0, ce_with_mem=ce1, exact=int(acc >= 1), steps=10 * length,
+                settings=SETTINGS)
+
+
+@pytest.fixture
+def db(tmp_path):
+    path = tmp_path / "runs.db"
+    with store.Store(path) as s:
+        for r in [row(0, 8, 1.0), row(1, 8, 1.0), row(0, 16, 1.0), row(1, 16, 0.985, gain=10.0),
+                  row(0, 32, 0.9, gain=20.0), row(1, 32, 0.8, gain=30.0),
+                  row(0, 64, 1.0, origin="search")]:       # one text only: must not count
+            s.add(r)
+    with store.Store(store.shard_path(path, 1)) as s:     # a torchrun shard: merged in
+        for r in [row(0, 16, 1.0, n_mem=2), row(0, 32, 1.0, n_mem=2), row(0, 64, 0.5, n_mem=2, gain=25.0)]:
+            s.add(r)
+    return path
+
+
+def test_table1_follows_the_papers_definitions(db, tmp_path):
+    out = tmp_path / "rep"
+    result = report.make_report([db], out)
+    assert result["rows"] == 10
+    by_m = {r["n_mem"]: r for r in result["table"]}
+    one = by_m[1]
+    assert (one["d"], one["V"], one["max_cap"]) == (768, 50304, 787)
+    assert one["capacity"] == 16 and not one["capacity_is_lower_bound"]     # mean acc at 16 = 0.9925
+    assert one["lengths"] == "8 16 32"                                       # 64: probed for one text
+    assert one["token_gain"] == pytest.approx(20.0)                          # runs with acc <= 0.99
+    assert one["gain_runs"] == 3 and one["utilisation"] == pytest.approx(20.0 / 787)
+    ce = [3.0 * L - (3.0 * L - 2.0 * L * a) for L, a in ((16, 0.985), (32, 0.9), (32, 0.8))]
+    assert one["ce_reduction_nats"] == pytest.approx(sum(ce) / 3)
+    assert one["bits_per_vector"] == pytest.approx(sum(ce) / 3 / 0.6931471805599453)
+    assert one["capacity_rows"] == "runs.db#3 runs.db#4"
+    assert one["paper_model"] == "Pythia-160M" and one["paper_capacity"] == 80
+    assert one["search_capacity_median"] == 64
+    two = by_m[2]
+    assert two["capacity"] == 32 and two["utilisation"] == pytest.approx(25.0 / (2 * 787))
+    assert two["capacity_rows"] == "runs.rank1.db#2" and two["paper_capacity"] is None
+    for name in report.FIGURES:
+        assert (out / name).stat().st_size > 5000 and (out / name).read_bytes()[:4] == b"\x89PNG"
+    with open(out / "table1.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["capacity"] == "16" and rows[0]["paper_capacity"] == "80"
+    md = (out / "report.md").read_text()
+    assert "| EleutherAI/pythia-160m | pg19 | 1 |" in md and "fig3_ce.png" in md
+    per_length = list(csv.DictReader(open(out / "per_length.csv")))
+    assert {(r["length"], r["complete"]) for r in per_length if r["n_mem"] == "1"} == {
+        ("8", "True"), ("16", "True"), ("32", "True"), ("64", "False")}
+
+
+def test_report_cli_errors_and_output(db, tmp_path, capsys):
+    assert report.main([str(tmp_path / "none.db"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cramfast.report: error:") and "\n" not in err
+    assert report.main([str(db), "--out", str(tmp_path / "r2"), "--no-paper"]) == 0
+    printed = capsys.readouterr().out
+    assert "| capacity |" in printed and "paper capacity" not in printed
+
+
+def test_published_names_match():
+    assert report.published("meta-llama/Llama-3.2-1B")[0] == "Llama-3.2-1B"
+    assert report.published("allenai/OLMo-1B-hf")[0] == "OLMo-1B"
+    assert report.published("facebook/opt-1.3b")[0] == "OPT-1.3B"
+    assert report.published("smollm2-135m-q4") is None
+
+
+def test_sweep_then_report_end_to_end(trained_path, tmp_path):
+    src = tmp_path / "book.txt"
+    sentences = ["the quick brown fox jumps over the lazy dog.", "a cat sat on the mat and looked at the sky.",
+                 "numbers one two three four five six seven eight nine ten."]
+    src.write_text("\n\n".join(" ".join((sentences[k:] + sentences[:k]) * 2) for k in range(3)))
+    db = tmp_path / "e2e.db"
+    grid = sweep.build_grid(sweep._parser().parse_args([
+        "--model", trained_path, "--source", str(src), "--lengths", "8,16", "--n-mem", "1,2",
+        "--samples", "2", "--lr", "0.03", "--max-steps", "60", "--db", str(db)]))
+    summary = sweep.run_sweep(grid, quiet=True)
+    assert summary.ran == 8 and summary.total == 8
+    result = report.make_report([db], tmp_path / "rep")
+    assert {r["n_mem"] for r in result["table"]} == {1, 2}
+    for r in result["table"]:
+        assert r["d"] == 32 and r["V"] == 300 and r["max_cap"] == round(32 * 16 / 8.228818690495881)
+        assert r["texts"] == 2 and r["runs"] == 4
+    for name in report.FIGURES:
+        assert (tmp_path / "rep" / name).is_file()

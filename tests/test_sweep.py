@@ -1,0 +1,275 @@
+"""cramfast.sweep: grids from flags and TOML, text sources, resume after kill -9, torchrun
+shards, capacity search and warm start (the last two with a stand-in compressor: fast)."""
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cramfast import store, sweep
+from cramfast.errors import CramfastError
+from cramfast.metrics import make_result
+from conftest import CORPUS
+
+REPO = Path(__file__).resolve().parents[1]
+SENTENCES = [s.strip() + "." for s in CORPUS.split(". ") if s.strip()][:4]
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory):
+    """Paragraphs in the tiny model's own distribution (rotations of its corpus)."""
+    path = tmp_path_factory.mktemp("src") / "corpus.txt"
+    paras = [" ".join((SENTENCES[k:] + SENTENCES[:k]) * 2) for k in range(4)]
+    path.write_text("*** START OF THE PROJECT GUTENBERG EBOOK X ***\n\n" + "\n\n".join(paras)
+                    + "\n\n*** END OF THE PROJECT GUTENBERG EBOOK X ***\nlicence text\n")
+    return path
+
+
+def grid_args(*extra):
+    return sweep.build_grid(sweep._parser().parse_args(list(extra)))
+
+
+def rows_of(db):
+    return store.read_runs([db])
+
+
+def env():
+    return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# grids, sources, bad input (no model work)
+
+
+def test_grid_from_toml_and_flags(tmp_path):
+    cfg = tmp_path / "g.toml"
+    cfg.write_text('model = "m1"\nsources = ["random"]\nlengths = [32, 8, 16, 8]\nn_mem = "1,2"\n'
+                   'samples = 3\nseeds = [0, 1]\nmax_steps = 100\npreset = "fast"\n')
+    g = grid_args("--config", str(cfg), "--samples", "5", "--lr", "0.5")
+    assert g.models == ["m1"] and g.sources == ["random"] and g.lengths == [8, 16, 32]
+    assert g.n_mem == [1, 2] and g.samples == 5 and g.seeds == [0, 1]
+    assert g.optim == {"max_steps": 100, "lr": 0.5} and g.settings()["lr"] == 0.5
+    # the key hashes what changes results, not batching knobs
+    h = g.settings_hash()
+    assert grid_args("--config", str(cfg), "--samples", "5", "--lr", "0.5", "--max-slots", "3").settings_hash() == h
+    assert grid_args("--config", str(cfg), "--lr", "0.4").settings_hash() != h
+    for shipped in sorted(sweep.GRIDS_DIR.glob("*.toml")):
+        g = grid_args("--config", shipped.stem, "--source", "random")
+        assert g.lengths and g.n_mem and g.samples >= 1
+    paper = sweep.load_config("paper-pg19")
+    assert tuple(paper["lengths"]) == sweep.PAPER_LENGTHS
+
+
+def test_sources_seeded_prefix_stable(corpus_file, trained_path, tmp_path):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(trained_path)
+    src = sweep.open_source(str(corpus_file))
+    assert src.canonical.startswith("file:/") and "sample_seed=0" in src.canonical
+    texts = [src.tokens(tok, i, 40) for i in range(4)]
+    assert len({tuple(t) for t in texts}) == 4                       # distinct starts
+    for i in range(4):
+        assert src.tokens(tok, i, 12) == texts[i][:12]              # L is a prefix of 2L
+        assert "GUTENBERG" not in tok.decode(texts[i])
+    assert sweep.open_source(str(corpus_file)).tokens(tok, 2, 40) == texts[2]       # seeded
+    other = sweep.open_source(str(corpus_file), sample_seed=1)
+    assert [other.tokens(tok, i, 40) for i in range(4)] != texts
+    with pytest.raises(CramfastError, match="4 distinct passages, 5 samples"):
+        src.check(5)
+    paper = sweep.open_source(str(corpus_file), chunking="paper")
+    assert len(paper.tokens(tok, 0, 30)) == 30 and "chunking=paper" in paper.canonical
+    vocab = tmp_path / "words.txt"
+    vocab.write_text("cat\ndog\nsky\nmat\nfox\n")
+    rnd = sweep.open_source("random", vocab_file=str(vocab))
+    ids = rnd.tokens(tok, 0, 20)
+    assert len(ids) == 20 and rnd.tokens(tok, 0, 10) == ids[:10] and rnd.tokens(tok, 1, 20) != ids
+    assert set(tok.decode(ids).split()) <= {"cat", "dog", "sky", "mat", "fox"}
+
+
+def test_random_source_uses_wordfreq_top_100k(trained_path):
+    pytest.importorskip("wordfreq")
+    from transformers import AutoTokenizer
+    src = sweep.open_source("random", sample_seed=3)
+    assert len(src.vocab) == 100_000 and src.canonical.startswith("random:wordfreq-en-100k-")
+    assert src.canonical.endswith("?sample_seed=3")
+    ids = src.tokens(AutoTokenizer.from_pretrained(trained_path), 0, 16)
+    assert len(ids) == 16
+
+
+def one_line_error(capsys, argv):
+    code = sweep.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("cramfast.sweep: error:") and "\n" not in err, err
+    return err
+
+
+def test_bad_input_one_line_exit_2_nothing_lost(tmp_path, capsys, corpus_file, trained_path):
+    db = tmp_path / "keep.db"
+    with store.Store(db) as s:
+        s.add(dict(model="m", source="s", sample=0, length=8, n_mem=1, seed=0, settings_hash="h"))
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("lengths = [8, 16\n")
+    unknown_key = tmp_path / "k.toml"
+    unknown_key.write_text("lenghts = [8]\n")
+    base = ["--db", str(db), "--quiet"]
+    assert "unknown model" in one_line_error(capsys, base + ["--model", str(tmp_path / "nope"),
+                                                             "--source", str(corpus_file)])
+    assert "no such file" in one_line_error(capsys, base + ["--model", trained_path,
+                                                            "--source", str(tmp_path / "none.txt")])
+    assert "empty grid" in one_line_error(capsys, base + ["--model", trained_path, "--source",
+                                                          str(corpus_file), "--lengths", ""])
+    assert "empty grid" in one_line_error(capsys, base + ["--model", trained_path, "--source",
+                                                          str(corpus_file), "--lengths", "500"])
+    assert "bad TOML" in one_line_error(capsys, base + ["--config", str(bad_toml)])
+    assert "unknown key" in one_line_error(capsys, base + ["--config", str(unknown_key)])
+    assert "no source" in one_line_error(capsys, base + ["--model", trained_path])
+    assert "unknown preset" in one_line_error(capsys, base + ["--source", "random", "--preset", "x"])
+    assert store.Store(db).count() == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# capacity search and warm start, with a stand-in compressor
+
+
+def fake_compressor(capacity_of, accept_init=False):
+    """Yields results as cramfast.compress_iter does: lossless iff len <= capacity_of(ids)."""
+    calls = []
+
+    def compress_iter(texts, model=None, n_mem=1, seed=0, backend=None, preset="paper", **optim):
+        calls.append(dict(lengths=[len(t) for t in texts], init_mems=optim.pop("init_mems", None)))
+        for i, ids in enumerate(texts):
+            ok = len(ids) <= capacity_of(ids)
+            n = len(ids) - 1
+            yield i, make_result(token_ids=ids, correct_with_mem=n if ok else n // 2, correct_without_mem=0,
+                                 ce_without_mem=3.0 * n, ce_with_mem=0.0 if ok else 1.5 * n,
+                                 decoded_ids=ids[1:], stop_reason="lossless" if ok else "max_steps",
+                                 mem=torch.full((n_mem, 32), float(len(ids))), n_mem=n_mem, model="fake",
+                                 seed=seed, steps=len(ids), best_step=len(ids), seconds=0.0, text="")
+
+    if accept_init:
+        def with_init(texts, model=None, n_mem=1, seed=0, backend=None, preset="paper", init_mems=None,
+                      **optim):
+            return compress_iter(texts, model, n_mem, seed, backend, preset, init_mems=init_mems, **optim)
+        with_init.calls = calls
+        return with_init
+    compress_iter.calls = calls
+    return compress_iter
+
+
+def test_search_capacity_doubling_then_bisection(trained_path, corpus_file, tmp_path):
+    def cap(ids):
+        return 9 + sum(ids[:3]) % 30          # a per-text capacity, the same for every prefix
+    db = tmp_path / "search.db"
+    g = grid_args("--model", trained_path, "--source", str(corpus_file), "--samples", "3",
+                  "--search", "capacity", "--db", str(db))
+    fake = fake_compressor(cap)
+    summary = sweep.run_sweep(g, quiet=True, compress_iter=fake)
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(trained_path)
+    src = sweep.open_source(str(corpus_file))
+    expected = {i: cap(src.tokens(tok, i, 3)) for i in range(3)}
+    found = {unit[2]: L for unit, L in summary.search.items()}
+    assert found == expected
+    assert fake.calls[0]["lengths"] == [8, 8, 8]                    # one batched call per round
+    rows = rows_of(db)
+    assert {r["origin"] for r in rows} == {"search"} and summary.ran == len(rows)
+    for i in range(3):
+        lengths = sorted(r["length"] for r in rows if r["sample"] == i)
+        assert lengths[0] == 8 and expected[i] in lengths and expected[i] + 1 in lengths
+    # rerun: every probe replayed from the store, nothing computed or written again
+    again = fake_compressor(cap)
+    summary2 = sweep.run_sweep(g, quiet=True, compress_iter=again)
+    assert again.calls == [] and summary2.ran == 0 and summary2.search == summary.search
+
+
+def test_warm_start_chains_lengths(trained_path, corpus_file, tmp_path):
+    db = tmp_path / "warm.db"
+    g = grid_args("--model", trained_path, "--source", str(corpus_file), "--samples", "2",
+                  "--lengths", "8,16,24", "--warm-start", "--db", str(db))
+    fake = fake_compressor(lambda ids: 100, accept_init=True)
+    sweep.run_sweep(g, quiet=True, compress_iter=fake)
+    assert [c["lengths"] for c in fake.calls] == [[8, 8], [16, 16], [24, 24]]  # one round per length
+    assert fake.calls[0]["init_mems"] == [None, None]
+    assert all(torch.equal(m, torch.full((1, 32), 8.0)) for m in fake.calls[1]["init_mems"])
+    assert all(torch.equal(m, torch.full((1, 32), 16.0)) for m in fake.calls[2]["init_mems"])
+    rows = {(r["sample"], r["length"]): r for r in rows_of(db)}
+    assert rows[(0, 16)]["init_from"] == rows[(0, 8)]["ref"] and rows[(0, 8)]["init_from"] is None
+    cold = grid_args("--model", trained_path, "--source", str(corpus_file), "--samples", "2",
+                     "--lengths", "8,16,24", "--db", str(db))
+    assert cold.settings_hash() != g.settings_hash()                # stored apart from cold runs
+
+
+def test_warm_start_with_the_real_compressor(trained_path, corpus_file, tmp_path):
+    db = tmp_path / "real_warm.db"
+    g = grid_args("--model", trained_path, "--source", str(corpus_file), "--samples", "1",
+                  "--lengths", "8,12", "--warm-start", "--lr", "0.03", "--max-steps", "150",
+                  "--db", str(db))
+    sweep.run_sweep(g, quiet=True)
+    rows = {r["length"]: r for r in rows_of(db)}
+    assert set(rows) == {8, 12} and rows[12]["init_from"] == rows[8]["ref"]
+    assert rows[8]["init_from"] is None
+
+
+def test_next_probe():
+    seq, lo, hi = [], 1, None
+    while (L := sweep.next_probe(lo, hi, 8, 127, 1)) is not None:
+        seq.append(L)
+        lo, hi = (L, hi) if L <= 45 else (lo, L)
+    assert seq == [8, 16, 32, 64, 48, 40, 44, 46, 45] and lo == 45
+    assert sweep.next_probe(100, None, 8, 100, 1) is None            # reached the cap
+    assert sweep.next_probe(1, 8, 8, 100, 1) == 4                    # the start itself failed
+
+
+# ---------------------------------------------------------------------------------------------
+# real runs: kill -9 and resume; torchrun with two ranks
+
+
+def test_kill_9_then_resume_completes_without_duplicates(trained_path, corpus_file, tmp_path, capsys):
+    db = tmp_path / "kill.db"
+    args = ["--model", trained_path, "--source", str(corpus_file), "--lengths", "8,16,24", "--samples", "2",
+            "--lr", "0.03", "--max-steps", "80", "--max-slots", "3", "--db", str(db), "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "cramfast.sweep", *args], cwd=tmp_path, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 90
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if sqlite3.connect(db).execute("SELECT COUNT(*) FROM runs").fetchone()[0] >= 1:
+                break
+        except sqlite3.OperationalError:  # not created yet
+            pass
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = len(rows_of(db))
+    assert 1 <= killed_at < 6
+    # the same command again (in this process: the same code path, without a second start-up)
+    assert sweep.main(args) == 0
+    assert f"6 jobs, {killed_at} already stored, {6 - killed_at} rows written" in capsys.readouterr().out
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    keys = conn.execute("SELECT sample, length FROM runs").fetchall()
+    assert sorted(keys) == [(s, L) for s in range(2) for L in (8, 16, 24)]   # complete, no duplicate
+    assert sum(r["stop_reason"] == "lossless" for r in rows_of(db)) >= 3
+
+
+def test_torchrun_two_ranks_shard_and_merge(trained_path, corpus_file, tmp_path, capsys):
+    db = tmp_path / "dist.db"
+    args = ["--model", trained_path, "--source", str(corpus_file), "--lengths", "8,16", "--samples", "2",
+            "--lr", "0.03", "--max-steps", "40", "--db", str(db), "--quiet"]
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc-per-node", "2", "-m", "cramfast.sweep", *args], cwd=tmp_path, env=env(),
+                         capture_output=True, text=True, timeout=150)
+    assert run.returncode == 0, run.stderr[-2000:]
+    shards = store.family(db)
+    assert [p.name for p in shards] == ["dist.rank0.db", "dist.rank1.db"]
+    per_rank = [{(r["sample"], r["length"]) for r in store.Store(p).rows()} for p in shards]
+    assert len(per_rank[0]) == len(per_rank[1]) == 2 and not per_rank[0] & per_rank[1]
+    assert {r["rank"] for r in rows_of(db)} == {0, 1} and len(rows_of(db)) == 4
+    # a single-process rerun finds every job in the shards: nothing to do
+    assert sweep.main(args) == 0
+    assert "4 jobs, 4 already stored, 0 rows written" in capsys.readouterr().out
