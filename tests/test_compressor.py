@@ -156,3 +156,27 @@ def test_init_mems_warm_start(trained_path):
     assert first.exact and again.steps == 0 and torch.equal(again.mem, first.mem)
     with pytest.raises(cramfast.CramfastError, match="shape"):
         cramfast.compress(text, model=lm, init_mems=[torch.zeros(2, 3)])
+
+
+def test_refilled_slots_equal_solo(tiny_models):
+    """Five texts through two slots: later texts start in freed slots, mid-run of others."""
+    lm = cramfast.load_model(tiny_models["llama"], dtype=torch.float64)
+    texts = [[3, 50, 7, 9, 11], [4, 8, 15, 16, 23, 42, 99], [200, 100, 31], [5, 6, 7, 8],
+             [9, 19, 29, 39, 49, 59]]
+    kw = dict(model=lm, lr=0.1, patience=1000, sync_every=2)
+    budgets = [{"max_steps": s} for s in (4, 9, 3, 6, 5)]
+    refilled = cramfast.compress(texts, max_slots=2, per_text=budgets, **kw)
+    for text, budget, res in zip(texts, budgets, refilled):
+        [alone] = cramfast.compress([text], **budget, **kw)
+        assert (alone.steps, alone.stop_reason) == (res.steps, res.stop_reason)
+        torch.testing.assert_close(alone.mem, res.mem, rtol=1e-6, atol=1e-6)
+
+
+def test_24_texts_with_refills_all_exact(trained_path):
+    lm = cramfast.load_model(trained_path)
+    lengths = [4 + (i * 28) // 23 for i in range(24)]          # 4 ... 32
+    texts = corpus_texts(lm.tokenizer, lengths, seed=11)
+    results = cramfast.compress(texts, model=lm, lr=0.03, max_steps=400, max_slots=6,
+                                token_budget=6 * 33, sync_every=4)
+    assert [r.n_tokens for r in results] == lengths
+    assert all(r.exact and r.stop_reason == "lossless" for r in results)
