@@ -24,7 +24,7 @@ $(STAMP): $(SOURCES)
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m cramfast compress --preset fast --out out/demo
+	$(PY) -m cramfast compress --preset paper --out out/demo
 	$(PY) -m cramfast decode out/demo
 
 test: $(STAMP)
