@@ -332,9 +332,7 @@ def fig1(table: list[dict], out: Path):
         _no_data(ax, "one-vector runs")
     ax.set_ylabel("tokens")
     ax.set_title("Fig 1: tokens crammed into one vector")
-    fig.tight_layout()
-    fig.savefig(out / FIGURES[0], dpi=120)
-    plt.close(fig)
+    _save(plt, fig, out / FIGURES[0])
     write_csv(out / "fig1_capacity.csv", points, ["model", "source", "settings", "capacity", "token_gain",
                                                   "paper_capacity", "capacity_rows", "gain_rows"])
 
@@ -369,9 +367,7 @@ def fig3(groups: list[Group], out: Path, threshold=THRESHOLD):
     ax.set_ylabel("CE with mem (nats, summed)")
     ax.set_title("Fig 3: CE with vs without mem\n(solid: y = x + b fit on runs with acc ≤ 0.99; "
                  "dashed: lossless threshold x = -b)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / FIGURES[1], dpi=120)
-    plt.close(fig)
+    _save(plt, fig, out / FIGURES[1])
     write_csv(out / "fig3_ce.csv", points, ["model", "source", "ref", "length", "ce_without_mem",
                                             "ce_with_mem", "accuracy", "fit_b"])
 
@@ -403,11 +399,15 @@ def fig4(table: list[dict], out: Path):
     ax.set_xlabel("mem vectors m")
     ax.set_ylabel("capacity (tokens)")
     ax.set_title("Fig 4: capacity vs number of mem vectors")
-    fig.tight_layout()
-    fig.savefig(out / FIGURES[2], dpi=120)
-    plt.close(fig)
+    _save(plt, fig, out / FIGURES[2])
     write_csv(out / "fig4_capacity_vs_nmem.csv", points, ["model", "source", "settings", "n_mem",
                                                           "capacity", "rows"])
+
+
+def _save(plt, fig, path: Path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def fig5(table: list[dict], out: Path):
@@ -437,9 +437,7 @@ def fig5(table: list[dict], out: Path):
     ax.set_xlabel("theoretical capacity MaxCap · m = round(d·16/log2 V) · m")
     ax.set_ylabel("measured tokens (o: capacity, △: token gain)")
     ax.set_title("Fig 5: theoretical vs measured capacity")
-    fig.tight_layout()
-    fig.savefig(out / FIGURES[3], dpi=120)
-    plt.close(fig)
+    _save(plt, fig, out / FIGURES[3])
     write_csv(out / "fig5_theory_vs_measured.csv", points, ["model", "source", "n_mem", "theoretical",
                                                             "capacity", "token_gain", "capacity_rows",
                                                             "gain_rows"])
