@@ -106,11 +106,16 @@ def compress_iter(texts, model=None, n_mem: int = 1, max_length: int | None = No
             yield job.index, result
 
 
+def _one_per_text(name: str, values, n_texts: int) -> bool:
+    """False if ``values`` is None; an error unless it has one entry per text."""
+    if values is not None and len(values) != n_texts:
+        raise CramfastError(f"{name} has {len(values)} entries for {n_texts} texts")
+    return values is not None
+
+
 def _start_mems(lm, init_mems, n_texts, n_mem):
-    if init_mems is None:
+    if not _one_per_text("init_mems", init_mems, n_texts):
         return [None] * n_texts
-    if len(init_mems) != n_texts:
-        raise CramfastError(f"init_mems has {len(init_mems)} entries for {n_texts} texts")
     out = []
     for mem in init_mems:
         if mem is not None:
@@ -126,10 +131,8 @@ PER_SLOT = ("lr", "beta1", "beta2", "weight_decay", "eps", "init_scale", "max_st
 
 
 def _per_text_settings(base: OptimSettings, per_text, n_texts) -> list[OptimSettings]:
-    if per_text is None:
+    if not _one_per_text("per_text", per_text, n_texts):
         return [base] * n_texts
-    if len(per_text) != n_texts:
-        raise CramfastError(f"per_text has {len(per_text)} entries for {n_texts} texts")
     out = []
     for overrides in per_text:
         unknown = set(overrides) - set(PER_SLOT)

@@ -33,6 +33,7 @@ class LoadedModel:
     path: str
     model: torch.nn.Module
     tokenizer: object
+    _embedding_std: float | None = None
 
     @property
     def device(self) -> torch.device:
@@ -73,7 +74,10 @@ class LoadedModel:
         return None  # recurrent models (Mamba) have no positional limit
 
     def embedding_std(self) -> float:
-        return float(self.embedding.float().std())
+        # The weights are frozen: compute the std of the V x d matrix once, not once per text.
+        if self._embedding_std is None:
+            self._embedding_std = float(self.embedding.float().std())
+        return self._embedding_std
 
     def theoretical_capacity(self) -> int:
         return theoretical_capacity(self.model.config)
