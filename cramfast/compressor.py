@@ -44,6 +44,19 @@ class OptimSettings:
     max_steps: int = 5000
     patience: int = 2000
     init_scale: float = 1.0       # mem init = randn * init_scale * std(embedding matrix)
+    # learning-rate schedule, counted from each (re)start: linear warm-up over `warmup` steps,
+    # then cosine decay to lr * final_lr_ratio over `decay_steps` (0: constant lr)
+    warmup: int = 0
+    decay_steps: int = 0
+    final_lr_ratio: float = 0.1
+    # stall handling: when an attempt's accuracy has not improved for `stall_steps` steps
+    # (0: off), start a new attempt with fresh AdamW moments: "redraw" a new seeded init, or
+    # "perturb" the best mem so far by randn * restart_noise * std(E); at most max_restarts.
+    # The stop rule (best mem, patience, max_steps) runs over all attempts together.
+    stall_steps: int = 0
+    restart: str = "redraw"
+    restart_noise: float = 0.5
+    max_restarts: int = 8
     sync_every: int = 16          # evaluations between host syncs (stop rules run on device)
     max_slots: int = 32           # texts optimized at once
     token_budget: int = 16384     # sum over slots of (padded length + n_mem) per step
@@ -52,6 +65,10 @@ class OptimSettings:
     def __post_init__(self):
         if self.lr <= 0 or self.max_steps < 0 or self.patience < 1 or self.sync_every < 1:
             raise CramfastError("lr must be > 0, max_steps >= 0, patience >= 1, sync_every >= 1")
+        if min(self.warmup, self.decay_steps, self.stall_steps, self.max_restarts) < 0:
+            raise CramfastError("warmup, decay_steps, stall_steps and max_restarts must be >= 0")
+        if self.restart not in ("redraw", "perturb"):
+            raise CramfastError(f"restart must be 'redraw' or 'perturb', got {self.restart!r}")
 
     def to_dict(self):
         return asdict(self)
@@ -63,6 +80,7 @@ class Job:
     token_ids: list[int]
     init_mem: torch.Tensor          # [m, d], float
     settings: OptimSettings
+    restart_draws: torch.Tensor | None = None   # [max_restarts, m, d] seeded randn * std(E)
     started: float = 0.0
     result: dict = field(default_factory=dict)
 
@@ -99,7 +117,8 @@ def compress_iter(texts, model=None, n_mem: int = 1, max_length: int | None = No
     token_lists = [tokenize(lm, t, max_length, n_mem) for t in texts]
     job_settings = _per_text_settings(settings, per_text, len(texts))
     starts = _start_mems(lm, init_mems, len(texts), n_mem)
-    jobs = [Job(i, ids, init_mem(lm, ids, n_mem, seed, s.init_scale) if start is None else start, s)
+    jobs = [Job(i, ids, init_mem(lm, ids, n_mem, seed, s.init_scale) if start is None else start, s,
+                restart_draws(lm, ids, n_mem, seed, s))
             for i, (ids, s, start) in enumerate(zip(token_lists, job_settings, starts))]
     for finished in _run(lm, jobs, n_mem, settings, backend):
         for job, result in zip(finished, _finish(lm, finished, n_mem, seed, backend)):
@@ -127,7 +146,10 @@ def _start_mems(lm, init_mems, n_texts, n_mem):
     return out
 
 
-PER_SLOT = ("lr", "beta1", "beta2", "weight_decay", "eps", "init_scale", "max_steps", "patience")
+# every setting that changes a text's result; each text of a batch may carry its own
+PER_SLOT = ("lr", "beta1", "beta2", "weight_decay", "eps", "init_scale", "max_steps", "patience",
+            "warmup", "decay_steps", "final_lr_ratio", "stall_steps", "restart", "restart_noise",
+            "max_restarts")
 
 
 def _per_text_settings(base: OptimSettings, per_text, n_texts) -> list[OptimSettings]:
@@ -171,10 +193,27 @@ def tokenize(lm: LoadedModel, text, max_length: int | None, n_mem: int) -> list[
 def init_mem(lm: LoadedModel, ids: list[int], n_mem: int, seed: int, scale: float) -> torch.Tensor:
     """randn(m, d) * scale * std(E), seeded by (seed, the text's tokens): a text gets the same
     init whatever batch, order or machine it is compressed in."""
-    digest = hashlib.sha256(f"{seed}:{','.join(map(str, ids))}".encode()).digest()
+    return (_seeded_randn(f"{seed}", ids, n_mem, lm.hidden_size) * scale
+            * lm.embedding_std()).to(mem_dtype(lm))
+
+
+def restart_draws(lm: LoadedModel, ids: list[int], n_mem: int, seed: int,
+                  settings: OptimSettings) -> torch.Tensor | None:
+    """The new attempts' starting noise, drawn up front (seeded like init_mem, one stream per
+    attempt) so restarts happen on the device without a host sync: [max_restarts, m, d], each
+    randn * std(E) * (init_scale for "redraw", restart_noise for "perturb")."""
+    if settings.stall_steps == 0 or settings.max_restarts == 0:
+        return None
+    scale = settings.init_scale if settings.restart == "redraw" else settings.restart_noise
+    draws = [_seeded_randn(f"{seed}:restart{r}", ids, n_mem, lm.hidden_size)
+             for r in range(settings.max_restarts)]
+    return (torch.stack(draws) * scale * lm.embedding_std()).to(mem_dtype(lm))
+
+
+def _seeded_randn(stream: str, ids: list[int], n_mem: int, d: int) -> torch.Tensor:
+    digest = hashlib.sha256(f"{stream}:{','.join(map(str, ids))}".encode()).digest()
     gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-    mem = torch.randn(n_mem, lm.hidden_size, generator=gen, dtype=torch.float64)
-    return (mem * scale * lm.embedding_std()).to(mem_dtype(lm))
+    return torch.randn(n_mem, d, generator=gen, dtype=torch.float64)
 
 
 def mem_dtype(lm: LoadedModel) -> torch.dtype:
@@ -223,42 +262,66 @@ def pad_batch(token_lists: list[list[int]], length: int, device) -> tuple[torch.
 
 class SlotState:
     """Everything one slot carries, as [S, ...] tensors on the device: the mem being optimized,
-    its AdamW moments, step count and hyperparameters (each slot may have its own), the best
-    mem so far and the stop bookkeeping."""
+    its AdamW moments, step counts and hyperparameters (each slot may have its own), the best
+    mem so far, the stop bookkeeping and the current attempt's (for stall restarts)."""
 
-    HYPER = ("lr", "beta1", "beta2", "weight_decay", "eps")
+    HYPER = ("lr", "beta1", "beta2", "weight_decay", "eps", "warmup", "decay_steps",
+             "final_lr_ratio", "restart_keep")
+    COUNTS = ("steps", "opt_steps", "best_correct", "best_step", "try_best_correct",
+              "try_best_step", "n_pred", "reason", "max_steps", "patience", "stall_steps",
+              "restarts", "max_restarts")
 
-    def __init__(self, n_slots: int, n_mem: int, d: int, dtype, device):
+    def __init__(self, n_slots: int, n_mem: int, d: int, dtype, device, n_draws: int = 0):
         z = lambda *s, dt=dtype: torch.zeros(*s, dtype=dt, device=device)
         self.mem, self.exp_avg, self.exp_avg_sq, self.best_mem = (z(n_slots, n_mem, d) for _ in range(4))
+        self.draws = z(n_slots, n_draws, n_mem, d)
         self.hyper = z(n_slots, len(self.HYPER))
-        self.steps, self.best_correct, self.best_step, self.n_pred, self.reason, self.max_steps, \
-            self.patience = (z(n_slots, dt=torch.long) for _ in range(7))
+        for name in self.COUNTS:
+            setattr(self, name, z(n_slots, dt=torch.long))
         self.active = z(n_slots, dt=torch.bool)
 
-    def start(self, slot: int, mem: torch.Tensor, n_pred: int, settings: OptimSettings):
+    def start(self, slot: int, mem: torch.Tensor, n_pred: int, settings: OptimSettings,
+              draws: torch.Tensor | None = None):
         self.mem[slot] = mem
         self.best_mem[slot] = mem
-        for t in (self.exp_avg, self.exp_avg_sq, self.steps, self.best_step, self.reason):
+        for t in (self.exp_avg, self.exp_avg_sq, self.steps, self.opt_steps, self.best_step,
+                  self.try_best_step, self.reason, self.restarts):
             t[slot] = 0
         self.best_correct[slot] = -1
+        self.try_best_correct[slot] = -1
         self.n_pred[slot] = n_pred
-        self.hyper[slot] = torch.tensor([getattr(settings, k) for k in self.HYPER], dtype=self.hyper.dtype)
-        self.max_steps[slot] = settings.max_steps
-        self.patience[slot] = settings.patience
+        values = dict(settings.to_dict(), restart_keep=float(settings.restart == "perturb"))
+        self.hyper[slot] = torch.tensor([values[k] for k in self.HYPER], dtype=self.hyper.dtype)
+        for name in ("max_steps", "patience", "stall_steps"):
+            getattr(self, name)[slot] = getattr(settings, name)
+        n_draws = 0 if draws is None else len(draws)
+        self.max_restarts[slot] = min(n_draws, settings.max_restarts)
+        if n_draws:
+            self.draws[slot, :n_draws] = draws
         self.active[slot] = True
 
 
+def scheduled_lr(lr, warmup, decay_steps, final_ratio, t):
+    """lr at AdamW step t (1-based, counted from the attempt's start): linear warm-up, then a
+    cosine from lr to lr * final_ratio over decay_steps, constant after (and when 0)."""
+    warm = torch.where(warmup > 0, (t / warmup.clamp(min=1)).clamp(max=1), torch.ones_like(t))
+    progress = ((t - warmup) / decay_steps.clamp(min=1)).clamp(0, 1)
+    cosine = final_ratio + (1 - final_ratio) * 0.5 * (1 + torch.cos(torch.pi * progress))
+    return lr * warm * torch.where(decay_steps > 0, cosine, torch.ones_like(t))
+
+
 def adamw_update(state: SlotState, rows: torch.Tensor, grad: torch.Tensor, active: torch.Tensor):
-    """torch.optim.AdamW's update, vectorized over slots, each with its own hyperparameters and
-    step count (so a refilled slot starts its bias correction afresh), applied where ``active``."""
+    """torch.optim.AdamW's update, vectorized over slots, each with its own hyperparameters,
+    lr schedule and step count (so a refilled or restarted slot starts its bias correction
+    afresh), applied where ``active``."""
     a = active.view(-1, 1, 1)
-    lr, beta1, beta2, wd, eps = state.hyper[rows].T.reshape(len(SlotState.HYPER), -1, 1, 1)
+    lr, beta1, beta2, wd, eps, warmup, decay, final, _ = \
+        state.hyper[rows].T.reshape(len(SlotState.HYPER), -1, 1, 1)
     mem, m1, m2 = state.mem[rows], state.exp_avg[rows], state.exp_avg_sq[rows]
-    step = state.steps[rows] + 1
+    t = (state.opt_steps[rows] + 1).to(mem.dtype).view(-1, 1, 1)
+    lr = scheduled_lr(lr, warmup, decay, final, t)
     m1_new = torch.lerp(m1, grad, 1 - beta1)
     m2_new = m2 * beta2 + (1 - beta2) * grad * grad
-    t = step.to(mem.dtype).view(-1, 1, 1)
     bias1 = 1 - beta1 ** t
     bias2_sqrt = (1 - beta2 ** t).sqrt()
     denom = m2_new.sqrt() / bias2_sqrt + eps
@@ -266,7 +329,25 @@ def adamw_update(state: SlotState, rows: torch.Tensor, grad: torch.Tensor, activ
     state.mem[rows] = torch.where(a, mem_new, mem)
     state.exp_avg[rows] = torch.where(a, m1_new, m1)
     state.exp_avg_sq[rows] = torch.where(a, m2_new, m2)
-    state.steps[rows] = torch.where(active, step, state.steps[rows])
+    state.steps[rows] = torch.where(active, state.steps[rows] + 1, state.steps[rows])
+    state.opt_steps[rows] = torch.where(active, state.opt_steps[rows] + 1, state.opt_steps[rows])
+
+
+def restart_stalled(state: SlotState, rows: torch.Tensor, stalled: torch.Tensor):
+    """Start a new attempt where ``stalled``: mem = keep * best mem + the next seeded draw,
+    fresh moments and schedule. The stop bookkeeping (best mem, patience) carries over."""
+    if state.draws.shape[1] == 0:
+        return
+    s = stalled.view(-1, 1, 1)
+    draw = state.draws[rows, state.restarts[rows].clamp(max=state.draws.shape[1] - 1)]
+    keep = state.hyper[rows, SlotState.HYPER.index("restart_keep")].view(-1, 1, 1)
+    state.mem[rows] = torch.where(s, keep * state.best_mem[rows] + draw, state.mem[rows])
+    for t in (state.exp_avg, state.exp_avg_sq):
+        t[rows] = torch.where(s, 0, t[rows])
+    state.opt_steps[rows] = torch.where(stalled, 0, state.opt_steps[rows])
+    state.restarts[rows] = state.restarts[rows] + stalled.long()
+    state.try_best_correct[rows] = torch.where(stalled, -1, state.try_best_correct[rows])
+    state.try_best_step[rows] = torch.where(stalled, state.steps[rows], state.try_best_step[rows])
 
 
 def _step(lm, state: SlotState, rows, ids, targets, backend):
@@ -279,8 +360,9 @@ def _step(lm, state: SlotState, rows, ids, targets, backend):
     per_text = loss.sum(dim=1) / n_pred            # the paper's objective: mean CE per text
     per_text.sum().backward()                      # texts' gradients do not mix: one mem each
     correct = ((argmax == scored) & (scored != ops.IGNORE_INDEX)).sum(dim=1)
-    _apply_stop_rule(state, rows, active, correct, per_text.detach(), mem.detach())
+    stalled = _apply_stop_rule(state, rows, active, correct, per_text.detach(), mem.detach())
     adamw_update(state, rows, mem.grad.to(state.mem.dtype), state.active[rows])
+    restart_stalled(state, rows, stalled)
     failed = active & (state.reason[rows] == 4)
     return torch.where(failed, FAILED_ON_DEVICE, torch.where(active, correct, -1))
 
@@ -299,6 +381,13 @@ def _apply_stop_rule(state, rows, active, correct, loss, mem):
     stop = active & (reason > 0)
     state.reason[rows] = torch.where(stop, reason, state.reason[rows])
     state.active[rows] = active & ~stop
+    # the current attempt's own progress, for stall restarts
+    tried = active & (correct > state.try_best_correct[rows])
+    state.try_best_correct[rows] = torch.where(tried, correct, state.try_best_correct[rows])
+    state.try_best_step[rows] = torch.where(tried, steps, state.try_best_step[rows])
+    stall = state.stall_steps[rows]
+    return (active & ~stop & (stall > 0) & (steps - state.try_best_step[rows] >= stall)
+            & (state.restarts[rows] < state.max_restarts[rows]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,12 +400,14 @@ def _run(lm: LoadedModel, jobs: list[Job], n_mem: int, settings: OptimSettings, 
     sched = Scheduler(settings.max_slots, budget, n_mem, settings.policy)
     for job in jobs:
         sched.add_job(job.index, len(job.token_ids), job.settings.max_steps, job.settings.patience)
-    state = SlotState(settings.max_slots, n_mem, lm.hidden_size, mem_dtype(lm), lm.device)
+    n_draws = max(0 if j.restart_draws is None else len(j.restart_draws) for j in jobs)
+    state = SlotState(settings.max_slots, n_mem, lm.hidden_size, mem_dtype(lm), lm.device, n_draws)
     while not sched.done():
         plan = sched.plan()
         for slot in plan.new_slots:
             job = jobs[plan.slot_jobs[slot]]
-            state.start(slot, job.init_mem.to(lm.device), len(job.token_ids) - 1, job.settings)
+            draws = None if job.restart_draws is None else job.restart_draws.to(lm.device)
+            state.start(slot, job.init_mem.to(lm.device), len(job.token_ids) - 1, job.settings, draws)
             job.started = time.perf_counter()
         occupied = [s for s, j in enumerate(plan.slot_jobs) if j >= 0]
         rows = torch.tensor(occupied, device=lm.device)
@@ -343,6 +434,7 @@ def _collect(job: Job, fin, state: SlotState):
                            f"{fin.reason}@{fin.steps} vs {reason}@{steps}")
     job.result = dict(mem=state.best_mem[slot].detach().cpu().clone(), steps=steps,
                       best_step=int(state.best_step[slot]), stop_reason=reason,
+                      restarts=int(state.restarts[slot]),
                       seconds=time.perf_counter() - job.started)
 
 

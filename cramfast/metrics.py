@@ -37,6 +37,7 @@ class CompressionResult:
     token_gain: float
     seconds: float                    # from the text's start in its slot until it stopped
     text: str = ""
+    restarts: int = 0                 # stall restarts taken (settings.stall_steps > 0)
     settings: dict = field(default_factory=dict)
     error: str | None = None
 

@@ -18,17 +18,37 @@ import sys
 import time
 from pathlib import Path
 
+from cramfast import presets
 from cramfast.errors import CramfastError
 
-# name -> per-text settings; "lr_std" is lr as a multiple of std(E).
-CANDIDATES = {
-    "paper": {"lr": 1e-2},
-    "lr=0.2std": {"lr_std": 0.2},
-    "lr=0.5std": {"lr_std": 0.5},
-    "lr=1std": {"lr_std": 1.0},
-    "lr=0.2std+b2=0.99": {"lr_std": 0.2, "beta2": 0.99},
-    "lr=0.2std+init=0.5": {"lr_std": 0.2, "init_scale": 0.5},
-}
+# The default candidates. A candidate is a preset name or settings joined by "+", each
+# key=value of OptimSettings' per-text settings; lr may be given as a multiple of std(E) ("0.2std").
+CANDIDATES = ("paper", "lr=0.2std", "lr=0.5std", "lr=0.5std+decay_steps=300",
+              "lr=0.2std+stall_steps=100", "lr=0.5std+decay_steps=300+stall_steps=100")
+
+
+def parse_candidate(spec: str) -> dict:
+    """Per-text settings of one candidate spec, e.g. "lr=0.5std+warmup=10+stall_steps=100";
+    "lr_std" (a multiple of std(E)) stands in for lr until resolve() knows the model."""
+    from cramfast.compressor import PER_SLOT, OptimSettings
+    if spec in presets.PRESETS:  # its optimizer; the study's budget (max_steps, patience) applies
+        return {k: v for k, v in presets.PRESETS[spec].items()
+                if k in PER_SLOT and k not in ("max_steps", "patience")}
+    out = {}
+    for part in spec.split("+"):
+        key, sep, value = part.partition("=")
+        if not sep or key not in PER_SLOT:
+            raise CramfastError(f"bad candidate {spec!r}: {part!r} is not key=value with a key "
+                                f"from {', '.join(PER_SLOT)} (or a preset: {', '.join(presets.PRESETS)})")
+        if key == "lr" and value.endswith("std"):
+            out["lr_std"] = float(value[:-3])
+            continue
+        kind = type(getattr(OptimSettings(), key))
+        try:
+            out[key] = kind(value)
+        except ValueError:
+            raise CramfastError(f"bad candidate {spec!r}: {key} must be a {kind.__name__}") from None
+    return out
 
 
 def resolve(candidate: dict, embedding_std: float) -> dict:
@@ -54,7 +74,7 @@ def run_optimizer_study(model, token_lists_by_length: dict, n_mems, candidates: 
                     names.append(name)
             start = time.perf_counter()
             results = cramfast.compress(texts, model=lm, n_mem=n_mem, seed=seed,
-                                        per_text=per_text, **optim)
+                                        per_text=per_text, **dict(dict(max_slots=len(texts)), **optim))
             seconds = time.perf_counter() - start
             for name in candidates:
                 mine = [r for r, n in zip(results, names) if n == name]
@@ -70,6 +90,7 @@ def summarize(length, n_mem, name, results, settings, batch_seconds):
                 median_steps=statistics.median(steps),
                 p90_steps=steps[min(len(steps) - 1, round(0.9 * (len(steps) - 1)))],
                 token_steps=sum(r.steps * (r.n_tokens + n_mem) for r in results),
+                restarts=sum(r.restarts for r in results),
                 batch_seconds=round(batch_seconds, 1))
 
 
@@ -113,7 +134,8 @@ def main(argv=None) -> int:
     p.add_argument("--n-mem", default="1,2")
     p.add_argument("--texts", type=int, default=24)
     p.add_argument("--candidates", default=",".join(CANDIDATES),
-                   help=f"comma-separated names from: {', '.join(CANDIDATES)}")
+                   help="comma-separated candidates: a preset name, or key=value settings "
+                        "joined by '+' (lr may be a multiple of std(E): lr=0.5std)")
     p.add_argument("--max-steps", type=int, default=5000)
     p.add_argument("--patience", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
@@ -141,16 +163,13 @@ def main(argv=None) -> int:
 def _run(args):
     import cramfast
     from cramfast import sources
-    names = [n for n in args.candidates.split(",") if n]
-    unknown = [n for n in names if n not in CANDIDATES]
-    if unknown:
-        raise CramfastError(f"unknown candidate(s) {unknown}: choose from {', '.join(CANDIDATES)}")
+    candidates = {n: parse_candidate(n) for n in args.candidates.split(",") if n}
     lm = cramfast.load_model(args.model)
     text = "\n\n".join(sources.read_text_file(f) for f in sources.text_files(args.file))
     lengths = [int(x) for x in args.lengths.split(",")]
     by_length = {L: sources.sample_passages(lm.tokenizer, text, L, args.texts, args.seed) for L in lengths}
     return run_optimizer_study(lm, by_length, [int(x) for x in args.n_mem.split(",")],
-                               {n: CANDIDATES[n] for n in names}, seed=args.seed,
+                               candidates, seed=args.seed,
                                max_steps=args.max_steps, patience=args.patience)
 
 

@@ -39,6 +39,80 @@ def test_adamw_matches_torch_optim():
     assert state.steps.tolist() == [0, 7, 0]
 
 
+def test_lr_schedule_matches_torch_lambda_lr():
+    """Warm-up then cosine decay, per slot, == torch.optim.AdamW driven by LambdaLR."""
+    import math
+    torch.manual_seed(1)
+    warmup, decay, final = 3, 5, 0.2
+    settings = OptimSettings(lr=0.05, warmup=warmup, decay_steps=decay, final_lr_ratio=final)
+    state = SlotState(2, 1, 4, torch.float64, "cpu")
+    init = torch.randn(1, 4, dtype=torch.float64)
+    state.start(0, init, 4, settings)
+    state.start(1, init, 4, OptimSettings(lr=0.05))       # constant lr beside it
+
+    def factor(i):  # LambdaLR's i = steps taken; cramfast's t = i + 1
+        t = i + 1
+        warm = min(1.0, t / warmup)
+        progress = min(1.0, max(0.0, (t - warmup) / decay))
+        return warm * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress)))
+    refs = [init.clone().requires_grad_(True) for _ in range(2)]
+    opts = [torch.optim.AdamW([r], lr=0.05, betas=(0.9, 0.9), weight_decay=0.01) for r in refs]
+    sched = torch.optim.lr_scheduler.LambdaLR(opts[0], factor)
+    for _ in range(12):
+        grad = torch.randn(2, 1, 4, dtype=torch.float64)
+        adamw_update(state, torch.tensor([0, 1]), grad, torch.tensor([True, True]))
+        for k in range(2):
+            refs[k].grad = grad[k].clone()
+            opts[k].step()
+        sched.step()
+    for k in range(2):
+        torch.testing.assert_close(state.mem[k], refs[k].detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_restart_stalled_redraw_and_perturb():
+    state = SlotState(3, 1, 4, torch.float64, "cpu", n_draws=2)
+    draws = torch.randn(3, 2, 1, 4, dtype=torch.float64)
+    modes = ["redraw", "perturb", "redraw"]
+    for slot, mode in enumerate(modes):
+        state.start(slot, torch.ones(1, 4, dtype=torch.float64), 4,
+                    OptimSettings(stall_steps=5, restart=mode, max_restarts=2), draws[slot])
+    state.best_mem[:] = 2.0
+    state.exp_avg[:] = state.exp_avg_sq[:] = state.opt_steps[:] = 1
+    state.steps[:] = 9
+    rows = torch.tensor([0, 1, 2])
+    compressor.restart_stalled(state, rows, torch.tensor([True, True, False]))
+    torch.testing.assert_close(state.mem[0], draws[0, 0])             # a fresh draw
+    torch.testing.assert_close(state.mem[1], 2.0 + draws[1, 0])       # best mem + noise
+    assert state.mem[2].eq(1).all() and state.exp_avg[2].eq(1).all()  # not stalled: untouched
+    assert state.exp_avg[:2].eq(0).all() and state.exp_avg_sq[:2].eq(0).all()
+    assert state.opt_steps.tolist() == [0, 0, 1] and state.restarts.tolist() == [1, 1, 0]
+    assert state.try_best_step.tolist()[:2] == [9, 9] and state.steps.tolist() == [9, 9, 9]
+    compressor.restart_stalled(state, rows, torch.tensor([True, False, False]))
+    torch.testing.assert_close(state.mem[0], draws[0, 1])             # the next draw
+
+
+def test_stall_restarts_batched_equals_solo_and_reproducible(tiny_models):
+    """Restarts happen on the device, seeded per text: the same in a batch as alone, the same
+    on a rerun, and the stop rule (checked against the C++ scheduler) spans all attempts."""
+    lm = cramfast.load_model(tiny_models["llama"], dtype=torch.float64)
+    texts = [[3, 50, 7, 9, 11, 40, 41, 42], [4, 8, 15, 16, 23, 42, 99, 7, 1]]
+    kw = dict(model=lm, lr=0.02, max_steps=40, patience=1000, sync_every=4, stall_steps=3,
+              max_restarts=3)
+    for restart in ("redraw", "perturb"):
+        together = cramfast.compress(texts, restart=restart, **kw)
+        assert any(r.restarts > 0 for r in together)
+        assert all(r.restarts <= 3 for r in together)
+        for text, res in zip(texts, together):
+            [alone] = cramfast.compress([text], restart=restart, **kw)
+            assert (alone.steps, alone.stop_reason, alone.restarts) == \
+                (res.steps, res.stop_reason, res.restarts)
+            torch.testing.assert_close(alone.mem, res.mem, rtol=1e-6, atol=1e-6)
+    off = cramfast.compress(texts, **dict(kw, stall_steps=0))
+    assert all(r.restarts == 0 for r in off)
+    with pytest.raises(cramfast.CramfastError, match="restart"):
+        cramfast.compress(texts, restart="jump", **kw)
+
+
 def test_per_text_settings_equal_separate_runs(tiny_models):
     lm = cramfast.load_model(tiny_models["llama"], dtype=torch.float64)
     text = [3, 50, 7, 9, 11, 40]

@@ -1,4 +1,6 @@
 """The optimizer study: candidates share one batch and give the same numbers as separate runs."""
+import pytest
+
 import cramfast
 from cramfast import study
 from test_compressor import corpus_texts
@@ -18,3 +20,16 @@ def test_candidates_in_one_batch_match_separate_runs(trained_path, tmp_path):
     assert rows[1]["lr"] == 0.5 * lm.embedding_std()
     study.plot(rows, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_parse_candidate():
+    assert study.parse_candidate("lr=0.5std+decay_steps=300+stall_steps=100+restart=perturb") == \
+        {"lr_std": 0.5, "decay_steps": 300, "stall_steps": 100, "restart": "perturb"}
+    assert study.parse_candidate("lr=0.02+beta2=0.99") == {"lr": 0.02, "beta2": 0.99}
+    fast = study.parse_candidate("fast")
+    assert fast["lr"] == cramfast.presets.PRESETS["fast"]["lr"]
+    assert "max_steps" not in fast and "patience" not in fast   # the study's budget applies
+    for bad, why in [("lr=abc", "must be a float"), ("sync_every=3", "not key=value"),
+                     ("lr", "not key=value"), ("turbo", "not key=value")]:
+        with pytest.raises(cramfast.CramfastError, match=why):
+            study.parse_candidate(bad)
