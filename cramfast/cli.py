@@ -47,6 +47,8 @@ def _parser():
     c.add_argument("--patience", type=int)
     c.add_argument("--lr", type=float)
     c.add_argument("--max-slots", type=int)
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any per-text setting, e.g. --set stall_steps=100 --set decay_steps=300")
     c.add_argument("--backend", default=None, help="auto | triton | torch")
     c.set_defaults(func=_compress)
     d = sub.add_parser("decode", help="regenerate texts from saved mem vectors")
@@ -71,10 +73,11 @@ def _texts(args, tokenizer):
 
 def _compress(args) -> int:
     import cramfast
+    from cramfast.presets import parse_settings
+    optim = dict(max_steps=args.max_steps, patience=args.patience, lr=args.lr,
+                 max_slots=args.max_slots, **parse_settings(args.set))
     lm = cramfast.load_model(args.model, dtype=args.dtype)
     texts = _texts(args, lm.tokenizer)
-    optim = dict(max_steps=args.max_steps, patience=args.patience, lr=args.lr,
-                 max_slots=args.max_slots)
     start = time.perf_counter()
     results = cramfast.compress(texts, model=lm, n_mem=args.n_mem, max_length=args.length,
                                 seed=args.seed, backend=args.backend, preset=args.preset,

@@ -28,27 +28,13 @@ CANDIDATES = ("paper", "lr=0.2std", "lr=0.5std", "lr=0.5std+decay_steps=300",
 
 
 def parse_candidate(spec: str) -> dict:
-    """Per-text settings of one candidate spec, e.g. "lr=0.5std+warmup=10+stall_steps=100";
-    "lr_std" (a multiple of std(E)) stands in for lr until resolve() knows the model."""
-    from cramfast.compressor import PER_SLOT, OptimSettings
-    if spec in presets.PRESETS:  # its optimizer; the study's budget (max_steps, patience) applies
+    """Per-text settings of one candidate: a preset's optimizer (the study's budget, max_steps
+    and patience, applies to all), or settings joined by "+", e.g. "lr=0.5std+stall_steps=100"."""
+    from cramfast.compressor import PER_SLOT
+    if spec in presets.PRESETS:
         return {k: v for k, v in presets.PRESETS[spec].items()
                 if k in PER_SLOT and k not in ("max_steps", "patience")}
-    out = {}
-    for part in spec.split("+"):
-        key, sep, value = part.partition("=")
-        if not sep or key not in PER_SLOT:
-            raise CramfastError(f"bad candidate {spec!r}: {part!r} is not key=value with a key "
-                                f"from {', '.join(PER_SLOT)} (or a preset: {', '.join(presets.PRESETS)})")
-        if key == "lr" and value.endswith("std"):
-            out["lr_std"] = float(value[:-3])
-            continue
-        kind = type(getattr(OptimSettings(), key))
-        try:
-            out[key] = kind(value)
-        except ValueError:
-            raise CramfastError(f"bad candidate {spec!r}: {key} must be a {kind.__name__}") from None
-    return out
+    return presets.parse_settings(spec.split("+"), allow_std=True)
 
 
 def resolve(candidate: dict, embedding_std: float) -> dict:

@@ -57,7 +57,7 @@ from cramfast.errors import CramfastError
 GRIDS_DIR = Path(__file__).with_name("grids")
 PAPER_LENGTHS = (8, 16, 32, 64, 80, 96, 128, 160, 192, 256, 384, 512, 768, 1024, 1280, 1568, 2048)
 DEFAULTS = dict(models=None, sources=None, lengths="8,16,32", n_mem="1", samples=4, seeds="0",
-                db="sweep.db", preset="paper", dtype=None, backend=None, max_steps=None, lr=None,
+                db="sweep.db", preset="paper", dtype=None, backend=None, max_steps=None, lr=None, set=None,
                 patience=None, max_slots=None, chunking="prefix", sample_seed=0, vocab_file=None,
                 search=None, search_tol=1, warm_start=False)
 CONFIG_KEYS = set(DEFAULTS) | {"model", "source"}
@@ -131,6 +131,9 @@ def _parser():
     p.add_argument("--max-steps", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--patience", type=int)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any per-text setting, e.g. --set stall_steps=100 (repeatable; in TOML: "
+                        "set = [\"stall_steps=100\"])")
     p.add_argument("--max-slots", type=int, help="texts optimized at once (not part of the job key)")
     p.add_argument("--dtype", help="model weights: fp32 (default), bf16, fp16, fp64")
     p.add_argument("--backend", help="kernels: auto | triton | torch")
@@ -208,7 +211,8 @@ def _build_grid(args) -> Grid:
         n_mem=sorted(set(_int_list(merged["n_mem"], "n_mem"))),
         samples=int(merged["samples"]), seeds=sorted(set(_int_list(merged["seeds"], "seeds"))),
         db=str(merged["db"]), preset=merged["preset"], dtype=merged["dtype"], backend=merged["backend"],
-        optim={k: merged[k] for k in ("max_steps", "lr", "patience", "max_slots") if merged[k] is not None},
+        optim=dict({k: merged[k] for k in ("max_steps", "lr", "patience", "max_slots")
+                    if merged[k] is not None}, **presets.parse_settings(merged["set"] or [])),
         chunking=merged["chunking"], sample_seed=int(merged["sample_seed"]),
         vocab_file=merged["vocab_file"], search=merged["search"], search_tol=int(merged["search_tol"]),
         lengths_given=lengths_given, warm_start=bool(merged["warm_start"]))

@@ -58,6 +58,9 @@ def bad_inputs(trained_path, tmp_path):
         "not utf-8": (["--file", str(binary)], "not UTF-8"),
         "no text files": (["--file", str(tmp_path / "empty_dir")], "no .txt files"),
         "missing file": (["--file", str(tmp_path / "nope.txt")], "no such file"),
+        "bad setting": (["--text", "the cat", "--set", "stall_steps=often"], "must be an int"),
+        "unknown setting": (["--text", "the cat", "--set", "turbo=1"], "expected key=value"),
+        "bad restart": (["--text", "the cat", "--set", "restart=jump"], "restart must be"),
     }
 
 

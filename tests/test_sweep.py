@@ -128,6 +128,7 @@ def test_bad_input_one_line_exit_2_nothing_lost(tmp_path, capsys, corpus_file, t
     assert "unknown key" in one_line_error(capsys, base + ["--config", str(unknown_key)])
     assert "no source" in one_line_error(capsys, base + ["--model", trained_path])
     assert "unknown preset" in one_line_error(capsys, base + ["--source", "random", "--preset", "x"])
+    assert "expected key=value" in one_line_error(capsys, base + ["--source", "random", "--set", "x"])
     assert store.Store(db).count() == 1
 
 
