@@ -37,6 +37,7 @@ REASONS = {1: "lossless", 2: "stalled", 3: "max_steps", 4: "nonfinite"}
 class OptimSettings:
     """The published settings by default (Kuratov et al. 2025)."""
     lr: float = 1e-2
+    lr_std: float = 0.0           # > 0: lr = lr_std * std(embedding matrix), set per model
     beta1: float = 0.9
     beta2: float = 0.9
     weight_decay: float = 0.01
@@ -63,8 +64,9 @@ class OptimSettings:
     policy: str = "bucketed"      # scheduler fill policy: fifo | bucketed
 
     def __post_init__(self):
-        if self.lr <= 0 or self.max_steps < 0 or self.patience < 1 or self.sync_every < 1:
-            raise CramfastError("lr must be > 0, max_steps >= 0, patience >= 1, sync_every >= 1")
+        if self.lr <= 0 or self.lr_std < 0 or self.max_steps < 0 or self.patience < 1 or self.sync_every < 1:
+            raise CramfastError("lr must be > 0, lr_std >= 0, max_steps >= 0, patience >= 1, "
+                                "sync_every >= 1")
         if min(self.warmup, self.decay_steps, self.stall_steps, self.max_restarts) < 0:
             raise CramfastError("warmup, decay_steps, stall_steps and max_restarts must be >= 0")
         if self.restart not in ("redraw", "perturb"):
@@ -72,6 +74,12 @@ class OptimSettings:
 
     def to_dict(self):
         return asdict(self)
+
+    def for_model(self, lm: LoadedModel) -> "OptimSettings":
+        """lr_std resolved into lr for this model (both are kept in the recorded settings)."""
+        if self.lr_std == 0:
+            return self
+        return OptimSettings(**dict(self.to_dict(), lr=self.lr_std * lm.embedding_std()))
 
 
 @dataclass
@@ -115,7 +123,7 @@ def compress_iter(texts, model=None, n_mem: int = 1, max_length: int | None = No
     if not texts:
         raise CramfastError("no texts to compress")
     token_lists = [tokenize(lm, t, max_length, n_mem) for t in texts]
-    job_settings = _per_text_settings(settings, per_text, len(texts))
+    job_settings = [s.for_model(lm) for s in _per_text_settings(settings, per_text, len(texts))]
     starts = _start_mems(lm, init_mems, len(texts), n_mem)
     jobs = [Job(i, ids, init_mem(lm, ids, n_mem, seed, s.init_scale) if start is None else start, s,
                 restart_draws(lm, ids, n_mem, seed, s))
@@ -147,7 +155,7 @@ def _start_mems(lm, init_mems, n_texts, n_mem):
 
 
 # every setting that changes a text's result; each text of a batch may carry its own
-PER_SLOT = ("lr", "beta1", "beta2", "weight_decay", "eps", "init_scale", "max_steps", "patience",
+PER_SLOT = ("lr", "lr_std", "beta1", "beta2", "weight_decay", "eps", "init_scale", "max_steps", "patience",
             "warmup", "decay_steps", "final_lr_ratio", "stall_steps", "restart", "restart_noise",
             "max_restarts")
 
@@ -161,7 +169,7 @@ def _per_text_settings(base: OptimSettings, per_text, n_texts) -> list[OptimSett
         if unknown:
             raise CramfastError(f"per_text settings {sorted(unknown)} cannot differ within a "
                                 f"batch; per-text keys: {', '.join(PER_SLOT)}")
-        out.append(OptimSettings(**dict(base.to_dict(), **overrides)))
+        out.append(OptimSettings(**presets.with_overrides(base.to_dict(), overrides)))
     return out
 
 

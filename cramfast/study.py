@@ -34,14 +34,7 @@ def parse_candidate(spec: str) -> dict:
     if spec in presets.PRESETS:
         return {k: v for k, v in presets.PRESETS[spec].items()
                 if k in PER_SLOT and k not in ("max_steps", "patience")}
-    return presets.parse_settings(spec.split("+"), allow_std=True)
-
-
-def resolve(candidate: dict, embedding_std: float) -> dict:
-    out = dict(candidate)
-    if "lr_std" in out:
-        out["lr"] = out.pop("lr_std") * embedding_std
-    return out
+    return presets.parse_settings(spec.split("+"))
 
 
 def run_optimizer_study(model, token_lists_by_length: dict, n_mems, candidates: dict,
@@ -56,7 +49,7 @@ def run_optimizer_study(model, token_lists_by_length: dict, n_mems, candidates: 
             for name, cand in candidates.items():
                 for ids in token_lists:
                     texts.append(ids)
-                    per_text.append(resolve(cand, lm.embedding_std()))
+                    per_text.append(cand)
                     names.append(name)
             start = time.perf_counter()
             results = cramfast.compress(texts, model=lm, n_mem=n_mem, seed=seed,
@@ -64,14 +57,13 @@ def run_optimizer_study(model, token_lists_by_length: dict, n_mems, candidates: 
             seconds = time.perf_counter() - start
             for name in candidates:
                 mine = [r for r, n in zip(results, names) if n == name]
-                rows.append(summarize(length, n_mem, name, mine, per_text[names.index(name)],
-                                      seconds))
+                rows.append(summarize(length, n_mem, name, mine, seconds))
     return rows
 
 
-def summarize(length, n_mem, name, results, settings, batch_seconds):
+def summarize(length, n_mem, name, results, batch_seconds):
     steps = sorted(r.steps for r in results)
-    return dict(length=length, n_mem=n_mem, candidate=name, lr=settings["lr"],
+    return dict(length=length, n_mem=n_mem, candidate=name, lr=results[0].settings["lr"],
                 texts=len(results), lossless=sum(r.exact for r in results),
                 median_steps=statistics.median(steps),
                 p90_steps=steps[min(len(steps) - 1, round(0.9 * (len(steps) - 1)))],

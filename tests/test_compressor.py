@@ -254,3 +254,18 @@ def test_24_texts_with_refills_all_exact(trained_path):
                                 token_budget=6 * 33, sync_every=4)
     assert [r.n_tokens for r in results] == lengths
     assert all(r.exact and r.stop_reason == "lossless" for r in results)
+
+
+def test_lr_std_resolves_per_model_and_explicit_lr_wins(tiny_models):
+    lm = cramfast.load_model(tiny_models["llama"], dtype=torch.float64)
+    text = [3, 50, 7, 9, 11, 40]
+    [rel] = cramfast.compress([text], model=lm, max_steps=2, lr_std=0.5)
+    assert rel.settings["lr"] == pytest.approx(0.5 * lm.embedding_std())
+    [fast] = cramfast.compress([text], model=lm, max_steps=2, preset="fast")
+    assert fast.settings["lr"] == pytest.approx(lm.embedding_std())
+    assert fast.settings["decay_steps"] == 200
+    [explicit] = cramfast.compress([text], model=lm, max_steps=2, preset="fast", lr=0.05)
+    assert explicit.settings["lr"] == 0.05 and explicit.settings["lr_std"] == 0
+    [mixed, plain] = cramfast.compress([text, text], model=lm, max_steps=2, preset="fast",
+                                       per_text=[{}, {"lr": 0.05}])
+    assert mixed.settings["lr"] == fast.settings["lr"] and plain.settings["lr"] == 0.05

@@ -13,8 +13,7 @@ def test_candidates_in_one_batch_match_separate_runs(trained_path, tmp_path):
     rows = study.run_optimizer_study(lm, {12: texts}, [1], candidates, max_steps=200)
     assert [r["candidate"] for r in rows] == ["a", "b"]
     for row, cand in zip(rows, candidates.values()):
-        settings = study.resolve(cand, lm.embedding_std())
-        alone = cramfast.compress(texts, model=lm, max_steps=200, **settings)
+        alone = cramfast.compress(texts, model=lm, max_steps=200, **cand)
         assert row["lossless"] == sum(r.exact for r in alone)
         assert row["token_steps"] == sum(r.steps * (r.n_tokens + 1) for r in alone)
     assert rows[1]["lr"] == 0.5 * lm.embedding_std()
@@ -27,7 +26,7 @@ def test_parse_candidate():
         {"lr_std": 0.5, "decay_steps": 300, "stall_steps": 100, "restart": "perturb"}
     assert study.parse_candidate("lr=0.02+beta2=0.99") == {"lr": 0.02, "beta2": 0.99}
     fast = study.parse_candidate("fast")
-    assert fast["lr"] == cramfast.presets.PRESETS["fast"]["lr"]
+    assert fast["lr_std"] == cramfast.presets.PRESETS["fast"]["lr_std"] == 1.0
     assert "max_steps" not in fast and "patience" not in fast   # the study's budget applies
     for bad, why in [("lr=abc", "must be a float"), ("sync_every=3", "expected key=value"),
                      ("lr", "expected key=value"), ("turbo", "expected key=value")]:
