@@ -103,15 +103,16 @@ def load_model(name_or_path: str | LoadedModel | None = None, dtype: torch.dtype
         return name_or_path
     name = name_or_path or DEFAULT_MODEL
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = _parse_dtype(dtype)
+    dtype = parse_dtype(dtype)
     key = (name, str(dtype), str(device))
     if key not in _loaded:
-        path = embedded_model_path() if name == DEFAULT_MODEL else _local_path(name)
+        path = embedded_model_path() if name == DEFAULT_MODEL else local_path(name)
         _loaded[key] = _load_frozen(name, path, dtype, device)
     return _loaded[key]
 
 
-def _parse_dtype(dtype):
+def parse_dtype(dtype) -> torch.dtype:
+    """A torch dtype from a name (fp32, bf16, ...) or a dtype; None means fp32."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype or torch.float32
     table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
@@ -122,7 +123,8 @@ def _parse_dtype(dtype):
     return table[dtype]
 
 
-def _local_path(name: str) -> str:
+def local_path(name: str) -> str:
+    """The folder of a model given as a local folder or an id already in the local HF cache."""
     if Path(name).is_dir():
         if not (Path(name) / "config.json").is_file():
             raise CramfastError(f"model folder {name!r} has no config.json: not a saved HF model")

@@ -98,9 +98,9 @@ class Grid:
 
     def identity(self) -> dict:
         """What the results depend on (not batching or sync knobs): hashed into the job key."""
-        from cramfast.models import _parse_dtype
+        from cramfast.models import parse_dtype
         optim = self.settings()
-        return dict({k: optim[k] for k in HASHED_SETTINGS}, dtype=str(_parse_dtype(self.dtype)),
+        return dict({k: optim[k] for k in HASHED_SETTINGS}, dtype=str(parse_dtype(self.dtype)),
                     warm_start=self.warm_start)
 
     def settings_hash(self) -> str:
@@ -390,7 +390,7 @@ def model_id(name: str) -> str:
 def model_context(name: str) -> int | None:
     """The model's context length from its config alone (the weights are loaded later)."""
     from cramfast import models
-    path = models.embedded_model_path() if name == models.DEFAULT_MODEL else models._local_path(name)
+    path = models.embedded_model_path() if name == models.DEFAULT_MODEL else models.local_path(name)
     from transformers import AutoConfig
     try:
         cfg = AutoConfig.from_pretrained(path)
