@@ -111,6 +111,13 @@ def load_model(name_or_path: str | LoadedModel | None = None, dtype: torch.dtype
     return _loaded[key]
 
 
+def unload(lm: LoadedModel):
+    """Forget a model loaded by load_model, so its memory can be freed (a sweep over several
+    models keeps one at a time)."""
+    for key in [k for k, v in _loaded.items() if v is lm]:
+        del _loaded[key]
+
+
 def parse_dtype(dtype) -> torch.dtype:
     """A torch dtype from a name (fp32, bf16, ...) or a dtype; None means fp32."""
     if dtype is None or isinstance(dtype, torch.dtype):

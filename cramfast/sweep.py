@@ -549,6 +549,7 @@ class _Runner:
         self.compress_iter, self.summary = compress_iter, summary
         self.progress = None
         self.record = grid.settings_record()
+        self.loaded = None          # (model id, LoadedModel) of the model in memory
 
     # -- the three modes ---------------------------------------------------------------------
 
@@ -616,6 +617,10 @@ class _Runner:
 
     def _load(self, mid):
         import cramfast
+        from cramfast import models
+        if self.loaded and self.loaded[0] != mid:   # one model in memory at a time
+            models.unload(self.loaded[1])
+            self.loaded = None
         device = None
         if self.world > 1:
             import torch
@@ -625,6 +630,7 @@ class _Runner:
         self.model_info = dict(label=Path(mid).name if Path(mid).is_dir() else mid,
                                hidden_size=lm.hidden_size, vocab_size=lm.vocab_size,
                                max_cap=lm.theoretical_capacity(), context=lm.max_positions)
+        self.loaded = (mid, lm)
         return lm
 
     def _compress(self, lm, jobs, n_mem, seed, origin, warm=False, count=True):

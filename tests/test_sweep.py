@@ -274,3 +274,15 @@ def test_torchrun_two_ranks_shard_and_merge(trained_path, corpus_file, tmp_path,
     # a single-process rerun finds every job in the shards: nothing to do
     assert sweep.main(args) == 0
     assert "4 jobs, 4 already stored, 0 rows written" in capsys.readouterr().out
+
+
+def test_sweep_keeps_one_model_in_memory(tiny_models, corpus_file, tmp_path):
+    from cramfast import models
+    names = [tiny_models["llama"], tiny_models["gpt2"]]
+    g = grid_args("--model", names[0], "--model", names[1], "--source", str(corpus_file),
+                  "--samples", "1", "--lengths", "8", "--db", str(tmp_path / "two.db"))
+    models._loaded.clear()
+    fake = fake_compressor(lambda ids: 100)
+    sweep.run_sweep(g, quiet=True, compress_iter=fake)
+    assert len(fake.calls) == 2 and len(rows_of(tmp_path / "two.db")) == 2
+    assert [key[0] for key in models._loaded] == [names[1]]     # the first one was let go
