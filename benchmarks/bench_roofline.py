@@ -5,8 +5,9 @@ same run: the fraction of the machine's limit cramfast reaches.
 
 The step: cramfast.compressor._step as the compressor runs it (mem_embed -> frozen backbone ->
 fused linear CE -> backward to mem -> on-device stop rule -> per-slot AdamW), on B texts of
-L = 64 tokens from the books, m = 1, every slot active; B = 16 on CPU (fills 2 cores; 4 in
-quick mode), 256 on CUDA. fp32 on CPU, bf16 on CUDA (load_model(dtype="bf16")).
+L = 64 tokens from the books, m = 1, every slot active; B = 32 on CPU (the compressor's default
+max_slots: what it runs given 32 or more such texts; 4 in quick mode), 256 on CUDA;
+CRAMFAST_BENCH_BATCH overrides. fp32 on CPU, bf16 on CUDA (load_model(dtype="bf16")).
 
 FLOPs counted per step (the issue's "4N + 12·layers·d·T per token, frozen weights"):
   * tokens = B·(m + L), every position of the padded batch (no padding here: equal lengths);
@@ -44,7 +45,7 @@ from cramfast.models import load_model
 DEV = device()
 CUDA = DEV.type == "cuda"
 L, N_MEM = 64, 1
-BATCH = int(os.environ.get("CRAMFAST_BENCH_BATCH", 256 if CUDA else (4 if quick() else 16)))
+BATCH = int(os.environ.get("CRAMFAST_BENCH_BATCH", 256 if CUDA else (4 if quick() else 32)))
 ROUNDS = 5 if CUDA else (1 if quick() else 3)
 MM_N = 8192 if CUDA else (2048 if quick() else 4096)
 MM_DTYPE = torch.bfloat16 if CUDA else torch.float32

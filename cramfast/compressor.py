@@ -35,7 +35,8 @@ REASONS = {1: "lossless", 2: "stalled", 3: "max_steps", 4: "nonfinite"}
 
 @dataclass
 class OptimSettings:
-    """The published settings by default (Kuratov et al. 2025)."""
+    """The published settings by default (Kuratov et al. 2025); compress() starts from the
+    'fast' preset unless told otherwise (presets.py)."""
     lr: float = 1e-2
     lr_std: float = 0.0           # > 0: lr = lr_std * std(embedding matrix), set per model
     beta1: float = 0.9
@@ -98,7 +99,7 @@ class Job:
 
 
 def compress(texts, model=None, n_mem: int = 1, max_length: int | None = None, seed: int = 0,
-             backend: str | None = None, preset: str = "paper", per_text: list[dict] | None = None,
+             backend: str | None = None, preset: str = "fast", per_text: list[dict] | None = None,
              init_mems=None, **optim) -> list[CompressionResult]:
     """Cram each text (str or list of token ids) into ``n_mem`` vectors of the frozen ``model``.
     ``preset`` names the optimization settings (presets.py); ``optim`` overrides OptimSettings
@@ -112,7 +113,7 @@ def compress(texts, model=None, n_mem: int = 1, max_length: int | None = None, s
 
 
 def compress_iter(texts, model=None, n_mem: int = 1, max_length: int | None = None, seed: int = 0,
-                  backend: str | None = None, preset: str = "paper",
+                  backend: str | None = None, preset: str = "fast",
                   per_text: list[dict] | None = None, init_mems=None, **optim):
     """Like ``compress``, but yields (input index, result) as soon as each text finishes, so a
     caller can store it at once. Every text is tokenized and checked before any work starts."""

@@ -21,25 +21,30 @@ from pathlib import Path
 from cramfast import presets
 from cramfast.errors import CramfastError
 
-# The default candidates. A candidate is a preset name or settings joined by "+", each
-# key=value of OptimSettings' per-text settings; lr may be given as a multiple of std(E) ("0.2std").
+# The default candidates. A candidate is settings joined by "+", each key=value of
+# OptimSettings' per-text settings, optionally after a preset's name; lr may be given as a
+# multiple of std(E) ("0.2std").
 CANDIDATES = ("paper", "lr=0.2std", "lr=0.5std", "lr=0.5std+decay_steps=300",
               "lr=0.2std+stall_steps=100", "lr=0.5std+decay_steps=300+stall_steps=100")
 
 
 def parse_candidate(spec: str) -> dict:
-    """Per-text settings of one candidate: a preset's optimizer (the study's budget, max_steps
-    and patience, applies to all), or settings joined by "+", e.g. "lr=0.5std+stall_steps=100"."""
+    """Per-text settings of one candidate: settings joined by "+", e.g. "lr=0.5std+warmup=10",
+    optionally after a preset's name ("fast+stall_steps=150": the preset's optimizer with
+    that change). The study's budget (max_steps, patience) applies to every candidate."""
     from cramfast.compressor import PER_SLOT
-    if spec in presets.PRESETS:
-        return {k: v for k, v in presets.PRESETS[spec].items()
-                if k in PER_SLOT and k not in ("max_steps", "patience")}
-    return presets.parse_settings(spec.split("+"))
+    name, *rest = spec.split("+")
+    if name not in presets.PRESETS:
+        return presets.parse_settings(spec.split("+"))
+    base = {k: v for k, v in presets.PRESETS[name].items()
+            if k in PER_SLOT and k not in ("max_steps", "patience")}
+    return presets.with_overrides(base, presets.parse_settings(rest))
 
 
 def run_optimizer_study(model, token_lists_by_length: dict, n_mems, candidates: dict,
-                        seed: int = 0, **optim):
-    """Rows of {length, n_mem, candidate, lossless, median_steps, p90_steps, token_steps, ...}."""
+                        seed: int = 0, texts_out: list | None = None, **optim):
+    """Rows of {length, n_mem, candidate, lossless, median_steps, p90_steps, token_steps, ...};
+    one record per text and candidate is appended to ``texts_out`` when given."""
     import cramfast
     lm = cramfast.load_model(model)
     rows = []
@@ -58,6 +63,11 @@ def run_optimizer_study(model, token_lists_by_length: dict, n_mems, candidates: 
             for name in candidates:
                 mine = [r for r, n in zip(results, names) if n == name]
                 rows.append(summarize(length, n_mem, name, mine, seconds))
+                if texts_out is not None:
+                    texts_out += [dict(length=length, n_mem=n_mem, candidate=name, text=i,
+                                       n_tokens=r.n_tokens, steps=r.steps, stop_reason=r.stop_reason,
+                                       accuracy=r.accuracy, exact=r.exact, restarts=r.restarts)
+                                  for i, r in enumerate(mine)]
     return rows
 
 
@@ -65,6 +75,7 @@ def summarize(length, n_mem, name, results, batch_seconds):
     steps = sorted(r.steps for r in results)
     return dict(length=length, n_mem=n_mem, candidate=name, lr=results[0].settings["lr"],
                 texts=len(results), lossless=sum(r.exact for r in results),
+                mean_accuracy=round(statistics.mean(r.accuracy for r in results), 4),
                 median_steps=statistics.median(steps),
                 p90_steps=steps[min(len(steps) - 1, round(0.9 * (len(steps) - 1)))],
                 token_steps=sum(r.steps * (r.n_tokens + n_mem) for r in results),
@@ -119,8 +130,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/study")
     args = p.parse_args(argv)
+    texts = []
     try:
-        rows = _run(args)
+        rows = _run(args, texts)
     except CramfastError as exc:
         print(f"cramfast: error: {exc}", file=sys.stderr)
         return 2
@@ -129,16 +141,37 @@ def main(argv=None) -> int:
     table = markdown(rows)
     print(table)
     (out / "optimizer.md").write_text(table + "\n")
-    with open(out / "optimizer.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, out / "optimizer.csv")
+    write_csv(texts, out / "texts.csv")
+    for line in capacity_lines(rows):
+        print(line)
     plot(rows, out / "optimizer.png")
     print(f"wrote {out}/optimizer.md, .csv, .png")
     return 0
 
 
-def _run(args):
+def write_csv(rows, path: Path):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def capacity_lines(rows) -> list[str]:
+    """Per (n_mem, candidate): the paper's capacity (largest L with mean accuracy >= 0.99),
+    only over the lengths this study tried and within its step budget: a lower bound."""
+    from cramfast.metrics import capacity
+    out = []
+    for n_mem, name in dict.fromkeys((r["n_mem"], r["candidate"]) for r in rows):
+        mine = [r for r in rows if (r["n_mem"], r["candidate"]) == (n_mem, name)]
+        cap = capacity((r["length"], r["mean_accuracy"]) for r in mine)
+        tried = ",".join(str(r["length"]) for r in mine)
+        out.append(f"capacity, m={n_mem}, {name}: {cap if cap else '< ' + tried.split(',')[0]} "
+                   f"(largest L with mean accuracy >= 0.99 among L = {tried}; a lower bound)")
+    return out
+
+
+def _run(args, texts_out):
     import cramfast
     from cramfast import sources
     candidates = {n: parse_candidate(n) for n in args.candidates.split(",") if n}
@@ -147,7 +180,7 @@ def _run(args):
     lengths = [int(x) for x in args.lengths.split(",")]
     by_length = {L: sources.sample_passages(lm.tokenizer, text, L, args.texts, args.seed) for L in lengths}
     return run_optimizer_study(lm, by_length, [int(x) for x in args.n_mem.split(",")],
-                               candidates, seed=args.seed,
+                               candidates, seed=args.seed, texts_out=texts_out,
                                max_steps=args.max_steps, patience=args.patience)
 
 

@@ -10,12 +10,18 @@ def test_candidates_in_one_batch_match_separate_runs(trained_path, tmp_path):
     lm = cramfast.load_model(trained_path)
     texts = corpus_texts(lm.tokenizer, [7, 12, 9], seed=5)
     candidates = {"a": {"lr": 0.03}, "b": {"lr_std": 0.5}}
-    rows = study.run_optimizer_study(lm, {12: texts}, [1], candidates, max_steps=200)
+    per_text = []
+    rows = study.run_optimizer_study(lm, {12: texts}, [1], candidates, max_steps=200,
+                                     texts_out=per_text)
     assert [r["candidate"] for r in rows] == ["a", "b"]
+    assert len(per_text) == 6 and {t["candidate"] for t in per_text} == {"a", "b"}
     for row, cand in zip(rows, candidates.values()):
         alone = cramfast.compress(texts, model=lm, max_steps=200, **cand)
         assert row["lossless"] == sum(r.exact for r in alone)
         assert row["token_steps"] == sum(r.steps * (r.n_tokens + 1) for r in alone)
+        assert row["mean_accuracy"] == round(sum(r.accuracy for r in alone) / 3, 4)
+        mine = [t for t in per_text if t["candidate"] == row["candidate"]]
+        assert [t["steps"] for t in mine] == [r.steps for r in alone]
     assert rows[1]["lr"] == 0.5 * lm.embedding_std()
     study.plot(rows, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
@@ -28,7 +34,22 @@ def test_parse_candidate():
     fast = study.parse_candidate("fast")
     assert fast["lr_std"] == cramfast.presets.PRESETS["fast"]["lr_std"] == 1.0
     assert "max_steps" not in fast and "patience" not in fast   # the study's budget applies
+    assert study.parse_candidate("fast+stall_steps=150+lr=0.05") == \
+        dict(fast, stall_steps=150, lr=0.05, lr_std=0.0)         # an explicit lr wins
     for bad, why in [("lr=abc", "must be a float"), ("sync_every=3", "expected key=value"),
                      ("lr", "expected key=value"), ("turbo", "expected key=value")]:
         with pytest.raises(cramfast.CramfastError, match=why):
             study.parse_candidate(bad)
+
+
+def test_capacity_lines_are_a_lower_bound_over_lengths_tried():
+    rows = [dict(length=16, n_mem=1, candidate="paper", mean_accuracy=1.0),
+            dict(length=32, n_mem=1, candidate="paper", mean_accuracy=0.95),
+            dict(length=16, n_mem=1, candidate="fast", mean_accuracy=0.995),
+            dict(length=32, n_mem=1, candidate="fast", mean_accuracy=0.991),
+            dict(length=16, n_mem=2, candidate="fast", mean_accuracy=0.9)]
+    lines = study.capacity_lines(rows)
+    assert lines[0].startswith("capacity, m=1, paper: 16 ")
+    assert lines[1].startswith("capacity, m=1, fast: 32 ")
+    assert lines[2].startswith("capacity, m=2, fast: < 16 ")
+    assert all("lower bound" in line for line in lines)
