@@ -58,12 +58,12 @@ def _naive_ce(hidden, weight, targets, bias=None, backend=None):
     return ops.linear_cross_entropy_naive(hidden, weight, targets, bias)
 
 
+_vectorized_adamw = C.adamw_update
+
+
 def _per_slot_adamw(state, rows, grad, active):
     for i in range(len(rows)):
         _vectorized_adamw(state, rows[i:i + 1], grad[i:i + 1], active[i:i + 1])
-
-
-_vectorized_adamw = C.adamw_update
 
 
 def _run_cramfast(lm, token_lists, variant, monkeypatch):

@@ -12,13 +12,13 @@ the table (markdown, CSV) and a plot of steps per candidate to --out.
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 import time
 from pathlib import Path
 
 from cramfast import presets
+from cramfast.report import write_csv
 from cramfast.errors import CramfastError
 
 # The default candidates. A candidate is settings joined by "+", each key=value of
@@ -33,9 +33,9 @@ def parse_candidate(spec: str) -> dict:
     optionally after a preset's name ("fast+stall_steps=150": the preset's optimizer with
     that change). The study's budget (max_steps, patience) applies to every candidate."""
     from cramfast.compressor import PER_SLOT
-    name, *rest = spec.split("+")
+    name, *rest = parts = spec.split("+")
     if name not in presets.PRESETS:
-        return presets.parse_settings(spec.split("+"))
+        return presets.parse_settings(parts)
     base = {k: v for k, v in presets.PRESETS[name].items()
             if k in PER_SLOT and k not in ("max_steps", "patience")}
     return presets.with_overrides(base, presets.parse_settings(rest))
@@ -58,7 +58,7 @@ def run_optimizer_study(model, token_lists_by_length: dict, n_mems, candidates: 
                     names.append(name)
             start = time.perf_counter()
             results = cramfast.compress(texts, model=lm, n_mem=n_mem, seed=seed,
-                                        per_text=per_text, **dict(dict(max_slots=len(texts)), **optim))
+                                        per_text=per_text, **{"max_slots": len(texts), **optim})
             seconds = time.perf_counter() - start
             for name in candidates:
                 mine = [r for r, n in zip(results, names) if n == name]
@@ -141,20 +141,13 @@ def main(argv=None) -> int:
     table = markdown(rows)
     print(table)
     (out / "optimizer.md").write_text(table + "\n")
-    write_csv(rows, out / "optimizer.csv")
-    write_csv(texts, out / "texts.csv")
+    write_csv(out / "optimizer.csv", rows)
+    write_csv(out / "texts.csv", texts)
     for line in capacity_lines(rows):
         print(line)
     plot(rows, out / "optimizer.png")
     print(f"wrote {out}/optimizer.md, .csv, .png")
     return 0
-
-
-def write_csv(rows, path: Path):
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def capacity_lines(rows) -> list[str]:
@@ -165,9 +158,10 @@ def capacity_lines(rows) -> list[str]:
     for n_mem, name in dict.fromkeys((r["n_mem"], r["candidate"]) for r in rows):
         mine = [r for r in rows if (r["n_mem"], r["candidate"]) == (n_mem, name)]
         cap = capacity((r["length"], r["mean_accuracy"]) for r in mine)
-        tried = ",".join(str(r["length"]) for r in mine)
-        out.append(f"capacity, m={n_mem}, {name}: {cap if cap else '< ' + tried.split(',')[0]} "
-                   f"(largest L with mean accuracy >= 0.99 among L = {tried}; a lower bound)")
+        lengths = [r["length"] for r in mine]
+        found = cap if cap else f"< {min(lengths)}"
+        out.append(f"capacity, m={n_mem}, {name}: {found} (largest L with mean accuracy >= 0.99 "
+                   f"among L = {','.join(map(str, lengths))}; a lower bound)")
     return out
 
 
