@@ -59,6 +59,11 @@ class OptimSettings:
     restart: str = "redraw"
     restart_noise: float = 0.5
     max_restarts: int = 8
+    # parallel attempts: when nothing is queued and fewer than `fill_slots` slots are busy, the
+    # idle slots run extra attempts of running texts (other seeded inits, within what is left
+    # of the text's max_steps); a text ends with its first lossless attempt (0: off). Idle
+    # slots are nearly free where a small batch is bound by reading the weights.
+    fill_slots: int = 0
     sync_every: int = 16          # evaluations between host syncs (stop rules run on device)
     max_slots: int = 32           # texts optimized at once
     token_budget: int = 16384     # sum over slots of (padded length + n_mem) per step
@@ -68,8 +73,10 @@ class OptimSettings:
         if self.lr <= 0 or self.lr_std < 0 or self.max_steps < 0 or self.patience < 1 or self.sync_every < 1:
             raise CramfastError("lr must be > 0, lr_std >= 0, max_steps >= 0, patience >= 1, "
                                 "sync_every >= 1")
-        if min(self.warmup, self.decay_steps, self.stall_steps, self.max_restarts) < 0:
-            raise CramfastError("warmup, decay_steps, stall_steps and max_restarts must be >= 0")
+        if min(self.warmup, self.decay_steps, self.stall_steps, self.max_restarts,
+               self.fill_slots) < 0:
+            raise CramfastError("warmup, decay_steps, stall_steps, max_restarts and fill_slots "
+                                "must be >= 0")
         if self.restart not in ("redraw", "perturb"):
             raise CramfastError(f"restart must be 'redraw' or 'perturb', got {self.restart!r}")
 
@@ -90,8 +97,23 @@ class Job:
     init_mem: torch.Tensor          # [m, d], float
     settings: OptimSettings
     restart_draws: torch.Tensor | None = None   # [max_restarts, m, d] seeded randn * std(E)
+    seed: int = 0
     started: float = 0.0
+    first_evaluation: int = 0       # the scheduler's evaluation count when it started
+    attempts: int = 0               # attempts started (more than 1 only with fill_slots)
+    outcomes: list = field(default_factory=list)   # one dict per finished attempt
     result: dict = field(default_factory=dict)
+
+
+@dataclass
+class Attempt:
+    """One optimization of a text in one slot: attempt 0 from the text's own seeded init,
+    attempt k >= 1 (parallel attempts, fill_slots) from the k-th other seeded init."""
+    job: Job
+    number: int
+    init_mem: torch.Tensor
+    restart_draws: torch.Tensor | None
+    settings: OptimSettings
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +149,7 @@ def compress_iter(texts, model=None, n_mem: int = 1, max_length: int | None = No
     job_settings = [s.for_model(lm) for s in _per_text_settings(settings, per_text, len(texts))]
     starts = _start_mems(lm, init_mems, len(texts), n_mem)
     jobs = [Job(i, ids, init_mem(lm, ids, n_mem, seed, s.init_scale) if start is None else start, s,
-                restart_draws(lm, ids, n_mem, seed, s))
+                restart_draws(lm, ids, n_mem, seed, s), seed)
             for i, (ids, s, start) in enumerate(zip(token_lists, job_settings, starts))]
     for finished in _run(lm, jobs, n_mem, settings, backend):
         for job, result in zip(finished, _finish(lm, finished, n_mem, seed, backend)):
@@ -159,6 +181,8 @@ def _start_mems(lm, init_mems, n_texts, n_mem):
 PER_SLOT = ("lr", "lr_std", "beta1", "beta2", "weight_decay", "eps", "init_scale", "max_steps", "patience",
             "warmup", "decay_steps", "final_lr_ratio", "stall_steps", "restart", "restart_noise",
             "max_restarts")
+# every setting that changes a text's result: the per-text ones and the batch's fill_slots
+RESULT_SETTINGS = PER_SLOT + ("fill_slots",)
 
 
 def _per_text_settings(base: OptimSettings, per_text, n_texts) -> list[OptimSettings]:
@@ -199,22 +223,27 @@ def tokenize(lm: LoadedModel, text, max_length: int | None, n_mem: int) -> list[
     return ids
 
 
-def init_mem(lm: LoadedModel, ids: list[int], n_mem: int, seed: int, scale: float) -> torch.Tensor:
-    """randn(m, d) * scale * std(E), seeded by (seed, the text's tokens): a text gets the same
-    init whatever batch, order or machine it is compressed in."""
-    return (_seeded_randn(f"{seed}", ids, n_mem, lm.hidden_size) * scale
+def init_mem(lm: LoadedModel, ids: list[int], n_mem: int, seed: int, scale: float,
+             attempt: int = 0) -> torch.Tensor:
+    """randn(m, d) * scale * std(E), seeded by (seed, the text's tokens, the attempt number): a
+    text gets the same init whatever batch, order or machine it is compressed in."""
+    return (_seeded_randn(_stream(seed, attempt), ids, n_mem, lm.hidden_size) * scale
             * lm.embedding_std()).to(mem_dtype(lm))
 
 
+def _stream(seed: int, attempt: int) -> str:
+    return f"{seed}" if attempt == 0 else f"{seed}:attempt{attempt}"
+
+
 def restart_draws(lm: LoadedModel, ids: list[int], n_mem: int, seed: int,
-                  settings: OptimSettings) -> torch.Tensor | None:
-    """The new attempts' starting noise, drawn up front (seeded like init_mem, one stream per
-    attempt) so restarts happen on the device without a host sync: [max_restarts, m, d], each
+                  settings: OptimSettings, attempt: int = 0) -> torch.Tensor | None:
+    """The stall restarts' starting noise, drawn up front (seeded like init_mem, one stream per
+    restart) so restarts happen on the device without a host sync: [max_restarts, m, d], each
     randn * std(E) * (init_scale for "redraw", restart_noise for "perturb")."""
     if settings.stall_steps == 0 or settings.max_restarts == 0:
         return None
     scale = settings.init_scale if settings.restart == "redraw" else settings.restart_noise
-    draws = [_seeded_randn(f"{seed}:restart{r}", ids, n_mem, lm.hidden_size)
+    draws = [_seeded_randn(f"{_stream(seed, attempt)}:restart{r}", ids, n_mem, lm.hidden_size)
              for r in range(settings.max_restarts)]
     return (torch.stack(draws) * scale * lm.embedding_std()).to(mem_dtype(lm))
 
@@ -404,47 +433,111 @@ def _apply_stop_rule(state, rows, active, correct, loss, mem):
 
 
 def _run(lm: LoadedModel, jobs: list[Job], n_mem: int, settings: OptimSettings, backend):
-    """Drive the scheduler; yields the list of jobs finished at each sync."""
+    """Drive the scheduler; yields the list of jobs finished at each sync. Each scheduler job
+    is one Attempt: attempt 0 of text i has id i, parallel attempts ids from len(jobs) on."""
     budget = max(settings.token_budget, max(len(j.token_ids) for j in jobs) + n_mem)
     sched = Scheduler(settings.max_slots, budget, n_mem, settings.policy)
+    attempts: dict[int, Attempt] = {}
     for job in jobs:
-        sched.add_job(job.index, len(job.token_ids), job.settings.max_steps, job.settings.patience)
-    n_draws = max(0 if j.restart_draws is None else len(j.restart_draws) for j in jobs)
+        _add_attempt(sched, attempts, job.index,
+                     Attempt(job, 0, job.init_mem, job.restart_draws, job.settings))
+    next_id = len(jobs)
+    n_draws = max(j.settings.max_restarts if j.restart_draws is not None else 0 for j in jobs)
     state = SlotState(settings.max_slots, n_mem, lm.hidden_size, mem_dtype(lm), lm.device, n_draws)
     while not sched.done():
+        if sched.pending() == 0 and sched.running() < settings.fill_slots:
+            next_id = _fill_idle_slots(lm, sched, attempts, settings, n_mem, next_id)
         plan = sched.plan()
         for slot in plan.new_slots:
-            job = jobs[plan.slot_jobs[slot]]
-            draws = None if job.restart_draws is None else job.restart_draws.to(lm.device)
-            state.start(slot, job.init_mem.to(lm.device), len(job.token_ids) - 1, job.settings, draws)
-            job.started = time.perf_counter()
+            attempt = attempts[plan.slot_jobs[slot]]
+            draws = None if attempt.restart_draws is None else attempt.restart_draws.to(lm.device)
+            state.start(slot, attempt.init_mem.to(lm.device), len(attempt.job.token_ids) - 1,
+                        attempt.settings, draws)
+            if attempt.number == 0:
+                attempt.job.started = time.perf_counter()
+                attempt.job.first_evaluation = sched.evaluations()
         occupied = [s for s, j in enumerate(plan.slot_jobs) if j >= 0]
         rows = torch.tensor(occupied, device=lm.device)
-        ids, targets = pad_batch([jobs[plan.slot_jobs[s]].token_ids for s in occupied],
+        ids, targets = pad_batch([attempts[plan.slot_jobs[s]].job.token_ids for s in occupied],
                                  plan.padded_length, lm.device)
         history = torch.stack([_step(lm, state, rows, ids, targets, backend)
                                for _ in range(settings.sync_every)])
         report = torch.full((settings.sync_every, settings.max_slots), -1, dtype=torch.long)
         report[:, occupied] = history.cpu()        # the one host sync per sync_every steps
-        finished = sched.report(report.numpy())
-        for fin in finished:
-            _collect(jobs[fin.job_id], fin, state)
-        if finished:
-            yield [jobs[fin.job_id] for fin in finished]
+        done = [job for fin in sched.report(report.numpy())
+                if (job := _attempt_finished(sched, attempts, fin, state)) is not None]
+        if done:
+            yield done
 
 
-def _collect(job: Job, fin, state: SlotState):
+def _add_attempt(sched, attempts: dict, attempt_id: int, attempt: Attempt):
+    s = attempt.settings
+    sched.add_job(attempt_id, len(attempt.job.token_ids), s.max_steps, s.patience)
+    attempts[attempt_id] = attempt
+    attempt.job.attempts += 1
+
+
+def _fill_idle_slots(lm, sched, attempts: dict, settings: OptimSettings, n_mem: int,
+                     next_id: int) -> int:
+    """Queue parallel attempts of running texts until ``fill_slots`` slots would be busy: the
+    text with the fewest attempts running goes first (then the lower index). An attempt gets
+    what is left of its text's max_steps, so no text runs longer than without parallel
+    attempts. Returns the next free attempt id."""
+    for _ in range(settings.fill_slots - sched.running()):
+        running: dict[int, list[Attempt]] = {}
+        for attempt in attempts.values():
+            running.setdefault(attempt.job.index, []).append(attempt)
+        job = min((group[0].job for group in running.values()),
+                  key=lambda j: (len(running[j.index]), j.index), default=None)
+        if job is None:
+            break
+        left = job.settings.max_steps - (sched.evaluations() - job.first_evaluation)
+        if left < settings.sync_every:
+            break
+        k = job.attempts
+        s = OptimSettings(**dict(job.settings.to_dict(), max_steps=left))
+        _add_attempt(sched, attempts, next_id, Attempt(
+            job, k, init_mem(lm, job.token_ids, n_mem, job.seed, s.init_scale, k),
+            restart_draws(lm, job.token_ids, n_mem, job.seed, s, k), s))
+        next_id += 1
+    return next_id
+
+
+def _attempt_finished(sched, attempts: dict, fin, state: SlotState) -> Job | None:
+    """Record a finished attempt; its text is done when it went lossless (the text's other
+    attempts are cancelled) or when it was the text's last attempt running. Returns the text
+    if done, with the best attempt's outcome as its result."""
+    attempt = attempts.pop(fin.job_id, None)
+    if attempt is None:                 # cancelled by a sibling that finished in this report
+        return None
+    job = attempt.job
+    job.outcomes.append(_collect(attempt, fin, state))
+    siblings = [i for i, a in attempts.items() if a.job is job]
+    if fin.reason != "lossless" and siblings:
+        return None
+    for i in siblings:
+        sched.cancel(i)
+        del attempts[i]
+    # lossless first, then the most tokens right, then the earlier attempt
+    best = max(job.outcomes, key=lambda o: (o["stop_reason"] == "lossless", o["best_correct"],
+                                            -o["attempt"]))
+    job.result = dict({k: v for k, v in best.items() if k != "best_correct"},
+                      seconds=time.perf_counter() - job.started, attempts=job.attempts)
+    return job
+
+
+def _collect(attempt: Attempt, fin, state: SlotState) -> dict:
     slot = fin.slot
     reason = REASONS.get(int(state.reason[slot]), "unknown")
     steps = int(state.steps[slot])
     expected = "failed" if reason == "nonfinite" else reason
     if expected != fin.reason or steps != fin.steps:
-        raise RuntimeError(f"scheduler and device disagree on job {job.index}: "
-                           f"{fin.reason}@{fin.steps} vs {reason}@{steps}")
-    job.result = dict(mem=state.best_mem[slot].detach().cpu().clone(), steps=steps,
-                      best_step=int(state.best_step[slot]), stop_reason=reason,
-                      restarts=int(state.restarts[slot]),
-                      seconds=time.perf_counter() - job.started)
+        raise RuntimeError(f"scheduler and device disagree on job {attempt.job.index} attempt "
+                           f"{attempt.number}: {fin.reason}@{fin.steps} vs {reason}@{steps}")
+    return dict(mem=state.best_mem[slot].detach().cpu().clone(), steps=steps,
+                best_step=int(state.best_step[slot]), stop_reason=reason,
+                restarts=int(state.restarts[slot]), attempt=attempt.number,
+                best_correct=fin.best_correct)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,9 +35,12 @@ class CompressionResult:
     info_gain_nats: float
     info_gain_bits: float
     token_gain: float
-    seconds: float                    # from the text's start in its slot until it stopped
+    seconds: float                    # from the text's start in its slot until it ended
     text: str = ""
     restarts: int = 0                 # stall restarts taken (settings.stall_steps > 0)
+    attempts: int = 1                 # parallel attempts run (settings.fill_slots > 0)
+    attempt: int = 0                  # the one whose mem is returned (0: the text's own init);
+                                      # steps, best_step and restarts are that attempt's
     settings: dict = field(default_factory=dict)
     error: str | None = None
 

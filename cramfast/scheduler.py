@@ -17,7 +17,9 @@ API (all counts are Python ints):
     .add_job(job_id, n_tokens, max_steps, patience) -> None
     .plan() -> Plan(slot_jobs, new_slots, padded_length, n_occupied)
     .report(n_correct_history) -> list[Finished(job_id, slot, reason, steps, best_step, best_correct)]
-    .pending() / .running() / .finished() -> int        queued / in a slot / stopped so far
+    .cancel(job_id) -> bool   drop a queued or running job without a result (slot freed)
+    .pending() / .running() / .finished() / .cancelled() -> int
+                              queued / in a slot / stopped so far / cancelled so far
     .done() -> bool                                     nothing queued and nothing running
     .token_steps() -> int    sum over reported evaluations of n_occupied * (padded_length + n_mem)
     .evaluations() -> int    rows reported so far
@@ -119,6 +121,9 @@ class Scheduler:
         return [Finished(f.job_id, f.slot, f.reason, f.steps, f.best_step, f.best_correct)
                 for f in self._core.report(matrix)]
 
+    def cancel(self, job_id: int) -> bool:
+        return self._core.cancel(int(job_id))
+
     def pending(self) -> int:
         return self._core.pending()
 
@@ -127,6 +132,9 @@ class Scheduler:
 
     def finished(self) -> int:
         return self._core.finished()
+
+    def cancelled(self) -> int:
+        return self._core.cancelled()
 
     def done(self) -> bool:
         return self._core.done()

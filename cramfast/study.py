@@ -22,23 +22,27 @@ from cramfast.report import write_csv
 from cramfast.errors import CramfastError
 
 # The default candidates. A candidate is settings joined by "+", each key=value of
-# OptimSettings' per-text settings, optionally after a preset's name; lr may be given as a
-# multiple of std(E) ("0.2std").
+# OptimSettings' per-text settings, optionally after a preset's name (else over "paper"); lr
+# may be given as a multiple of std(E) ("0.2std").
 CANDIDATES = ("paper", "lr=0.2std", "lr=0.5std", "lr=0.5std+decay_steps=300",
               "lr=0.2std+stall_steps=100", "lr=0.5std+decay_steps=300+stall_steps=100")
 
 
 def parse_candidate(spec: str) -> dict:
-    """Per-text settings of one candidate: settings joined by "+", e.g. "lr=0.5std+warmup=10",
-    optionally after a preset's name ("fast+stall_steps=150": the preset's optimizer with
-    that change). The study's budget (max_steps, patience) applies to every candidate."""
-    from cramfast.compressor import PER_SLOT
+    """Every per-text setting of one candidate: settings joined by "+", e.g.
+    "lr=0.5std+warmup=10", applied to a preset named first ("fast+stall_steps=150": the
+    preset's optimizer with that change) or, with no preset named, to "paper". The study's
+    budget (max_steps, patience) applies to every candidate."""
+    from cramfast.compressor import PER_SLOT, OptimSettings
     name, *rest = parts = spec.split("+")
     if name not in presets.PRESETS:
-        return presets.parse_settings(parts)
-    base = {k: v for k, v in presets.PRESETS[name].items()
-            if k in PER_SLOT and k not in ("max_steps", "patience")}
-    return presets.with_overrides(base, presets.parse_settings(rest))
+        name, rest = "paper", parts
+    changes = presets.parse_settings(rest)
+    if set(changes) - set(PER_SLOT):
+        raise CramfastError(f"candidate {spec!r}: {', '.join(set(changes) - set(PER_SLOT))} "
+                            "is set for the whole study batch, not per candidate")
+    full = OptimSettings(**presets.with_overrides(presets.PRESETS[name], changes)).to_dict()
+    return {k: full[k] for k in PER_SLOT if k not in ("max_steps", "patience")}
 
 
 def run_optimizer_study(model, token_lists_by_length: dict, n_mems, candidates: dict,
@@ -57,8 +61,10 @@ def run_optimizer_study(model, token_lists_by_length: dict, n_mems, candidates: 
                     per_text.append(cand)
                     names.append(name)
             start = time.perf_counter()
-            results = cramfast.compress(texts, model=lm, n_mem=n_mem, seed=seed,
-                                        per_text=per_text, **{"max_slots": len(texts), **optim})
+            # each candidate's per-text settings apply over "paper"; one attempt per text
+            results = cramfast.compress(texts, model=lm, n_mem=n_mem, seed=seed, preset="paper",
+                                        per_text=per_text,
+                                        **{"max_slots": len(texts), "fill_slots": 0, **optim})
             seconds = time.perf_counter() - start
             for name in candidates:
                 mine = [r for r, n in zip(results, names) if n == name]

@@ -51,7 +51,7 @@ from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
 from cramfast import presets, sources, store
-from cramfast.compressor import PER_SLOT
+from cramfast.compressor import RESULT_SETTINGS
 from cramfast.errors import CramfastError
 
 GRIDS_DIR = Path(__file__).with_name("grids")
@@ -61,7 +61,7 @@ DEFAULTS = dict(models=None, sources=None, lengths="8,16,32", n_mem="1", samples
                 patience=None, max_slots=None, chunking="prefix", sample_seed=0, vocab_file=None,
                 search=None, search_tol=1, warm_start=False)
 CONFIG_KEYS = set(DEFAULTS) | {"model", "source"}
-HASHED_SETTINGS = PER_SLOT   # the settings a result depends on (batching and sync knobs are not)
+HASHED_SETTINGS = RESULT_SETTINGS   # what a result depends on (batch size, sync do not)
 TAIL_CHARS = 16_000   # a passage starts where at least this much of its book follows, if it can
 TOKEN_MARGIN = 8      # tokens beyond L that a window must yield, so that the cut is stable
 

@@ -47,9 +47,11 @@ PYBIND11_MODULE(_scheduler, m) {
                                    static_cast<std::size_t>(history.shape(1)));
             },
             py::arg("n_correct_history"))
+        .def("cancel", &Scheduler::cancel, py::arg("job_id"))
         .def("pending", &Scheduler::pending)
         .def("running", &Scheduler::running)
         .def("finished", &Scheduler::finished)
+        .def("cancelled", &Scheduler::cancelled)
         .def("done", &Scheduler::done)
         .def("token_steps", &Scheduler::token_steps)
         .def("evaluations", &Scheduler::evaluations)

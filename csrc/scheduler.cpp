@@ -231,6 +231,26 @@ std::vector<Finished> Scheduler::report(const std::int64_t* history, std::size_t
     return out;
 }
 
+bool Scheduler::cancel(std::int64_t job_id) {
+    if (!active_ids_.erase(job_id)) return false;
+    for (Slot& slot : slots_) {
+        if (slot.occupied && slot.job.id == job_id) {
+            slot.occupied = false;
+            ++cancelled_;
+            return true;
+        }
+    }
+    for (auto it = queue_by_age_.begin(); it != queue_by_age_.end(); ++it) {
+        if (it->second.id == job_id) {
+            queue_by_length_.erase({it->second.n_tokens, it->first});
+            queue_by_age_.erase(it);
+            ++cancelled_;
+            return true;
+        }
+    }
+    return true;  // unreachable: an active id is always queued or running
+}
+
 std::vector<Finished> Scheduler::report(const std::vector<std::vector<std::int64_t>>& history) {
     std::vector<std::int64_t> flat;
     flat.reserve(history.size() * slots_.size());

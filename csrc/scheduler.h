@@ -74,9 +74,15 @@ public:
     std::vector<Finished> report(const std::int64_t* history, std::size_t rows, std::size_t cols);
     std::vector<Finished> report(const std::vector<std::vector<std::int64_t>>& history);
 
+    // Drops a queued or running job without a result (its slot is free for the next plan()):
+    // e.g. the other attempts of a text once one attempt has gone lossless.  Returns whether
+    // the job was queued or running.
+    bool cancel(std::int64_t job_id);
+
     std::size_t pending() const { return queue_by_age_.size(); }
     std::size_t running() const;
     std::size_t finished() const { return finished_; }
+    std::size_t cancelled() const { return cancelled_; }
     bool done() const { return pending() == 0 && running() == 0; }
 
     // Sum over reported evaluations of n_occupied * (padded_length + n_mem) of the plan in
@@ -134,6 +140,7 @@ private:
     std::int64_t token_steps_ = 0;
     std::int64_t evaluations_ = 0;
     std::size_t finished_ = 0;
+    std::size_t cancelled_ = 0;
 };
 
 }  // namespace cramfast

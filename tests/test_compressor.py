@@ -97,7 +97,7 @@ def test_stall_restarts_batched_equals_solo_and_reproducible(tiny_models):
     lm = cramfast.load_model(tiny_models["llama"], dtype=torch.float64)
     texts = [[3, 50, 7, 9, 11, 40, 41, 42], [4, 8, 15, 16, 23, 42, 99, 7, 1]]
     kw = dict(model=lm, lr=0.02, max_steps=40, patience=1000, sync_every=4, stall_steps=3,
-              max_restarts=3)
+              max_restarts=3, fill_slots=0)
     for restart in ("redraw", "perturb"):
         together = cramfast.compress(texts, restart=restart, **kw)
         assert any(r.restarts > 0 for r in together)
@@ -147,7 +147,7 @@ def test_fused_loss_matches_full_logits(tiny_models):
 def test_batched_equals_solo(tiny_models):
     lm = cramfast.load_model(tiny_models["llama"], dtype=torch.float64)
     texts = [[3, 50, 7, 9, 11], [4, 8, 15, 16, 23, 42, 99, 7, 1], [200, 100, 31]]
-    kw = dict(model=lm, lr=0.1, max_steps=25, patience=1000, sync_every=4)
+    kw = dict(model=lm, lr=0.1, max_steps=25, patience=1000, sync_every=4, fill_slots=0)
     together = cramfast.compress(texts, **kw)
     for text, res in zip(texts, together):
         [alone] = cramfast.compress([text], **kw)
@@ -237,13 +237,41 @@ def test_refilled_slots_equal_solo(tiny_models):
     lm = cramfast.load_model(tiny_models["llama"], dtype=torch.float64)
     texts = [[3, 50, 7, 9, 11], [4, 8, 15, 16, 23, 42, 99], [200, 100, 31], [5, 6, 7, 8],
              [9, 19, 29, 39, 49, 59]]
-    kw = dict(model=lm, lr=0.1, patience=1000, sync_every=2)
+    kw = dict(model=lm, lr=0.1, patience=1000, sync_every=2, fill_slots=0)
     budgets = [{"max_steps": s} for s in (4, 9, 3, 6, 5)]
     refilled = cramfast.compress(texts, max_slots=2, per_text=budgets, **kw)
     for text, budget, res in zip(texts, budgets, refilled):
         [alone] = cramfast.compress([text], **budget, **kw)
         assert (alone.steps, alone.stop_reason) == (res.steps, res.stop_reason)
         torch.testing.assert_close(alone.mem, res.mem, rtol=1e-6, atol=1e-6)
+
+
+def test_parallel_attempts_in_idle_slots(trained_path, tiny_models):
+    """fill_slots: idle slots run other seeded attempts of running texts; a text returns its
+    first lossless attempt, which is the same optimization as that attempt run alone."""
+    lm = cramfast.load_model(trained_path)
+    texts = corpus_texts(lm.tokenizer, [16, 24], seed=5)
+    kw = dict(model=lm, lr=0.03, max_steps=400, sync_every=4, seed=2, stall_steps=0)
+    results = cramfast.compress(texts, max_slots=4, fill_slots=4, **kw)
+    assert all(r.attempts >= 2 for r in results)
+    for text, res in zip(texts, results):
+        assert res.stop_reason == "lossless" and res.exact and res.attempt < res.attempts
+        start = compressor.init_mem(lm, text, 1, 2, 1.0, res.attempt)
+        [alone] = cramfast.compress([text], init_mems=[start], fill_slots=0, **kw)
+        assert (alone.steps, alone.stop_reason) == (res.steps, res.stop_reason)
+        torch.testing.assert_close(alone.mem, res.mem, rtol=1e-5, atol=1e-5)
+    # a text never lossless: every attempt stops within what was left of its max_steps
+    tiny = cramfast.load_model(tiny_models["llama"], dtype=torch.float64)
+    hard = [[3, 50, 7, 9, 11, 40, 41, 42], [4, 8, 15, 16, 23, 42, 99, 7, 1]]
+    kw = dict(model=tiny, lr=0.01, max_steps=40, patience=1000, sync_every=4, max_slots=4)
+    alone = cramfast.compress(hard, fill_slots=0, **kw)
+    both = cramfast.compress(hard, fill_slots=4, **kw)
+    for a, b in zip(alone, both):
+        assert b.attempts == 2 and b.stop_reason == "max_steps"
+        assert b.steps == (40 if b.attempt == 0 else 36)   # attempt 1 started 4 steps later
+        if b.attempt == 0:
+            assert a.steps == b.steps and torch.allclose(a.mem, b.mem, rtol=1e-9, atol=1e-9)
+    assert all(r.attempts == 1 and r.attempt == 0 for r in alone)
 
 
 def test_24_texts_with_refills_all_exact(trained_path):

@@ -536,3 +536,18 @@ def test_failed_on_device_frees_the_slot_with_reason_failed():
     finished = sched.report([[1, 2], [FAILED_ON_DEVICE, 3]])
     assert [(f.job_id, f.reason, f.steps) for f in finished] == [(0, "failed", 1)]
     assert sched.running() == 1 and sched.finished() == 1
+
+
+def test_cancel_frees_a_running_slot_or_drops_a_queued_job():
+    sched = Scheduler(2, 100, 1, "fifo")
+    for job in range(3):
+        sched.add_job(job, 5, 100, 10)
+    assert sched.plan().slot_jobs == (0, 1)
+    assert sched.cancel(1) and sched.cancel(2)          # running, queued
+    assert not sched.cancel(1) and not sched.cancel(7)  # gone, never added
+    assert (sched.running(), sched.pending(), sched.cancelled(), sched.finished()) == (1, 0, 2, 0)
+    sched.add_job(1, 5, 100, 10)                        # a cancelled id may come back
+    plan = sched.plan()
+    assert plan.slot_jobs == (0, 1) and plan.new_slots == (1,)
+    assert [f.job_id for f in sched.report([[4, 4]])] == [0, 1]
+    assert sched.done()

@@ -16,7 +16,7 @@ def test_candidates_in_one_batch_match_separate_runs(trained_path, tmp_path):
     assert [r["candidate"] for r in rows] == ["a", "b"]
     assert len(per_text) == 6 and {t["candidate"] for t in per_text} == {"a", "b"}
     for row, cand in zip(rows, candidates.values()):
-        alone = cramfast.compress(texts, model=lm, max_steps=200, **cand)
+        alone = cramfast.compress(texts, model=lm, max_steps=200, preset="paper", **cand)
         assert row["lossless"] == sum(r.exact for r in alone)
         assert row["token_steps"] == sum(r.steps * (r.n_tokens + 1) for r in alone)
         assert row["mean_accuracy"] == round(sum(r.accuracy for r in alone) / 3, 4)
@@ -28,16 +28,23 @@ def test_candidates_in_one_batch_match_separate_runs(trained_path, tmp_path):
 
 
 def test_parse_candidate():
+    """A candidate is complete: every per-text setting, from its preset (default "paper"), so
+    nothing leaks in from the preset the study's batch is run with."""
+    paper = study.parse_candidate("paper")
+    assert paper["lr"] == 1e-2 and paper["lr_std"] == 0 and paper["decay_steps"] == 0
+    assert paper["stall_steps"] == 0 and "fill_slots" not in paper
+    assert "max_steps" not in paper and "patience" not in paper   # the study's budget applies
     assert study.parse_candidate("lr=0.5std+decay_steps=300+stall_steps=100+restart=perturb") == \
-        {"lr_std": 0.5, "decay_steps": 300, "stall_steps": 100, "restart": "perturb"}
-    assert study.parse_candidate("lr=0.02+beta2=0.99") == {"lr": 0.02, "beta2": 0.99}
+        dict(paper, lr_std=0.5, decay_steps=300, stall_steps=100, restart="perturb")
+    assert study.parse_candidate("lr=0.02+beta2=0.99") == dict(paper, lr=0.02, beta2=0.99)
     fast = study.parse_candidate("fast")
     assert fast["lr_std"] == cramfast.presets.PRESETS["fast"]["lr_std"] == 1.0
-    assert "max_steps" not in fast and "patience" not in fast   # the study's budget applies
-    assert study.parse_candidate("fast+stall_steps=150+lr=0.05") == \
-        dict(fast, stall_steps=150, lr=0.05, lr_std=0.0)         # an explicit lr wins
+    assert fast["stall_steps"] == cramfast.presets.PRESETS["fast"]["stall_steps"]
+    assert study.parse_candidate("fast+stall_steps=0+lr=0.05") == \
+        dict(fast, stall_steps=0, lr=0.05, lr_std=0.0)           # an explicit lr wins
     for bad, why in [("lr=abc", "must be a float"), ("sync_every=3", "expected key=value"),
-                     ("lr", "expected key=value"), ("turbo", "expected key=value")]:
+                     ("lr", "expected key=value"), ("turbo", "expected key=value"),
+                     ("fast+fill_slots=2", "whole study batch")]:
         with pytest.raises(cramfast.CramfastError, match=why):
             study.parse_candidate(bad)
 

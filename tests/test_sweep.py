@@ -58,6 +58,9 @@ def test_grid_from_toml_and_flags(tmp_path):
     h = g.settings_hash()
     assert grid_args("--config", str(cfg), "--samples", "5", "--lr", "0.5", "--max-slots", "3").settings_hash() == h
     assert grid_args("--config", str(cfg), "--lr", "0.4").settings_hash() != h
+    # parallel attempts change results: hashed, though a batch-wide setting
+    assert grid_args("--config", str(cfg), "--samples", "5", "--lr", "0.5",
+                     "--set", "fill_slots=2").settings_hash() != h
     for shipped in sorted(sweep.GRIDS_DIR.glob("*.toml")):
         g = grid_args("--config", shipped.stem, "--source", "random")
         assert g.lengths and g.n_mem and g.samples >= 1
