@@ -444,9 +444,11 @@ def _run(lm: LoadedModel, jobs: list[Job], n_mem: int, settings: OptimSettings, 
     next_id = len(jobs)
     n_draws = max(j.settings.max_restarts if j.restart_draws is not None else 0 for j in jobs)
     state = SlotState(settings.max_slots, n_mem, lm.hidden_size, mem_dtype(lm), lm.device, n_draws)
+    fill_width = min(settings.fill_slots, settings.max_slots)
     while not sched.done():
-        if sched.pending() == 0 and sched.running() < settings.fill_slots:
-            next_id = _fill_idle_slots(lm, sched, attempts, settings, n_mem, next_id)
+        if sched.pending() == 0 and sched.running() < fill_width:
+            next_id = _fill_idle_slots(lm, sched, attempts, fill_width, settings.sync_every,
+                                       n_mem, next_id)
         plan = sched.plan()
         for slot in plan.new_slots:
             attempt = attempts[plan.slot_jobs[slot]]
@@ -477,23 +479,24 @@ def _add_attempt(sched, attempts: dict, attempt_id: int, attempt: Attempt):
     attempt.job.attempts += 1
 
 
-def _fill_idle_slots(lm, sched, attempts: dict, settings: OptimSettings, n_mem: int,
+def _fill_idle_slots(lm, sched, attempts: dict, width: int, sync_every: int, n_mem: int,
                      next_id: int) -> int:
-    """Queue parallel attempts of running texts until ``fill_slots`` slots would be busy: the
+    """Queue parallel attempts of running texts until ``width`` slots would be busy: the
     text with the fewest attempts running goes first (then the lower index). An attempt gets
     what is left of its text's max_steps, so no text runs longer than without parallel
     attempts. Returns the next free attempt id."""
-    for _ in range(settings.fill_slots - sched.running()):
+    for _ in range(width - sched.running()):
         running: dict[int, list[Attempt]] = {}
         for attempt in attempts.values():
             running.setdefault(attempt.job.index, []).append(attempt)
-        job = min((group[0].job for group in running.values()),
-                  key=lambda j: (len(running[j.index]), j.index), default=None)
-        if job is None:
+        steps_left = {i: group[0].job.settings.max_steps
+                      - (sched.evaluations() - group[0].job.first_evaluation)
+                      for i, group in running.items()}
+        eligible = [i for i in running if steps_left[i] >= sync_every]
+        if not eligible:
             break
-        left = job.settings.max_steps - (sched.evaluations() - job.first_evaluation)
-        if left < settings.sync_every:
-            break
+        index = min(eligible, key=lambda i: (len(running[i]), i))
+        job, left = running[index][0].job, steps_left[index]
         k = job.attempts
         s = OptimSettings(**dict(job.settings.to_dict(), max_steps=left))
         _add_attempt(sched, attempts, next_id, Attempt(
