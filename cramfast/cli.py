@@ -49,7 +49,8 @@ def _parser():
     c.add_argument("--lr", type=float)
     c.add_argument("--max-slots", type=int)
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any per-text setting, e.g. --set stall_steps=100 --set decay_steps=300")
+                   help="any setting that changes results (the per-text ones and fill_slots), e.g. "
+                        "--set stall_steps=100 --set fill_slots=0")
     c.add_argument("--backend", default=None, help="auto | triton | torch")
     c.set_defaults(func=_compress)
     d = sub.add_parser("decode", help="regenerate texts from saved mem vectors")

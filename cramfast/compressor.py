@@ -125,10 +125,11 @@ def compress(texts, model=None, n_mem: int = 1, max_length: int | None = None, s
              init_mems=None, **optim) -> list[CompressionResult]:
     """Cram each text (str or list of token ids) into ``n_mem`` vectors of the frozen ``model``.
     ``preset`` names the optimization settings (presets.py); ``optim`` overrides OptimSettings
-    fields for all texts, ``per_text`` (one dict per text) for single texts: lr, betas, weight
-    decay, eps, init_scale, max_steps and patience may differ between texts of one batch.
-    ``init_mems`` (one [n_mem, d] tensor or None per text) starts texts from given vectors
-    instead of the seeded random init (warm starts). Results come back in input order."""
+    fields for all texts, ``per_text`` (one dict per text) for single texts: every setting in
+    PER_SLOT (lr, betas, schedule, stall restarts, budgets, ...) may differ between texts of one
+    batch. ``init_mems`` (one [n_mem, d] tensor or None per text) starts texts from given
+    vectors instead of the seeded random init (warm starts; parallel attempts beyond the first
+    start from seeded inits). Results come back in input order."""
     results = dict(compress_iter(texts, model, n_mem, max_length, seed, backend, preset, per_text,
                                  init_mems, **optim))
     return [results[i] for i in range(len(results))]

@@ -132,7 +132,8 @@ def _parser():
     p.add_argument("--lr", type=float)
     p.add_argument("--patience", type=int)
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="any per-text setting, e.g. --set stall_steps=100 (repeatable; in TOML: "
+                   help="any setting that changes results (the per-text ones and fill_slots), "
+                        "e.g. --set stall_steps=100 (repeatable; in TOML: "
                         "set = [\"stall_steps=100\"])")
     p.add_argument("--max-slots", type=int, help="texts optimized at once (not part of the job key)")
     p.add_argument("--dtype", help="model weights: fp32 (default), bf16, fp16, fp64")

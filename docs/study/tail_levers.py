@@ -1,0 +1,22 @@
+"""The end-to-end benchmark's 8 passages (L=16, seed 0, max 600 steps) under `fast` with the
+tail levers switched: one compress call per variant, printing seconds, lossless count and per
+text (steps, restarts, attempts, accuracy). Run from the repository root, e.g.
+    .venv/bin/python docs/study/tail_levers.py stall_steps=0,fill_slots=0 fill_slots=0 -
+("-": the preset as it is)."""
+import sys
+import time
+
+sys.path.insert(0, "benchmarks")
+from _common import bench_texts  # noqa: E402
+from cramfast import compress, presets  # noqa: E402
+from cramfast.models import load_model  # noqa: E402
+
+lm = load_model()
+texts = bench_texts(lm.tokenizer, 16, 8, seed=0)
+for variant in sys.argv[1:]:
+    overrides = presets.parse_settings(variant.split(",")) if variant != "-" else {}
+    start = time.perf_counter()
+    results = compress(texts, model=lm, preset="fast", max_steps=600, patience=2000, **overrides)
+    print(variant, f"{time.perf_counter() - start:.1f} s",
+          sum(r.accuracy == 1.0 for r in results), "lossless",
+          [(r.steps, r.restarts, r.attempts, round(r.accuracy, 2)) for r in results], flush=True)
