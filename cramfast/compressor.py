@@ -3,11 +3,14 @@ optimized together in one forward/backward of a frozen LM.
 
 The loop, top to bottom:
   compress(texts) / compress_iter tokenize + validate everything first (bad input costs nothing)
-  -> _run(jobs)                   the scheduler (csrc/) plans which jobs occupy which slots
+  -> _run(jobs)                   the scheduler (csrc/) plans which attempts occupy which slots
+                                  (one attempt per text, more in idle slots: _fill_idle_slots)
      -> SlotState.start(...)      refilled slots get a fresh seeded mem and fresh AdamW moments
      -> _step(...) x sync_every   forward (ops.mem_embed -> backbone -> ops.linear_cross_entropy),
                                   stop rule and per-slot AdamW, all on the device, no host sync
-     -> scheduler.report(...)     the k evaluations' correct-counts; finished jobs free slots
+     -> scheduler.report(...)     the k evaluations' correct-counts; finished attempts free
+                                  slots; a text ends with its first lossless attempt
+                                  (_attempt_finished cancels the others) or its last one
   -> _finish(...)                 metrics with and without mem, greedy decode check, per batch
                                   of jobs finished at the same sync
 
