@@ -33,7 +33,7 @@ def with_overrides(settings: dict, overrides: dict) -> dict:
 
 
 def parse_settings(pairs) -> dict:
-    """Per-text settings from "key=value" strings (``--set`` flags, study candidates), typed
+    """Settings that change results, from "key=value" strings (``--set``, study candidates), typed
     like OptimSettings' fields; "lr=0.5std" means lr_std=0.5 (a multiple of std(E))."""
     from cramfast.compressor import RESULT_SETTINGS, OptimSettings
     defaults = OptimSettings()
