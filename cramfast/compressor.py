@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field, asdict
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -502,7 +502,7 @@ def _fill_idle_slots(lm, sched, attempts: dict, width: int, sync_every: int, n_m
         index = min(eligible, key=lambda i: (len(running[i]), i))
         job, left = running[index][0].job, steps_left[index]
         k = job.attempts
-        s = OptimSettings(**dict(job.settings.to_dict(), max_steps=left))
+        s = replace(job.settings, max_steps=left)
         _add_attempt(sched, attempts, next_id, Attempt(
             job, k, init_mem(lm, job.token_ids, n_mem, job.seed, s.init_scale, k),
             restart_draws(lm, job.token_ids, n_mem, job.seed, s, k), s))
