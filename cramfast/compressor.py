@@ -54,6 +54,11 @@ class OptimSettings:
     warmup: int = 0
     decay_steps: int = 0
     final_lr_ratio: float = 0.1
+    # the objective: the mean over the text's positions of (1 - p_target) ** focal_gamma * CE,
+    # the weight held constant in the gradient, so positions the LM already predicts with
+    # confidence give way to those it does not (0: the paper's mean CE). Lossless still means
+    # argmax accuracy 1.0, and every reported CE is the plain one.
+    focal_gamma: float = 0.0
     # stall handling: when an attempt's accuracy has not improved for `stall_steps` steps
     # (0: off), start a new attempt with fresh AdamW moments: "redraw" a new seeded init, or
     # "perturb" the best mem so far by randn * restart_noise * std(E); at most max_restarts.
@@ -182,9 +187,9 @@ def _start_mems(lm, init_mems, n_texts, n_mem):
 
 
 # every setting that changes a text's result; each text of a batch may carry its own
-PER_SLOT = ("lr", "lr_std", "beta1", "beta2", "weight_decay", "eps", "init_scale", "max_steps", "patience",
-            "warmup", "decay_steps", "final_lr_ratio", "stall_steps", "restart", "restart_noise",
-            "max_restarts")
+PER_SLOT = ("lr", "lr_std", "beta1", "beta2", "weight_decay", "eps", "init_scale", "max_steps",
+            "patience", "warmup", "decay_steps", "final_lr_ratio", "focal_gamma", "stall_steps",
+            "restart", "restart_noise", "max_restarts")
 # every setting that changes a text's result: the per-text ones and the batch's fill_slots
 RESULT_SETTINGS = PER_SLOT + ("fill_slots",)
 
@@ -308,7 +313,7 @@ class SlotState:
     mem so far, the stop bookkeeping and the current attempt's (for stall restarts)."""
 
     HYPER = ("lr", "beta1", "beta2", "weight_decay", "eps", "warmup", "decay_steps",
-             "final_lr_ratio", "restart_keep")
+             "final_lr_ratio", "restart_keep", "focal_gamma")
     COUNTS = ("steps", "opt_steps", "best_correct", "best_step", "try_best_correct",
               "try_best_step", "n_pred", "reason", "max_steps", "patience", "stall_steps",
               "restarts", "max_restarts")
@@ -357,7 +362,7 @@ def adamw_update(state: SlotState, rows: torch.Tensor, grad: torch.Tensor, activ
     lr schedule and step count (so a refilled or restarted slot starts its bias correction
     afresh), applied where ``active``."""
     a = active.view(-1, 1, 1)
-    lr, beta1, beta2, wd, eps, warmup, decay, final, _ = \
+    lr, beta1, beta2, wd, eps, warmup, decay, final, *_ = \
         state.hyper[rows].T.reshape(len(SlotState.HYPER), -1, 1, 1)
     mem, m1, m2 = state.mem[rows], state.exp_avg[rows], state.exp_avg_sq[rows]
     t = (state.opt_steps[rows] + 1).to(mem.dtype).view(-1, 1, 1)
@@ -399,7 +404,8 @@ def _step(lm, state: SlotState, rows, ids, targets, backend):
     scored = torch.where(active[:, None], targets, torch.full_like(targets, ops.IGNORE_INDEX))
     loss, argmax = predict(lm, ids, scored, mem, backend)
     n_pred = state.n_pred[rows]
-    per_text = loss.sum(dim=1) / n_pred            # the paper's objective: mean CE per text
+    gamma = state.hyper[rows, SlotState.HYPER.index("focal_gamma")].view(-1, 1)
+    per_text = (loss * focal_weights(loss, gamma)).sum(dim=1) / n_pred
     per_text.sum().backward()                      # texts' gradients do not mix: one mem each
     correct = ((argmax == scored) & (scored != ops.IGNORE_INDEX)).sum(dim=1)
     stalled = _apply_stop_rule(state, rows, active, correct, per_text.detach(), mem.detach())
@@ -407,6 +413,28 @@ def _step(lm, state: SlotState, rows, ids, targets, backend):
     restart_stalled(state, rows, stalled)
     failed = active & (state.reason[rows] == 4)
     return torch.where(failed, FAILED_ON_DEVICE, torch.where(active, correct, -1))
+
+
+def focal_weights(loss: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """(1 - p_target) ** gamma per position, p_target = exp(-CE), detached; exactly 1 where
+    gamma is 0 (x ** 0 is 1 for every x, 0 and NaN included: the paper's objective)."""
+    return (-torch.expm1(-loss.detach())).clamp(min=0) ** gamma
+
+
+def _step_live(lm, state: SlotState, rows, ids, targets, backend):
+    """_step, where on a CPU the slots that stopped since the last sync leave the batch at once:
+    there, reading the device's active mask costs nothing and a row costs its share of the
+    step. (On a GPU that read would be a host sync per step, and a stopped row is nearly free.)
+    Stopped rows report -1 either way, as _step does for them."""
+    if lm.device.type != "cpu":
+        return _step(lm, state, rows, ids, targets, backend)
+    live = state.active[rows]
+    if bool(live.all()):
+        return _step(lm, state, rows, ids, targets, backend)
+    out = torch.full((len(rows),), -1, dtype=torch.long)
+    if bool(live.any()):
+        out[live] = _step(lm, state, rows[live], ids[live], targets[live], backend)
+    return out
 
 
 def _apply_stop_rule(state, rows, active, correct, loss, mem):
@@ -466,7 +494,7 @@ def _run(lm: LoadedModel, jobs: list[Job], n_mem: int, settings: OptimSettings, 
         rows = torch.tensor(occupied, device=lm.device)
         ids, targets = pad_batch([attempts[plan.slot_jobs[s]].job.token_ids for s in occupied],
                                  plan.padded_length, lm.device)
-        history = torch.stack([_step(lm, state, rows, ids, targets, backend)
+        history = torch.stack([_step_live(lm, state, rows, ids, targets, backend)
                                for _ in range(settings.sync_every)])
         report = torch.full((settings.sync_every, settings.max_slots), -1, dtype=torch.long)
         report[:, occupied] = history.cpu()        # the one host sync per sync_every steps

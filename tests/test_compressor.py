@@ -144,6 +144,39 @@ def test_fused_loss_matches_full_logits(tiny_models):
     assert torch.equal(argmax[valid], logits.argmax(-1)[valid])
 
 
+def test_focal_objective_step_matches_reference(trained_path):
+    """Two steps under focal_gamma: AdamW on mean((1 - p_target) ** gamma * CE) over the text's
+    positions, the weight held constant, computed here from full logits; gamma 0 is plain CE.
+    A pretrained model, so that p_target is far from 0 and the weights matter."""
+    lm = cramfast.load_model(trained_path, dtype=torch.float64)
+    toks = corpus_texts(lm.tokenizer, [6, 9])
+    ids, targets = compressor.pad_batch(toks, 9, "cpu")
+    init = torch.randn(2, 1, lm.hidden_size, dtype=torch.float64) * lm.embedding_std()
+    state = SlotState(2, 1, lm.hidden_size, torch.float64, "cpu")
+    gammas = torch.tensor([[2.0], [0.0]], dtype=torch.float64)
+    for slot in range(2):
+        settings = OptimSettings(lr=0.05, focal_gamma=float(gammas[slot]))
+        state.start(slot, init[slot], len(toks[slot]) - 1, settings)
+
+    def reference(gamma):
+        mem = init.clone().requires_grad_(True)
+        opt = torch.optim.AdamW([mem], lr=0.05, betas=(0.9, 0.9), weight_decay=0.01, eps=1e-8)
+        for _ in range(2):
+            opt.zero_grad()
+            x = torch.cat([mem, lm.embedding[ids]], 1)
+            logits = lm.model(inputs_embeds=x).logits[:, 1:-1]
+            ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+            weight = (1 - torch.exp(-ce.detach())) ** gamma
+            ((weight * ce).sum(1) / torch.tensor([5, 8])).sum().backward()
+            opt.step()
+        return mem.detach()
+
+    for _ in range(2):
+        compressor._step(lm, state, torch.arange(2), ids, targets, "torch")
+    torch.testing.assert_close(state.mem, reference(gammas), rtol=1e-9, atol=1e-9)
+    assert not torch.allclose(state.mem[0], reference(torch.zeros_like(gammas))[0], rtol=1e-4)
+
+
 def test_batched_equals_solo(tiny_models):
     lm = cramfast.load_model(tiny_models["llama"], dtype=torch.float64)
     texts = [[3, 50, 7, 9, 11], [4, 8, 15, 16, 23, 42, 99, 7, 1], [200, 100, 31]]
