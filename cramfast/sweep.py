@@ -97,11 +97,14 @@ class Grid:
         return OptimSettings(**presets.preset(self.preset, **self.optim)).to_dict()
 
     def identity(self) -> dict:
-        """What the results depend on (not batching or sync knobs): hashed into the job key."""
+        """What the results depend on (not batching or sync knobs): hashed into the job key.
+        Only the settings that differ from the published protocol (OptimSettings' defaults)
+        enter it, so a setting added later, off by default, leaves stored keys as they are."""
+        from cramfast.compressor import OptimSettings
         from cramfast.models import parse_dtype
-        optim = self.settings()
-        return dict({k: optim[k] for k in HASHED_SETTINGS}, dtype=str(parse_dtype(self.dtype)),
-                    warm_start=self.warm_start)
+        optim, published = self.settings(), OptimSettings().to_dict()
+        changed = {k: optim[k] for k in HASHED_SETTINGS if optim[k] != published[k]}
+        return dict(changed, dtype=str(parse_dtype(self.dtype)), warm_start=self.warm_start)
 
     def settings_hash(self) -> str:
         text = json.dumps(self.identity(), sort_keys=True)

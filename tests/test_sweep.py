@@ -61,6 +61,13 @@ def test_grid_from_toml_and_flags(tmp_path):
     # parallel attempts change results: hashed, though a batch-wide setting
     assert grid_args("--config", str(cfg), "--samples", "5", "--lr", "0.5",
                      "--set", "fill_slots=2").settings_hash() != h
+    # only settings off the published protocol are hashed: one added later, at its neutral
+    # default, keeps the keys of stores made before it
+    paper = grid_args("--config", str(cfg), "--preset", "paper")
+    assert "focal_gamma" not in paper.identity() and paper.identity()["max_steps"] == 100
+    assert grid_args("--config", str(cfg), "--preset", "paper",
+                     "--set", "focal_gamma=0").settings_hash() == paper.settings_hash()
+    assert g.identity()["focal_gamma"] == 1.0
     for shipped in sorted(sweep.GRIDS_DIR.glob("*.toml")):
         g = grid_args("--config", shipped.stem, "--source", "random")
         assert g.lengths and g.n_mem and g.samples >= 1
