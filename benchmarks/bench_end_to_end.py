@@ -11,9 +11,9 @@ Methods, each one timed call over all the texts of one length L (model already l
   cramfast_paper   one cramfast.compress call over all texts, preset "paper" (the published
                    settings: the same optimization problem as the paper loop)
   cramfast_fast    the same with preset "fast" (lr = std(E) cosine-decayed over 200 steps,
-                   a stall restart after 150 steps without progress, parallel attempts in up
-                   to 4 idle slots at the tail: fewer steps; its lossless rate is reported,
-                   not assumed)
+                   the focal objective, a stall restart after 150 steps without progress,
+                   parallel attempts in up to 4 idle slots at the tail: fewer steps; its
+                   lossless rate is reported, not assumed)
 
 Settings: the embedded model (smollm2-135m-q4; fp32 on CPU; on CUDA cramfast runs the model in
 bf16 and the paper loop in fp32 weights under bf16 autocast, as the original), m = 1, texts of

@@ -2,7 +2,8 @@
 tail levers switched: one compress call per variant, printing seconds, lossless count and per
 text (steps, restarts, attempts, accuracy). Run from the repository root, e.g.
     .venv/bin/python docs/study/tail_levers.py stall_steps=0,fill_slots=0 fill_slots=0 -
-("-": the preset as it is)."""
+("-": the preset as it is; CRAMFAST_TAIL_TEXTS=24 takes 24 passages instead of 8)."""
+import os
 import sys
 import time
 
@@ -12,7 +13,7 @@ from cramfast import compress, presets  # noqa: E402
 from cramfast.models import load_model  # noqa: E402
 
 lm = load_model()
-texts = bench_texts(lm.tokenizer, 16, 8, seed=0)
+texts = bench_texts(lm.tokenizer, 16, int(os.environ.get("CRAMFAST_TAIL_TEXTS", 8)), seed=0)
 for variant in sys.argv[1:]:
     overrides = presets.parse_settings(variant.split(",")) if variant != "-" else {}
     start = time.perf_counter()
