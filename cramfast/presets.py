@@ -3,8 +3,9 @@
 embedding matrix (0.136 on the embedded model, 13.6x the paper's 1e-2 there), cosine-decayed
 to a tenth over 200 steps; each position's CE weighted by (1 - p_target) (focal_gamma 1), so
 the positions still wrong or unsure drive the gradient; a stall restart (a fresh seeded init)
-after 150 steps without a better accuracy; and parallel attempts in up to 4 idle slots at the tail of a run (fill_slots,
-sized for a CPU; raise it towards max_slots on a GPU). Everything else as the paper."""
+after 150 steps without a better accuracy; and parallel attempts in up to 4 idle slots at the
+tail of a run (fill_slots, sized for a CPU; raise it towards max_slots on a GPU). Everything
+else as the paper."""
 from __future__ import annotations
 
 from cramfast.errors import CramfastError
