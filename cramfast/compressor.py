@@ -426,10 +426,8 @@ def _step_live(lm, state: SlotState, rows, ids, targets, backend):
     there, reading the device's active mask costs nothing and a row costs its share of the
     step. (On a GPU that read would be a host sync per step, and a stopped row is nearly free.)
     Stopped rows report -1 either way, as _step does for them."""
-    if lm.device.type != "cpu":
-        return _step(lm, state, rows, ids, targets, backend)
     live = state.active[rows]
-    if bool(live.all()):
+    if lm.device.type != "cpu" or bool(live.all()):
         return _step(lm, state, rows, ids, targets, backend)
     out = torch.full((len(rows),), -1, dtype=torch.long)
     if bool(live.any()):
