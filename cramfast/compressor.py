@@ -64,6 +64,9 @@ class OptimSettings:
     # "perturb" the best mem so far by randn * restart_noise * std(E); at most max_restarts.
     # The stop rule (best mem, patience, max_steps) runs over all attempts together.
     stall_steps: int = 0
+    # > 0: the trigger grows with the text, round(stall_steps_per_token * (N - 1)) steps for a
+    # text of N tokens, in place of stall_steps (a long text improves slowly between gains)
+    stall_steps_per_token: float = 0.0
     restart: str = "redraw"
     restart_noise: float = 0.5
     max_restarts: int = 8
@@ -81,10 +84,10 @@ class OptimSettings:
         if self.lr <= 0 or self.lr_std < 0 or self.max_steps < 0 or self.patience < 1 or self.sync_every < 1:
             raise CramfastError("lr must be > 0, lr_std >= 0, max_steps >= 0, patience >= 1, "
                                 "sync_every >= 1")
-        if min(self.warmup, self.decay_steps, self.stall_steps, self.max_restarts,
-               self.fill_slots) < 0:
-            raise CramfastError("warmup, decay_steps, stall_steps, max_restarts and fill_slots "
-                                "must be >= 0")
+        if min(self.warmup, self.decay_steps, self.stall_steps, self.stall_steps_per_token,
+               self.max_restarts, self.fill_slots) < 0:
+            raise CramfastError("warmup, decay_steps, stall_steps, stall_steps_per_token, "
+                                "max_restarts and fill_slots must be >= 0")
         if self.restart not in ("redraw", "perturb"):
             raise CramfastError(f"restart must be 'redraw' or 'perturb', got {self.restart!r}")
 
@@ -96,6 +99,13 @@ class OptimSettings:
         if self.lr_std == 0:
             return self
         return OptimSettings(**dict(self.to_dict(), lr=self.lr_std * lm.embedding_std()))
+
+    def for_text(self, n_tokens: int) -> "OptimSettings":
+        """stall_steps_per_token resolved into stall_steps for a text of ``n_tokens`` tokens
+        (both are kept in the recorded settings)."""
+        if self.stall_steps_per_token == 0:
+            return self
+        return replace(self, stall_steps=max(1, round(self.stall_steps_per_token * (n_tokens - 1))))
 
 
 @dataclass
@@ -155,7 +165,8 @@ def compress_iter(texts, model=None, n_mem: int = 1, max_length: int | None = No
     if not texts:
         raise CramfastError("no texts to compress")
     token_lists = [tokenize(lm, t, max_length, n_mem) for t in texts]
-    job_settings = [s.for_model(lm) for s in _per_text_settings(settings, per_text, len(texts))]
+    job_settings = [s.for_model(lm).for_text(len(ids)) for s, ids in
+                    zip(_per_text_settings(settings, per_text, len(texts)), token_lists)]
     starts = _start_mems(lm, init_mems, len(texts), n_mem)
     jobs = [Job(i, ids, init_mem(lm, ids, n_mem, seed, s.init_scale) if start is None else start, s,
                 restart_draws(lm, ids, n_mem, seed, s), seed)
@@ -189,7 +200,7 @@ def _start_mems(lm, init_mems, n_texts, n_mem):
 # every setting that changes a text's result; each text of a batch may carry its own
 PER_SLOT = ("lr", "lr_std", "beta1", "beta2", "weight_decay", "eps", "init_scale", "max_steps",
             "patience", "warmup", "decay_steps", "final_lr_ratio", "focal_gamma", "stall_steps",
-            "restart", "restart_noise", "max_restarts")
+            "stall_steps_per_token", "restart", "restart_noise", "max_restarts")
 # every setting that changes a text's result: the per-text ones and the batch's fill_slots
 RESULT_SETTINGS = PER_SLOT + ("fill_slots",)
 

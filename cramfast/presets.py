@@ -3,9 +3,9 @@
 embedding matrix (0.136 on the embedded model, 13.6x the paper's 1e-2 there), cosine-decayed
 to a tenth over 200 steps; each position's CE weighted by (1 - p_target) (focal_gamma 1), so
 the positions still wrong or unsure drive the gradient; a stall restart (a fresh seeded init)
-after 150 steps without a better accuracy; and parallel attempts in up to 4 idle slots at the
-tail of a run (fill_slots, sized for a CPU; raise it towards max_slots on a GPU). Everything
-else as the paper."""
+after 10 steps per predicted token without a better accuracy (150 for a 16-token text); and
+parallel attempts in up to 4 idle slots at the tail of a run (fill_slots, sized for a CPU;
+raise it towards max_slots on a GPU). Everything else as the paper."""
 from __future__ import annotations
 
 from cramfast.errors import CramfastError
@@ -15,7 +15,7 @@ PAPER = dict(lr=1e-2, lr_std=0.0, beta1=0.9, beta2=0.9, weight_decay=0.01, max_s
 PRESETS = {
     "paper": PAPER,
     "fast": dict(PAPER, lr_std=1.0, decay_steps=200, final_lr_ratio=0.1, focal_gamma=1.0,
-                 stall_steps=150, fill_slots=4),
+                 stall_steps_per_token=10.0, fill_slots=4),
 }
 
 
@@ -26,11 +26,17 @@ def preset(name: str, **overrides) -> dict:
     return with_overrides(PRESETS[name], {k: v for k, v in overrides.items() if v is not None})
 
 
+# settings given in absolute terms and their relative forms (resolved per model, per text)
+RELATIVE = {"lr": "lr_std", "stall_steps": "stall_steps_per_token"}
+
+
 def with_overrides(settings: dict, overrides: dict) -> dict:
-    """``settings`` updated by ``overrides``; an explicit lr replaces a relative one (lr_std)."""
+    """``settings`` updated by ``overrides``; an explicit absolute setting (lr, stall_steps)
+    replaces a relative one (lr_std, stall_steps_per_token)."""
     out = dict(settings, **overrides)
-    if "lr" in overrides and "lr_std" not in overrides:
-        out["lr_std"] = 0.0
+    for absolute, relative in RELATIVE.items():
+        if absolute in overrides and relative not in overrides:
+            out[relative] = 0.0
     return out
 
 

@@ -113,6 +113,25 @@ def test_stall_restarts_batched_equals_solo_and_reproducible(tiny_models):
         cramfast.compress(texts, restart="jump", **kw)
 
 
+def test_stall_trigger_per_token_equals_explicit_triggers(tiny_models):
+    """stall_steps_per_token gives a text of N tokens the trigger round(k * (N - 1)): the same
+    run as that stall_steps given per text; an explicit stall_steps replaces it."""
+    lm = cramfast.load_model(tiny_models["llama"], dtype=torch.float64)
+    texts = [[3, 50, 7, 9, 11, 40, 41, 42], [4, 8, 15, 16, 23, 42, 99, 7, 1, 5, 6, 2, 9]]
+    kw = dict(model=lm, lr=0.02, max_steps=40, patience=1000, sync_every=4, max_restarts=3,
+              fill_slots=0)
+    scaled = cramfast.compress(texts, stall_steps_per_token=0.5, **kw)
+    assert [r.settings["stall_steps"] for r in scaled] == [4, 6]
+    assert any(r.restarts > 0 for r in scaled)
+    explicit = cramfast.compress(texts, per_text=[{"stall_steps": 4}, {"stall_steps": 6}], **kw)
+    for a, b in zip(scaled, explicit):
+        assert (a.steps, a.stop_reason, a.restarts) == (b.steps, b.stop_reason, b.restarts)
+        torch.testing.assert_close(a.mem, b.mem, rtol=0, atol=0)
+    [wins] = cramfast.compress(texts[:1], stall_steps_per_token=0.5, **kw,
+                               per_text=[{"stall_steps": 2}])
+    assert wins.settings["stall_steps"] == 2 and wins.settings["stall_steps_per_token"] == 0
+
+
 def test_per_text_settings_equal_separate_runs(tiny_models):
     lm = cramfast.load_model(tiny_models["llama"], dtype=torch.float64)
     text = [3, 50, 7, 9, 11, 40]

@@ -39,9 +39,10 @@ def test_parse_candidate():
     assert study.parse_candidate("lr=0.02+beta2=0.99") == dict(paper, lr=0.02, beta2=0.99)
     fast = study.parse_candidate("fast")
     assert fast["lr_std"] == cramfast.presets.PRESETS["fast"]["lr_std"] == 1.0
-    assert fast["stall_steps"] == cramfast.presets.PRESETS["fast"]["stall_steps"]
+    assert fast["stall_steps_per_token"] == \
+        cramfast.presets.PRESETS["fast"]["stall_steps_per_token"] == 10.0
     assert study.parse_candidate("fast+stall_steps=0+lr=0.05") == \
-        dict(fast, stall_steps=0, lr=0.05, lr_std=0.0)           # an explicit lr wins
+        dict(fast, stall_steps=0, stall_steps_per_token=0.0, lr=0.05, lr_std=0.0)   # explicit wins
     for bad, why in [("lr=abc", "must be a float"), ("sync_every=3", "expected key=value"),
                      ("lr", "expected key=value"), ("turbo", "expected key=value"),
                      ("fast+fill_slots=2", "whole study batch")]:
