@@ -11,7 +11,8 @@ Methods, each one timed call over all the texts of one length L (model already l
   cramfast_paper   one cramfast.compress call over all texts, preset "paper" (the published
                    settings: the same optimization problem as the paper loop)
   cramfast_fast    the same with preset "fast" (lr = std(E) cosine-decayed over 200 steps,
-                   the focal objective, a stall restart after 150 steps without progress,
+                   the focal objective, a stall restart after 10 steps per predicted token
+                   without progress (150 at L = 16),
                    parallel attempts in up to 4 idle slots at the tail: fewer steps; its
                    lossless rate is reported, not assumed)
 
