@@ -98,7 +98,7 @@ class OptimSettings:
         """lr_std resolved into lr for this model (both are kept in the recorded settings)."""
         if self.lr_std == 0:
             return self
-        return OptimSettings(**dict(self.to_dict(), lr=self.lr_std * lm.embedding_std()))
+        return replace(self, lr=self.lr_std * lm.embedding_std())
 
     def for_text(self, n_tokens: int) -> "OptimSettings":
         """stall_steps_per_token resolved into stall_steps for a text of ``n_tokens`` tokens
