@@ -58,7 +58,7 @@ def _naive_ce(hidden, weight, targets, bias=None, backend=None):
     return ops.linear_cross_entropy_naive(hidden, weight, targets, bias)
 
 
-_vectorized_adamw = C.adamw_update
+_vectorized_adamw = C.mem_update
 
 
 def _per_slot_adamw(state, rows, grad, active):
@@ -75,7 +75,7 @@ def _run_cramfast(lm, token_lists, variant, monkeypatch):
     if variant == "naive_ce":
         monkeypatch.setattr(ops, "linear_cross_entropy", _naive_ce)
     if variant == "per_slot_adamw":
-        monkeypatch.setattr(C, "adamw_update", _per_slot_adamw)
+        monkeypatch.setattr(C, "mem_update", _per_slot_adamw)
     opt = C.OptimSettings(**settings)
     jobs = [C.Job(i, ids, C.init_mem(lm, ids, N_MEM, SEED, 1.0), opt)
             for i, ids in enumerate(token_lists)]

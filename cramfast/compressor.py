@@ -40,8 +40,14 @@ REASONS = {1: "lossless", 2: "stalled", 3: "max_steps", 4: "nonfinite"}
 class OptimSettings:
     """The published settings by default (Kuratov et al. 2025); compress() starts from the
     'fast' preset unless told otherwise (presets.py)."""
+    # "adamw" (the paper's) or "lamb": AdamW's moments, but each mem vector's step (plus weight
+    # decay) rescaled to lr * ||mem vector|| (LAMB's trust ratio, You et al. 2019), so lr is a
+    # fraction of the vector's norm. Why it helps here: a mem vector enters every layer through
+    # an RMSNorm and gets lossless at a norm of tens to thousands (init: ~3), where a fixed AdamW
+    # step is a small relative change; LAMB's steps grow with the norm (docs/study.md).
+    optimizer: str = "adamw"
     lr: float = 1e-2
-    lr_std: float = 0.0           # > 0: lr = lr_std * std(embedding matrix), set per model
+    lr_std: float = 0.0           # > 0 (adamw only): lr = lr_std * std(embedding matrix), per model
     beta1: float = 0.9
     beta2: float = 0.9
     weight_decay: float = 0.01
@@ -88,6 +94,11 @@ class OptimSettings:
                self.max_restarts, self.fill_slots) < 0:
             raise CramfastError("warmup, decay_steps, stall_steps, stall_steps_per_token, "
                                 "max_restarts and fill_slots must be >= 0")
+        if self.optimizer not in ("adamw", "lamb"):
+            raise CramfastError(f"optimizer must be 'adamw' or 'lamb', got {self.optimizer!r}")
+        if self.optimizer == "lamb" and self.lr_std > 0:
+            raise CramfastError("lr_std applies to adamw only: lamb's lr is already relative "
+                                "(a fraction of the mem vector's norm); give lr")
         if self.restart not in ("redraw", "perturb"):
             raise CramfastError(f"restart must be 'redraw' or 'perturb', got {self.restart!r}")
 
@@ -198,7 +209,7 @@ def _start_mems(lm, init_mems, n_texts, n_mem):
 
 
 # every setting that changes a text's result; each text of a batch may carry its own
-PER_SLOT = ("lr", "lr_std", "beta1", "beta2", "weight_decay", "eps", "init_scale", "max_steps",
+PER_SLOT = ("optimizer", "lr", "lr_std", "beta1", "beta2", "weight_decay", "eps", "init_scale", "max_steps",
             "patience", "warmup", "decay_steps", "final_lr_ratio", "focal_gamma", "stall_steps",
             "stall_steps_per_token", "restart", "restart_noise", "max_restarts")
 # every setting that changes a text's result: the per-text ones and the batch's fill_slots
@@ -324,7 +335,7 @@ class SlotState:
     mem so far, the stop bookkeeping and the current attempt's (for stall restarts)."""
 
     HYPER = ("lr", "beta1", "beta2", "weight_decay", "eps", "warmup", "decay_steps",
-             "final_lr_ratio", "restart_keep", "focal_gamma")
+             "final_lr_ratio", "restart_keep", "focal_gamma", "lamb")
     COUNTS = ("steps", "opt_steps", "best_correct", "best_step", "try_best_correct",
               "try_best_step", "n_pred", "reason", "max_steps", "patience", "stall_steps",
               "restarts", "max_restarts")
@@ -348,7 +359,8 @@ class SlotState:
         self.best_correct[slot] = -1
         self.try_best_correct[slot] = -1
         self.n_pred[slot] = n_pred
-        values = dict(settings.to_dict(), restart_keep=float(settings.restart == "perturb"))
+        values = dict(settings.to_dict(), restart_keep=float(settings.restart == "perturb"),
+                      lamb=float(settings.optimizer == "lamb"))
         self.hyper[slot] = torch.tensor([values[k] for k in self.HYPER], dtype=self.hyper.dtype)
         for name in ("max_steps", "patience", "stall_steps"):
             getattr(self, name)[slot] = getattr(settings, name)
@@ -368,27 +380,36 @@ def scheduled_lr(lr, warmup, decay_steps, final_ratio, t):
     return lr * warm * torch.where(decay_steps > 0, cosine, torch.ones_like(t))
 
 
-def adamw_update(state: SlotState, rows: torch.Tensor, grad: torch.Tensor, active: torch.Tensor):
-    """torch.optim.AdamW's update, vectorized over slots, each with its own hyperparameters,
-    lr schedule and step count (so a refilled or restarted slot starts its bias correction
-    afresh), applied where ``active``."""
+def mem_update(state: SlotState, rows: torch.Tensor, grad: torch.Tensor, active: torch.Tensor):
+    """torch.optim.AdamW's update (or LAMB's, per slot), vectorized over slots, each with its own
+    hyperparameters, lr schedule and step count (so a refilled or restarted slot starts its bias
+    correction afresh), applied where ``active``."""
     a = active.view(-1, 1, 1)
-    lr, beta1, beta2, wd, eps, warmup, decay, final, *_ = \
-        state.hyper[rows].T.reshape(len(SlotState.HYPER), -1, 1, 1)
+    hyper = dict(zip(SlotState.HYPER, state.hyper[rows].T.reshape(len(SlotState.HYPER), -1, 1, 1)))
+    beta1, beta2, wd = hyper["beta1"], hyper["beta2"], hyper["weight_decay"]
     mem, m1, m2 = state.mem[rows], state.exp_avg[rows], state.exp_avg_sq[rows]
     t = (state.opt_steps[rows] + 1).to(mem.dtype).view(-1, 1, 1)
-    lr = scheduled_lr(lr, warmup, decay, final, t)
+    lr = scheduled_lr(hyper["lr"], hyper["warmup"], hyper["decay_steps"], hyper["final_lr_ratio"], t)
     m1_new = torch.lerp(m1, grad, 1 - beta1)
     m2_new = m2 * beta2 + (1 - beta2) * grad * grad
-    bias1 = 1 - beta1 ** t
-    bias2_sqrt = (1 - beta2 ** t).sqrt()
-    denom = m2_new.sqrt() / bias2_sqrt + eps
-    mem_new = mem * (1 - lr * wd) - (lr / bias1) * m1_new / denom
+    adam = (m1_new / (1 - beta1 ** t)) / (m2_new.sqrt() / (1 - beta2 ** t).sqrt() + hyper["eps"])
+    adamw_mem = mem * (1 - lr * wd) - lr * adam
+    lamb_step = adam + wd * mem
+    lamb_mem = mem - lr * trust_ratio(mem, lamb_step) * lamb_step
+    mem_new = torch.where(hyper["lamb"] > 0, lamb_mem, adamw_mem)
     state.mem[rows] = torch.where(a, mem_new, mem)
     state.exp_avg[rows] = torch.where(a, m1_new, m1)
     state.exp_avg_sq[rows] = torch.where(a, m2_new, m2)
     state.steps[rows] = torch.where(active, state.steps[rows] + 1, state.steps[rows])
     state.opt_steps[rows] = torch.where(active, state.opt_steps[rows] + 1, state.opt_steps[rows])
+
+
+def trust_ratio(mem: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """||mem|| / ||step|| per mem vector (1 where either norm is 0, as in LAMB)."""
+    mem_norm = torch.linalg.vector_norm(mem, dim=-1, keepdim=True)
+    step_norm = torch.linalg.vector_norm(step, dim=-1, keepdim=True)
+    both = (mem_norm > 0) & (step_norm > 0)
+    return torch.where(both, mem_norm / torch.where(both, step_norm, 1), 1)
 
 
 def restart_stalled(state: SlotState, rows: torch.Tensor, stalled: torch.Tensor):
@@ -420,7 +441,7 @@ def _step(lm, state: SlotState, rows, ids, targets, backend):
     per_text.sum().backward()                      # texts' gradients do not mix: one mem each
     correct = ((argmax == scored) & (scored != ops.IGNORE_INDEX)).sum(dim=1)
     stalled = _apply_stop_rule(state, rows, active, correct, per_text.detach(), mem.detach())
-    adamw_update(state, rows, mem.grad.to(state.mem.dtype), state.active[rows])
+    mem_update(state, rows, mem.grad.to(state.mem.dtype), state.active[rows])
     restart_stalled(state, rows, stalled)
     failed = active & (state.reason[rows] == 4)
     return torch.where(failed, FAILED_ON_DEVICE, torch.where(active, correct, -1))

@@ -6,7 +6,7 @@ import torch
 
 import cramfast
 from cramfast import compressor, ops
-from cramfast.compressor import OptimSettings, SlotState, adamw_update
+from cramfast.compressor import OptimSettings, SlotState, mem_update
 from conftest import CORPUS
 
 
@@ -31,12 +31,49 @@ def test_adamw_matches_torch_optim():
     rows = torch.tensor([0, 1, 2])
     for _ in range(7):
         grad = torch.randn(3, 2, 5, dtype=torch.float64)
-        adamw_update(state, rows, grad, torch.tensor([False, True, False]))
+        mem_update(state, rows, grad, torch.tensor([False, True, False]))
         ref.grad = grad[1].clone()
         opt.step()
     torch.testing.assert_close(state.mem[1], ref.detach(), rtol=1e-12, atol=1e-12)
     assert state.mem[0].abs().sum() == 0 and state.mem[2].abs().sum() == 0  # inactive: untouched
     assert state.steps.tolist() == [0, 7, 0]
+
+
+def test_lamb_matches_a_reference_and_mixes_with_adamw_in_one_batch():
+    """LAMB per mem vector (You et al. 2019: AdamW's moments, step + weight decay rescaled by
+    ||mem|| / ||step||), written out step by step, beside an AdamW slot in the same batch."""
+    torch.manual_seed(2)
+    lamb = OptimSettings(optimizer="lamb", lr=0.1, weight_decay=0.01, beta1=0.9, beta2=0.9)
+    adamw = OptimSettings(lr=0.05, weight_decay=0.01, beta1=0.9, beta2=0.9)
+    state = SlotState(2, 2, 5, torch.float64, "cpu")
+    init = torch.randn(2, 5, dtype=torch.float64)
+    init[1] = 0                                      # a zero vector: trust ratio 1, as in LAMB
+    state.start(0, init, 4, lamb)
+    state.start(1, init, 4, adamw)
+    ref_adamw = init.clone().requires_grad_(True)
+    opt = torch.optim.AdamW([ref_adamw], lr=0.05, betas=(0.9, 0.9), weight_decay=0.01, eps=1e-8)
+    ref, m1, m2 = init.clone(), torch.zeros_like(init), torch.zeros_like(init)
+    for t in range(1, 8):
+        grad = torch.randn(2, 2, 5, dtype=torch.float64)
+        mem_update(state, torch.tensor([0, 1]), grad, torch.tensor([True, True]))
+        ref_adamw.grad = grad[1].clone()
+        opt.step()
+        m1 = 0.9 * m1 + 0.1 * grad[0]
+        m2 = 0.9 * m2 + 0.1 * grad[0] ** 2
+        for v in range(2):
+            step = (m1[v] / (1 - 0.9 ** t)) / ((m2[v] / (1 - 0.9 ** t)).sqrt() + 1e-8) + 0.01 * ref[v]
+            ratio = ref[v].norm() / step.norm() if ref[v].norm() > 0 else 1.0
+            ref[v] = ref[v] - 0.1 * ratio * step
+    torch.testing.assert_close(state.mem[0], ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(state.mem[1], ref_adamw.detach(), rtol=1e-12, atol=1e-12)
+    assert state.mem[0, 1].abs().sum() > 0                 # the zero vector moved
+
+
+def test_lamb_rejects_lr_std():
+    with pytest.raises(cramfast.CramfastError, match="lr_std applies to adamw only"):
+        OptimSettings(optimizer="lamb", lr_std=1.0)
+    with pytest.raises(cramfast.CramfastError, match="optimizer must be"):
+        OptimSettings(optimizer="sgd")
 
 
 def test_lr_schedule_matches_torch_lambda_lr():
@@ -60,7 +97,7 @@ def test_lr_schedule_matches_torch_lambda_lr():
     sched = torch.optim.lr_scheduler.LambdaLR(opts[0], factor)
     for _ in range(12):
         grad = torch.randn(2, 1, 4, dtype=torch.float64)
-        adamw_update(state, torch.tensor([0, 1]), grad, torch.tensor([True, True]))
+        mem_update(state, torch.tensor([0, 1]), grad, torch.tensor([True, True]))
         for k in range(2):
             refs[k].grad = grad[k].clone()
             opts[k].step()
