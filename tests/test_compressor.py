@@ -376,13 +376,16 @@ def test_24_texts_with_refills_all_exact(trained_path):
 def test_lr_std_resolves_per_model_and_explicit_lr_wins(tiny_models):
     lm = cramfast.load_model(tiny_models["llama"], dtype=torch.float64)
     text = [3, 50, 7, 9, 11, 40]
-    [rel] = cramfast.compress([text], model=lm, max_steps=2, lr_std=0.5)
+    [rel] = cramfast.compress([text], model=lm, max_steps=2, preset="paper", lr_std=0.5)
     assert rel.settings["lr"] == pytest.approx(0.5 * lm.embedding_std())
+    [adamw] = cramfast.compress([text], model=lm, max_steps=2, preset="fast",
+                                optimizer="adamw", lr_std=1.0)
+    assert adamw.settings["lr"] == pytest.approx(lm.embedding_std())
+    assert adamw.settings["decay_steps"] == 200
+    explicit = cramfast.presets.with_overrides(dict(adamw.settings), {"lr": 0.05})
+    assert explicit["lr"] == 0.05 and explicit["lr_std"] == 0
+    [mixed, plain] = cramfast.compress([text, text], model=lm, max_steps=2, preset="paper",
+                                       lr_std=0.5, per_text=[{}, {"lr": 0.05}])
+    assert mixed.settings["lr"] == rel.settings["lr"] and plain.settings["lr"] == 0.05
     [fast] = cramfast.compress([text], model=lm, max_steps=2, preset="fast")
-    assert fast.settings["lr"] == pytest.approx(lm.embedding_std())
-    assert fast.settings["decay_steps"] == 200
-    [explicit] = cramfast.compress([text], model=lm, max_steps=2, preset="fast", lr=0.05)
-    assert explicit.settings["lr"] == 0.05 and explicit.settings["lr_std"] == 0
-    [mixed, plain] = cramfast.compress([text, text], model=lm, max_steps=2, preset="fast",
-                                       per_text=[{}, {"lr": 0.05}])
-    assert mixed.settings["lr"] == fast.settings["lr"] and plain.settings["lr"] == 0.05
+    assert fast.settings["optimizer"] == "lamb" and fast.settings["lr"] == 0.2   # relative

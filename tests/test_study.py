@@ -38,11 +38,13 @@ def test_parse_candidate():
         dict(paper, lr_std=0.5, decay_steps=300, stall_steps=100, restart="perturb")
     assert study.parse_candidate("lr=0.02+beta2=0.99") == dict(paper, lr=0.02, beta2=0.99)
     fast = study.parse_candidate("fast")
-    assert fast["lr_std"] == cramfast.presets.PRESETS["fast"]["lr_std"] == 1.0
+    assert fast["optimizer"] == cramfast.presets.PRESETS["fast"]["optimizer"] == "lamb"
     assert fast["stall_steps_per_token"] == \
         cramfast.presets.PRESETS["fast"]["stall_steps_per_token"] == 10.0
     assert study.parse_candidate("fast+stall_steps=0+lr=0.05") == \
-        dict(fast, stall_steps=0, stall_steps_per_token=0.0, lr=0.05, lr_std=0.0)   # explicit wins
+        dict(fast, stall_steps=0, stall_steps_per_token=0.0, lr=0.05)   # explicit wins
+    assert study.parse_candidate("fast+optimizer=adamw+lr=1std") == \
+        dict(fast, optimizer="adamw", lr_std=1.0)
     for bad, why in [("lr=abc", "must be a float"), ("sync_every=3", "expected key=value"),
                      ("lr", "expected key=value"), ("turbo", "expected key=value"),
                      ("fast+fill_slots=2", "whole study batch")]:
