@@ -66,8 +66,9 @@ class OptimSettings:
     # argmax accuracy 1.0, and every reported CE is the plain one.
     focal_gamma: float = 0.0
     # stall handling: when an attempt's accuracy has not improved for `stall_steps` steps
-    # (0: off), start a new attempt with fresh AdamW moments: "redraw" a new seeded init, or
-    # "perturb" the best mem so far by randn * restart_noise * std(E); at most max_restarts.
+    # (0: off), start a new attempt with fresh moments: "redraw" a new seeded init, or
+    # "perturb" the best mem so far by randn * restart_noise * std(E) (an absolute noise: small
+    # beside a mem that LAMB has grown); at most max_restarts.
     # The stop rule (best mem, patience, max_steps) runs over all attempts together.
     stall_steps: int = 0
     # > 0: the trigger grows with the text, round(stall_steps_per_token * (N - 1)) steps for a
