@@ -210,8 +210,8 @@ def _start_mems(lm, init_mems, n_texts, n_mem):
 
 
 # every setting that changes a text's result; each text of a batch may carry its own
-PER_SLOT = ("optimizer", "lr", "lr_std", "beta1", "beta2", "weight_decay", "eps", "init_scale", "max_steps",
-            "patience", "warmup", "decay_steps", "final_lr_ratio", "focal_gamma", "stall_steps",
+PER_SLOT = ("optimizer", "lr", "lr_std", "beta1", "beta2", "weight_decay", "eps", "init_scale",
+            "max_steps", "patience", "warmup", "decay_steps", "final_lr_ratio", "focal_gamma", "stall_steps",
             "stall_steps_per_token", "restart", "restart_noise", "max_restarts")
 # every setting that changes a text's result: the per-text ones and the batch's fill_slots
 RESULT_SETTINGS = PER_SLOT + ("fill_slots",)
@@ -390,7 +390,8 @@ def mem_update(state: SlotState, rows: torch.Tensor, grad: torch.Tensor, active:
     beta1, beta2, wd = hyper["beta1"], hyper["beta2"], hyper["weight_decay"]
     mem, m1, m2 = state.mem[rows], state.exp_avg[rows], state.exp_avg_sq[rows]
     t = (state.opt_steps[rows] + 1).to(mem.dtype).view(-1, 1, 1)
-    lr = scheduled_lr(hyper["lr"], hyper["warmup"], hyper["decay_steps"], hyper["final_lr_ratio"], t)
+    lr = scheduled_lr(hyper["lr"], hyper["warmup"], hyper["decay_steps"],
+                      hyper["final_lr_ratio"], t)
     m1_new = torch.lerp(m1, grad, 1 - beta1)
     m2_new = m2 * beta2 + (1 - beta2) * grad * grad
     adam = (m1_new / (1 - beta1 ** t)) / (m2_new.sqrt() / (1 - beta2 ** t).sqrt() + hyper["eps"])

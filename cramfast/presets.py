@@ -2,10 +2,11 @@
 ``fast`` is the best candidate of the optimizer study (docs/study.md): LAMB in place of AdamW
 (the paper's betas and weight decay; each mem vector's step rescaled to lr * its norm) with
 lr = 0.2 of the norm, cosine-decayed to a tenth over 200 steps; each position's CE weighted by
-(1 - p_target) (focal_gamma 1), so the positions still wrong or unsure drive the gradient; a stall restart (a fresh seeded init)
-after 10 steps per predicted token without a better accuracy (150 for a 16-token text); and
-parallel attempts in up to 4 idle slots at the tail of a run (fill_slots, sized for a CPU;
-raise it towards max_slots on a GPU). Everything else as the paper."""
+(1 - p_target) (focal_gamma 1), so the positions still wrong or unsure drive the gradient; a
+stall restart (a fresh seeded init) after 10 steps per predicted token without a better
+accuracy (150 for a 16-token text); and parallel attempts in up to 4 idle slots at the tail of
+a run (fill_slots, sized for a CPU; raise it towards max_slots on a GPU). Everything else as the
+paper."""
 from __future__ import annotations
 
 from cramfast.errors import CramfastError

@@ -61,7 +61,8 @@ def test_lamb_matches_a_reference_and_mixes_with_adamw_in_one_batch():
         m1 = 0.9 * m1 + 0.1 * grad[0]
         m2 = 0.9 * m2 + 0.1 * grad[0] ** 2
         for v in range(2):
-            step = (m1[v] / (1 - 0.9 ** t)) / ((m2[v] / (1 - 0.9 ** t)).sqrt() + 1e-8) + 0.01 * ref[v]
+            adam = (m1[v] / (1 - 0.9 ** t)) / ((m2[v] / (1 - 0.9 ** t)).sqrt() + 1e-8)
+            step = adam + 0.01 * ref[v]
             ratio = ref[v].norm() / step.norm() if ref[v].norm() > 0 else 1.0
             ref[v] = ref[v] - 0.1 * ratio * step
     torch.testing.assert_close(state.mem[0], ref, rtol=1e-12, atol=1e-12)
