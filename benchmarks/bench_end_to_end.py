@@ -10,10 +10,8 @@ Methods, each one timed call over all the texts of one length L (model already l
   paper_noreload   the same loop on one loaded model
   cramfast_paper   one cramfast.compress call over all texts, preset "paper" (the published
                    settings: the same optimization problem as the paper loop)
-  cramfast_fast    the same with preset "fast" (lr = std(E) cosine-decayed over 200 steps,
-                   the focal objective, a stall restart after 10 steps per predicted token
-                   without progress (150 at L = 16),
-                   parallel attempts in up to 4 idle slots at the tail: fewer steps; its
+  cramfast_fast    the same with preset "fast" (cramfast/presets.py: LAMB, the focal
+                   objective, stall restarts, parallel attempts at the tail: fewer steps; its
                    lossless rate is reported, not assumed)
 
 Settings: the embedded model (smollm2-135m-q4; fp32 on CPU; on CUDA cramfast runs the model in
