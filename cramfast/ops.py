@@ -5,7 +5,8 @@
 
 Backends: ``triton`` (kernels/, compiled on CUDA, interpreted on CPU under TRITON_INTERPRET=1)
 and ``torch`` (a chunked pure-torch twin of the same contract: no N x V logits are ever held).
-``auto`` picks triton on CUDA tensors and torch elsewhere. Choose with the ``backend=``
+``auto`` picks triton on CUDA tensors of fp32/bf16/fp16 and torch elsewhere (fp64, the exactness
+tests' dtype, has no tensor-core path and no Triton kernel here). Choose with the ``backend=``
 argument or the CRAMFAST_BACKEND environment variable.
 
 Both ops differentiate only what cramming needs: the gradient reaches ``mem`` and ``hidden``;
@@ -29,15 +30,19 @@ CHUNK_ELEMENTS = 1 << 24
 _warned_fallback = False
 
 
-def resolve_backend(backend: str | None, device: torch.device) -> str:
-    """'triton' or 'torch' for tensors on ``device``; falls back to torch (warning once) if
-    Triton was asked for, or would be chosen, but cannot be imported."""
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def resolve_backend(backend: str | None, device: torch.device,
+                    dtype: torch.dtype = torch.float32) -> str:
+    """'triton' or 'torch' for tensors of ``dtype`` on ``device``; falls back to torch (warning
+    once) if Triton was asked for, or would be chosen, but cannot be imported."""
     global _warned_fallback
     backend = backend or os.environ.get("CRAMFAST_BACKEND", "auto")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        backend = "triton" if device.type == "cuda" else "torch"
+        backend = "triton" if device.type == "cuda" and dtype in TRITON_DTYPES else "torch"
     if backend == "triton" and _triton_kernels() is None:
         if not _warned_fallback:
             warnings.warn("cramfast: Triton kernels unavailable "
@@ -73,7 +78,7 @@ def mem_embed(input_ids: torch.Tensor, embedding: torch.Tensor, mem: torch.Tenso
     input_ids [B, T] (right padding with any valid id; padded positions are masked downstream),
     embedding [V, d] frozen, mem [B, m, d] (any float dtype; the gradient flows back to it).
     """
-    if backend_for(mem, backend) == "triton":
+    if backend_for(embedding, backend) == "triton":
         return _triton_kernels().mem_embed(input_ids, embedding, mem)
     return mem_embed_torch(input_ids, embedding, mem)
 
@@ -107,7 +112,7 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def backend_for(tensor: torch.Tensor, backend: str | None) -> str:
-    return resolve_backend(backend, tensor.device)
+    return resolve_backend(backend, tensor.device, tensor.dtype)
 
 
 def _row_chunk(n_rows: int, vocab: int) -> int:

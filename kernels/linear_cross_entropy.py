@@ -56,7 +56,7 @@ def _logits_tile(h_ptr, w_ptr, b_ptr, rows, row_mask, cols, V, D, stride_h, stri
 @triton.jit
 def _linear_cross_entropy_kernel(
         h_ptr, w_ptr, b_ptr, tgt_ptr, loss_ptr, argmax_ptr, grad_ptr,
-        N, V, D, stride_h, stride_w, stride_g,
+        N, V, D, stride_h, stride_w, stride_g, N_BUCKET,
         HAS_BIAS: tl.constexpr, WANT_GRAD: tl.constexpr, UPCAST: tl.constexpr,
         DOT_PRECISION: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -130,6 +130,8 @@ def _interpret_config(v, d):
 # On CUDA a small autotune list: for bf16/fp16 (wgmma) ptxas reports 190-255 registers and no
 # spills for the first four on sm_90; fp32 ("ieee", no tensor cores) spills with those and gets
 # the last, small one. reset_to_zero: each trial run accumulates into the gradient buffer.
+# N_BUCKET (N rounded up to a power of two, read by nothing but the tuner) re-tunes per size
+# class of N: the best block for 60 rows (one text) is not the best for 16k (a full batch).
 if INTERPRET:
     _launch = _linear_cross_entropy_kernel
 else:
@@ -138,7 +140,7 @@ else:
                  for n, v, k, w, s in [(64, 128, 64, 4, 3), (128, 128, 64, 8, 3),
                                        (64, 256, 64, 8, 3), (128, 128, 32, 8, 4),
                                        (64, 64, 32, 8, 2)]],
-        key=["V", "D", "HAS_BIAS", "WANT_GRAD"],
+        key=["N_BUCKET", "V", "D", "HAS_BIAS", "WANT_GRAD"],
         reset_to_zero=["grad_ptr"],
     )(_linear_cross_entropy_kernel)
 
@@ -172,7 +174,7 @@ def linear_cross_entropy_forward(hidden, weight, targets, bias, want_grad):
             # Unused bias / gradient slots get any tensor of a fitting dtype (never read).
             hidden, weight, bias if bias is not None else hidden, targets, loss, argmax,
             grad if want_grad else loss, n, v, d, hidden.stride(0), weight.stride(0),
-            d if want_grad else 0,
+            d if want_grad else 0, triton.next_power_of_2(n),
             HAS_BIAS=bias is not None, WANT_GRAD=want_grad, UPCAST=INTERPRET,
             DOT_PRECISION=_DOT_PRECISION[hidden.dtype],
             **(_interpret_config(v, d) if INTERPRET else {}))

@@ -191,3 +191,13 @@ def test_ops_routes_triton_backend(monkeypatch):
     torch.testing.assert_close(tri[0], ref[0], **TOL[torch.float32])
     assert torch.equal(tri[1], ref[1])
     torch.testing.assert_close(tri[2], ref[2], **TOL[torch.float32])
+
+
+def test_auto_backend_is_triton_on_cuda_for_its_dtypes_only():
+    """backend='auto' picks the kernels for CUDA tensors they compile for (fp32/bf16/fp16) and
+    the torch twin for fp64 (the exactness tests' dtype) and for CPU tensors."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        assert ops.resolve_backend("auto", cuda, dtype) == "triton"
+        assert ops.resolve_backend("auto", cpu, dtype) == "torch"
+    assert ops.resolve_backend("auto", cuda, torch.float64) == "torch"
