@@ -6,11 +6,12 @@
 1. runs tests/test_kernel_*.py with the kernels compiled (TRITON_INTERPRET=0: tests/conftest.py
    would otherwise turn the interpreter on);
 2. linear cross-entropy, forward + backward, bf16, d=2048, N in {4096, 32768},
-   V in {49152, 128256}: time (triton.testing.do_bench, median ms) and peak memory above the
+   V in {49152, 128256} (--dims, --rows, --vocabs): time (triton.testing.do_bench, median ms) and peak memory above the
    inputs (torch.cuda.max_memory_allocated) of the triton, chunked-torch and naive backends;
 3. mem_embed forward time, triton vs torch.
 """
 import argparse
+import itertools
 import os
 import subprocess
 import sys
@@ -27,44 +28,43 @@ def run_tests():
     return subprocess.run([sys.executable, "-m", "pytest", "-q", *tests], cwd=ROOT, env=env).returncode
 
 
-def bench_linear_cross_entropy(torch, ops, do_bench):
-    d, dtype, dev = 2048, torch.bfloat16, "cuda"
+def bench_linear_cross_entropy(torch, ops, do_bench, dims=(2048,), rows=(4096, 32768),
+                               vocabs=(49152, 128256)):
+    dtype, dev = torch.bfloat16, "cuda"
     backends = {"triton": lambda h, w, t: ops.linear_cross_entropy(h, w, t, backend="triton"),
                 "torch": lambda h, w, t: ops.linear_cross_entropy(h, w, t, backend="torch"),
                 "naive": ops.linear_cross_entropy_naive}
-    print(f"\n== linear_cross_entropy fwd+bwd, bf16, d={d}: median ms / peak GiB above inputs")
-    print(f"{'N':>6} {'V':>7} " + " ".join(f"{name:>20}" for name in backends))
-    for n in (4096, 32768):
-        for v in (49152, 128256):
-            g = torch.Generator(device=dev).manual_seed(0)
-            hidden = torch.randn(n, d, device=dev, dtype=dtype, generator=g).requires_grad_()
-            weight = torch.randn(v, d, device=dev, dtype=dtype, generator=g) / d ** 0.5
-            targets = torch.randint(0, v, (n,), device=dev, generator=g)
-            targets[::7] = ops.IGNORE_INDEX  # some masked rows, as in real batches
-            cells = []
-            for name, fn in backends.items():
-                def step():
-                    hidden.grad = None
-                    loss, _ = fn(hidden, weight, targets)
-                    loss.sum().backward()
-                try:
-                    step()  # compile / autotune outside the measurement
-                    torch.cuda.synchronize()
-                    hidden.grad = None
-                    torch.cuda.empty_cache()
-                    base = torch.cuda.memory_allocated()
-                    torch.cuda.reset_peak_memory_stats()
-                    step()
-                    torch.cuda.synchronize()
-                    peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 30
-                    ms = do_bench(step, warmup=25, rep=200)
-                    cells.append(f"{ms:9.2f} / {peak:6.2f}")
-                except torch.OutOfMemoryError:
-                    cells.append(f"{'OOM':>18}")
+    print("\n== linear_cross_entropy fwd+bwd, bf16: median ms / peak GiB above inputs")
+    print(f"{'d':>5} {'N':>6} {'V':>7} " + " ".join(f"{name:>20}" for name in backends))
+    for d, n, v in itertools.product(dims, rows, vocabs):
+        g = torch.Generator(device=dev).manual_seed(0)
+        hidden = torch.randn(n, d, device=dev, dtype=dtype, generator=g).requires_grad_()
+        weight = torch.randn(v, d, device=dev, dtype=dtype, generator=g) / d ** 0.5
+        targets = torch.randint(0, v, (n,), device=dev, generator=g)
+        targets[::7] = ops.IGNORE_INDEX  # some masked rows, as in real batches
+        cells = []
+        for name, fn in backends.items():
+            def step():
+                hidden.grad = None
+                loss, _ = fn(hidden, weight, targets)
+                loss.sum().backward()
+            try:
+                step()  # compile / autotune outside the measurement
+                torch.cuda.synchronize()
                 hidden.grad = None
                 torch.cuda.empty_cache()
-            print(f"{n:>6} {v:>7} " + " ".join(f"{c:>20}" for c in cells), flush=True)
-            del hidden, weight, targets
+                base = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+                step()
+                torch.cuda.synchronize()
+                peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 30
+                ms = do_bench(step, warmup=25, rep=200)
+                cells.append(f"{ms:9.2f} / {peak:6.2f}")
+            except torch.OutOfMemoryError:
+                cells.append(f"{'OOM':>18}")
+            hidden.grad = None
+            torch.cuda.empty_cache()
+        print(f"{d:>5} {n:>6} {v:>7} " + " ".join(f"{c:>20}" for c in cells), flush=True)
 
 
 def bench_mem_embed(torch, ops, do_bench):
@@ -82,6 +82,11 @@ def bench_mem_embed(torch, ops, do_bench):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-tests", action="store_true", help="skip the compiled kernel tests")
+    ints = lambda text: tuple(int(x) for x in text.split(","))
+    parser.add_argument("--dims", type=ints, default=(2048,), help="hidden sizes d, e.g. 576,2048")
+    parser.add_argument("--rows", type=ints, default=(4096, 32768), help="row counts N")
+    parser.add_argument("--vocabs", type=ints, default=(49152, 128256), help="vocabulary sizes V")
+    parser.add_argument("--no-mem-embed", action="store_true", help="skip the mem_embed timing")
     args = parser.parse_args()
     import torch
     if not torch.cuda.is_available():
@@ -97,8 +102,9 @@ def main():
 
     print(f"gpu_check on {torch.cuda.get_device_name()} (torch {torch.__version__})", flush=True)
     status = 0 if args.no_tests else run_tests()
-    bench_linear_cross_entropy(torch, ops, do_bench)
-    bench_mem_embed(torch, ops, do_bench)
+    bench_linear_cross_entropy(torch, ops, do_bench, args.dims, args.rows, args.vocabs)
+    if not args.no_mem_embed:
+        bench_mem_embed(torch, ops, do_bench)
     best = getattr(sys.modules["cramfast.kernels.linear_cross_entropy"]._launch, "best_config", None)
     print(f"\nlinear_cross_entropy autotune choice (last key): {best}")
     if status:

@@ -15,8 +15,9 @@ save_pretrained and loaded through cramfast.load_model, as a user's folder would
 
 Measured, L = 64 tokens per text, m = 1, every slot active:
   * cramfast: compressor._step (mem_embed -> backbone -> fused CE -> backward to mem -> stop
-    rule -> per-slot update) on B texts at once, both backends, median of timed steps (synced
-    each step); text-steps/s = B / seconds; MFU = bench_roofline's FLOP count / the bf16 peak
+    rule -> per-slot update) on B texts at once, both backends, Triton's also replayed as a
+    CUDA graph (GraphedSteps), 8 steps between two syncs as the compressor runs them, after 3
+    untimed; text-steps/s = B / seconds; MFU = bench_roofline's FLOP count / the bf16 peak
     of a large torch.mm measured here;
   * paper: paper_baseline.cram_one (batch 1, full-vocabulary logits, torch AdamW, a host sync
     per step, bf16 autocast over fp32 weights as the original runs on CUDA): seconds per step
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -71,7 +71,9 @@ def random_texts(vocab: int, batch: int, seed: int = 0) -> list[list[int]]:
     return torch.randint(0, vocab, (batch, L), generator=g).tolist()
 
 
-def time_cramfast_step(lm, batch: int, backend: str, steps: int = 8) -> float:
+def time_cramfast_step(lm, batch: int, backend: str, graphs: bool, steps: int = 8) -> float:
+    """Seconds per step of ``steps`` steps run as the compressor runs them between two host
+    syncs (GraphedSteps or EagerSteps), after 3 untimed ones (compilation, autotuning, capture)."""
     texts = random_texts(min(lm.vocab_size, len(lm.tokenizer)), batch)
     settings = C.OptimSettings(optimizer="lamb", lr=1e-9)   # nothing stops while timed
     state = C.SlotState(batch, N_MEM, lm.hidden_size, C.mem_dtype(lm), lm.device)
@@ -79,14 +81,13 @@ def time_cramfast_step(lm, batch: int, backend: str, steps: int = 8) -> float:
         state.start(slot, C.init_mem(lm, ids, N_MEM, 0, 1.0).to(lm.device), len(ids) - 1, settings)
     rows = torch.arange(batch, device=lm.device)
     ids, targets = C.pad_batch(texts, L, lm.device)
-    times = []
-    for _ in range(steps + 3):                 # 3 warm-ups: compilation, autotuning
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        C._step(lm, state, rows, ids, targets, backend)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[3:])
+    runner = (C.GraphedSteps if graphs else C.EagerSteps)(lm, state, backend)
+    runner.steps(rows, ids, targets, 3)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    runner.steps(rows, ids, targets, steps)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
 
 
 def time_paper_step(lm, short: int = 5, long: int = 25) -> float:
@@ -121,6 +122,10 @@ def main():
     parser.add_argument("assets", type=Path)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--batches", help="comma-separated; default: per shape (BATCHES)")
+    parser.add_argument("--dtypes", help="comma-separated; default: per shape (DTYPES)")
+    parser.add_argument("--backends", default="triton,torch")
+    parser.add_argument("--no-paper", action="store_true", help="skip the paper loop")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gpu_throughput: needs a CUDA GPU")
@@ -132,32 +137,24 @@ def main():
         for name in args.shapes.split(","):
             path = save_random_model(name, args.assets, Path(tmp))
             paper_lm = load_model(path, device="cuda")
-            paper_s = time_paper_step(paper_lm)
-            print(f"\n{name}: paper loop (B=1, bf16 autocast) {paper_s * 1e3:.1f} ms/step "
-                  f"= {1 / paper_s:.1f} text-steps/s", flush=True)
-            rows.append(dict(model=name, method="paper", batch=1, dtype="fp32+autocast-bf16",
-                             ms_per_step=round(paper_s * 1e3, 2),
-                             text_steps_per_s=round(1 / paper_s, 1)))
-            for dtype in DTYPES[name]:
+            paper_s = None
+            if not args.no_paper:
+                paper_s = time_paper_step(paper_lm)
+                print(f"\n{name}: paper loop (B=1, bf16 autocast) {paper_s * 1e3:.1f} ms/step "
+                      f"= {1 / paper_s:.1f} text-steps/s", flush=True)
+                rows.append(dict(model=name, method="paper", batch=1, dtype="fp32+autocast-bf16",
+                                 ms_per_step=round(paper_s * 1e3, 2),
+                                 text_steps_per_s=round(1 / paper_s, 1)))
+            dtypes = args.dtypes.split(",") if args.dtypes else DTYPES[name]
+            batches = [int(b) for b in args.batches.split(",")] if args.batches else BATCHES[name]
+            for dtype in dtypes:
                 lm = paper_lm if dtype == "fp32" else load_model(path, dtype=dtype, device="cuda")
-                for batch in BATCHES[name]:
-                    for backend in ("triton", "torch"):
-                        try:
-                            s = time_cramfast_step(lm, batch, backend)
-                        except torch.OutOfMemoryError:
-                            print(f"  {dtype} B={batch} {backend}: out of memory")
-                            torch.cuda.empty_cache()
-                            continue
-                        mfu = step_flops(lm, batch, L, N_MEM)["flops"] / s / peak
-                        row = dict(model=name, method=f"cramfast-{backend}", batch=batch,
-                                   dtype=dtype, ms_per_step=round(s * 1e3, 2),
-                                   text_steps_per_s=round(batch / s, 1),
-                                   vs_paper=round(batch / s * paper_s, 1),
-                                   mfu_bf16_peak=round(mfu, 3))
-                        rows.append(row)
-                        print(f"  {dtype} B={batch:3d} {backend:6s} {row['ms_per_step']:8.2f} ms"
-                              f"  {row['text_steps_per_s']:9.1f} text-steps/s"
-                              f"  x{row['vs_paper']:6.1f} vs paper  MFU {mfu:.1%}", flush=True)
+                for batch in batches:
+                    for backend in args.backends.split(","):
+                        # CUDA graphs need the Triton ops (the torch twin syncs)
+                        for graphs in ((True, False) if backend == "triton" else (False,)):
+                            rows.append(measure(lm, name, dtype, batch, backend, graphs,
+                                                paper_s, peak))
             del paper_lm, lm
             torch.cuda.empty_cache()
     if args.out:
@@ -165,6 +162,26 @@ def main():
                                             torch=torch.__version__, L=L, n_mem=N_MEM,
                                             bf16_peak_tflops=round(peak / 1e12, 1),
                                             rows=rows), indent=1))
+
+
+def measure(lm, name, dtype, batch, backend, graphs, paper_s, peak) -> dict:
+    method = f"cramfast-{backend}" + ("-graphs" if graphs else "")
+    row = dict(model=name, method=method, batch=batch, dtype=dtype)
+    try:
+        s = time_cramfast_step(lm, batch, backend, graphs)
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        print(f"  {dtype} B={batch} {method}: out of memory", flush=True)
+        return dict(row, error="out of memory")
+    mfu = step_flops(lm, batch, L, N_MEM)["flops"] / s / peak
+    row.update(ms_per_step=round(s * 1e3, 2), text_steps_per_s=round(batch / s, 1),
+               mfu_bf16_peak=round(mfu, 3))
+    if paper_s:
+        row["vs_paper"] = round(batch / s * paper_s, 1)
+    print(f"  {dtype} B={batch:3d} {method:22s} {row['ms_per_step']:8.2f} ms "
+          f"{row['text_steps_per_s']:9.1f} text-steps/s  MFU {mfu:.1%}"
+          + (f"  x{row['vs_paper']} vs paper" if paper_s else ""), flush=True)
+    return row
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -83,6 +84,9 @@ class OptimSettings:
     # slots are nearly free where a small batch is bound by reading the weights.
     fill_slots: int = 0
     sync_every: int = 16          # evaluations between host syncs (stop rules run on device)
+    # on CUDA with the Triton backend, replay each batch shape's step as a CUDA graph (the same
+    # kernels on the same memory, so the same results; off: launch every kernel eagerly)
+    cuda_graphs: bool = True
     max_slots: int = 32           # texts optimized at once
     token_budget: int = 16384     # sum over slots of (padded length + n_mem) per step
     policy: str = "bucketed"      # scheduler fill policy: fifo | bucketed
@@ -469,6 +473,79 @@ def _step_live(lm, state: SlotState, rows, ids, targets, backend):
     return out
 
 
+class EagerSteps:
+    """k steps of the slots in ``rows``, each kernel launched from Python."""
+
+    def __init__(self, lm, state: SlotState, backend):
+        self.lm, self.state, self.backend = lm, state, backend
+
+    def steps(self, rows, ids, targets, k: int) -> list[torch.Tensor]:
+        return [_step_live(self.lm, self.state, rows, ids, targets, self.backend)
+                for _ in range(k)]
+
+
+def use_cuda_graphs(lm, settings: OptimSettings, backend) -> bool:
+    """Graphs need a step without host syncs: on CUDA, the Triton ops (the torch twin of the
+    fused CE picks its rows with nonzero(), a sync)."""
+    return (settings.cuda_graphs and lm.device.type == "cuda"
+            and ops.backend_for(lm.head.weight, backend) == "triton"
+            and ops.backend_for(lm.embedding, backend) == "triton")
+
+
+class GraphedSteps(EagerSteps):
+    """_step captured once per batch shape as a CUDA graph and replayed. A step of a small
+    model is over a thousand kernel launches; on the H200 host measured here that took about
+    100 ms a step for SmolLM2-135M whatever the batch below ~128 texts (benchmarks/
+    gpu_throughput.py), far more than the arithmetic. A replay launches the same kernels on
+    the same memory: results equal the eager step's.
+
+    A new shape's first steps run eagerly (on a side stream, as capture requires): they compile
+    and autotune the kernels and let autograd allocate, and they are real steps. The graphs
+    share one memory pool; each replay's output is copied out before the next replay."""
+    WARMUP = 2
+    MAX_GRAPHS = 16
+
+    def __init__(self, lm, state: SlotState, backend):
+        super().__init__(lm, state, backend)
+        self.graphs: dict[tuple, tuple] = {}
+        self.pool = torch.cuda.graph_pool_handle()
+
+    def steps(self, rows, ids, targets, k: int) -> list[torch.Tensor]:
+        key = (len(rows), ids.shape[1])
+        out = []
+        if key not in self.graphs:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                out = super().steps(rows, ids, targets, min(k, self.WARMUP))
+            torch.cuda.current_stream().wait_stream(side)
+            if len(out) == k:
+                return out
+            try:
+                self._capture(key, rows, ids, targets)
+            except RuntimeError as exc:  # an op that syncs or cannot be captured: run eagerly
+                warnings.warn(f"cramfast: CUDA graph capture failed ({exc}".splitlines()[0]
+                              + "); stepping eagerly", stacklevel=2)
+                self.steps = super().steps
+                return out + self.steps(rows, ids, targets, k - len(out))
+        graph, static_in, static_out = self.graphs[key]
+        for buffer, value in zip(static_in, (rows, ids, targets)):
+            buffer.copy_(value)
+        for _ in range(k - len(out)):
+            graph.replay()
+            out.append(static_out.clone())
+        return out
+
+    def _capture(self, key, rows, ids, targets):
+        if len(self.graphs) >= self.MAX_GRAPHS:
+            self.graphs.pop(next(iter(self.graphs)))
+        static_in = (rows.clone(), ids.clone(), targets.clone())
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            static_out = _step(self.lm, self.state, *static_in, self.backend)
+        self.graphs[key] = (graph, static_in, static_out)
+
+
 def _apply_stop_rule(state, rows, active, correct, loss, mem):
     steps = state.steps[rows]
     improved = active & (correct > state.best_correct[rows])
@@ -509,6 +586,8 @@ def _run(lm: LoadedModel, jobs: list[Job], n_mem: int, settings: OptimSettings, 
     n_draws = max(j.settings.max_restarts if j.restart_draws is not None else 0 for j in jobs)
     state = SlotState(settings.max_slots, n_mem, lm.hidden_size, mem_dtype(lm), lm.device, n_draws)
     fill_width = min(settings.fill_slots, settings.max_slots)
+    stepper = (GraphedSteps(lm, state, backend) if use_cuda_graphs(lm, settings, backend)
+               else EagerSteps(lm, state, backend))
     while not sched.done():
         if sched.pending() == 0 and sched.running() < fill_width:
             next_id = _fill_idle_slots(lm, sched, attempts, fill_width, settings.sync_every,
@@ -526,8 +605,7 @@ def _run(lm: LoadedModel, jobs: list[Job], n_mem: int, settings: OptimSettings, 
         rows = torch.tensor(occupied, device=lm.device)
         ids, targets = pad_batch([attempts[plan.slot_jobs[s]].job.token_ids for s in occupied],
                                  plan.padded_length, lm.device)
-        history = torch.stack([_step_live(lm, state, rows, ids, targets, backend)
-                               for _ in range(settings.sync_every)])
+        history = torch.stack(stepper.steps(rows, ids, targets, settings.sync_every))
         report = torch.full((settings.sync_every, settings.max_slots), -1, dtype=torch.long)
         report[:, occupied] = history.cpu()        # the one host sync per sync_every steps
         done = [job for fin in sched.report(report.numpy())

@@ -1,4 +1,5 @@
 """The batched reference path: optimizer math, batch independence, stop rules, end to end."""
+import os
 import random
 
 import pytest
@@ -390,3 +391,49 @@ def test_lr_std_resolves_per_model_and_explicit_lr_wins(tiny_models):
     assert mixed.settings["lr"] == rel.settings["lr"] and plain.settings["lr"] == 0.05
     [fast] = cramfast.compress([text], model=lm, max_steps=2, preset="fast")
     assert fast.settings["optimizer"] == "lamb" and fast.settings["lr"] == 0.2   # relative
+
+
+CUDA_COMPILED = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+
+
+@pytest.mark.skipif(not CUDA_COMPILED, reason="CUDA graphs need a CUDA GPU and compiled kernels")
+def test_cuda_graph_steps_equal_eager_steps(trained_path):
+    """GraphedSteps replays the captured step: over 10 steps (2 eager warm-ups, a capture, 8
+    replays, then a second batch shape) the slots' state follows the eager steps'."""
+    lm = cramfast.load_model(trained_path, device="cuda")
+    texts = corpus_texts(lm.tokenizer, [9, 12, 7])
+    settings = OptimSettings(**cramfast.presets.preset("fast"))
+    assert compressor.use_cuda_graphs(lm, settings, None)
+    states = []
+    for runner in (compressor.GraphedSteps, compressor.EagerSteps):
+        state = SlotState(4, 1, lm.hidden_size, torch.float32, lm.device)
+        for slot, ids in enumerate(texts):
+            state.start(slot, compressor.init_mem(lm, ids, 1, 0, 1.0).to(lm.device),
+                        len(ids) - 1, settings)
+        steps = runner(lm, state, None)
+        outs = []
+        for rows in ([0, 1, 2], [0, 2]):
+            rows = torch.tensor(rows, device=lm.device)
+            ids, targets = compressor.pad_batch([texts[r] for r in rows.tolist()], 12, lm.device)
+            outs += steps.steps(rows, ids, targets, 10)
+        if runner is compressor.GraphedSteps:
+            assert len(steps.graphs) == 2
+        states.append((state, torch.stack(outs)))
+    (graphed, out_g), (eager, out_e) = states
+    assert torch.equal(out_g, out_e)
+    for name in ("mem", "exp_avg", "exp_avg_sq", "best_mem"):
+        torch.testing.assert_close(getattr(graphed, name), getattr(eager, name),
+                                   rtol=1e-5, atol=1e-6)
+    for name in SlotState.COUNTS:
+        assert torch.equal(getattr(graphed, name), getattr(eager, name)), name
+
+
+@pytest.mark.skipif(not CUDA_COMPILED, reason="CUDA graphs need a CUDA GPU and compiled kernels")
+def test_compress_with_cuda_graphs_is_lossless_as_eager(trained_path):
+    lm = cramfast.load_model(trained_path, device="cuda")
+    texts = corpus_texts(lm.tokenizer, [10, 14, 8, 12, 9])
+    kw = dict(model=lm, n_mem=1, max_steps=300, sync_every=8)
+    graphed = cramfast.compress(texts, cuda_graphs=True, **kw)
+    eager = cramfast.compress(texts, cuda_graphs=False, **kw)
+    assert all(g.exact and g.accuracy == 1.0 for g in graphed)
+    assert [g.stop_reason for g in graphed] == [e.stop_reason for e in eager]
