@@ -1,13 +1,14 @@
 """One-command GPU check of the Triton kernels (cramfast.kernels), for a CUDA machine:
 
-    python benchmarks/gpu_check.py            # compiled kernel tests, then timings (< 5 min, H200)
+    python benchmarks/gpu_check.py            # compiled kernel tests, then timings
     python benchmarks/gpu_check.py --no-tests # timings only
 
 1. runs tests/test_kernel_*.py with the kernels compiled (TRITON_INTERPRET=0: tests/conftest.py
    would otherwise turn the interpreter on);
 2. linear cross-entropy, forward + backward, bf16, d=2048, N in {4096, 32768},
-   V in {49152, 128256} (--dims, --rows, --vocabs): time (triton.testing.do_bench, median ms) and peak memory above the
-   inputs (torch.cuda.max_memory_allocated) of the triton, chunked-torch and naive backends;
+   V in {49152, 128256} (--dims, --rows, --vocabs): time (triton.testing.do_bench, median ms)
+   and peak memory above the inputs (torch.cuda.max_memory_allocated) of the triton,
+   chunked-torch and naive backends;
 3. mem_embed forward time, triton vs torch.
 """
 import argparse

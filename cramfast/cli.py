@@ -52,6 +52,8 @@ def _parser():
                    help="any setting that changes results (the per-text ones and fill_slots), e.g. "
                         "--set stall_steps=100 --set fill_slots=0")
     c.add_argument("--backend", default=None, help="auto | triton | torch")
+    c.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                   help="on CUDA, launch every kernel eagerly instead of replaying CUDA graphs")
     c.set_defaults(func=_compress)
     d = sub.add_parser("decode", help="regenerate texts from saved mem vectors")
     d.add_argument("path", help="a folder written by compress --out, or one of its files")
@@ -77,7 +79,8 @@ def _compress(args) -> int:
     import cramfast
     from cramfast.presets import parse_settings
     optim = dict(max_steps=args.max_steps, patience=args.patience, lr=args.lr,
-                 max_slots=args.max_slots, **parse_settings(args.set))
+                 max_slots=args.max_slots, cuda_graphs=args.cuda_graphs,
+                 **parse_settings(args.set))
     lm = cramfast.load_model(args.model, dtype=args.dtype)
     texts = _texts(args, lm.tokenizer)
     start = time.perf_counter()

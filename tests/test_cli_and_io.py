@@ -42,6 +42,17 @@ def test_cli_compress_then_decode(trained_path, tmp_path, capsys):
     assert "matches stored ids: yes" in decoded and "a cat sat on the mat" in decoded
 
 
+def test_cli_no_cuda_graphs_reaches_compress(trained_path, monkeypatch, capsys):
+    seen = []
+    real = cramfast.compress
+    monkeypatch.setattr(cramfast, "compress", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    for flag, expected in (([], True), (["--no-cuda-graphs"], False)):
+        assert main(["compress", "--model", trained_path, "--text", "a cat sat",
+                     "--max-steps", "2", *flag]) == 0
+        assert seen.pop()["cuda_graphs"] is expected
+    capsys.readouterr()
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "cramfast", *args], capture_output=True, text=True)
 
