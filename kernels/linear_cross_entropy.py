@@ -53,7 +53,9 @@ def _logits_tile(h_ptr, w_ptr, b_ptr, rows, row_mask, cols, V, D, stride_h, stri
     return tl.where((cols < V)[None, :], acc, float("-inf"))
 
 
-@triton.jit
+# N (and its bucket) change with every batch shape: specializing on them (N == 1, N % 16) would
+# compile each autotune config again for each, which for tiny shapes costs more than it saves.
+@triton.jit(do_not_specialize=["N", "N_BUCKET"])
 def _linear_cross_entropy_kernel(
         h_ptr, w_ptr, b_ptr, tgt_ptr, loss_ptr, argmax_ptr, grad_ptr,
         N, V, D, stride_h, stride_w, stride_g, N_BUCKET,

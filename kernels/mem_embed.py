@@ -15,7 +15,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_BLOCK_D = 8192 if INTERPRET else 1024
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "S"])  # one compilation whatever the batch's lengths
 def _mem_embed_kernel(ids_ptr, emb_ptr, mem_ptr, out_ptr, M, S, D,
                       stride_ids_b, stride_emb, stride_mem_b, stride_mem_m,
                       stride_out_b, stride_out_s, BLOCK_D: tl.constexpr):
