@@ -60,6 +60,9 @@ class OptimSettings:
     # then cosine decay to lr * final_lr_ratio over `decay_steps` (0: constant lr)
     warmup: int = 0
     decay_steps: int = 0
+    # > 0: the decay grows with the text, round(decay_steps_per_token * (N - 1)) steps for a
+    # text of N tokens, in place of decay_steps (a short text is solved before a long decay ends)
+    decay_steps_per_token: float = 0.0
     final_lr_ratio: float = 0.1
     # the objective: the mean over the text's positions of (1 - p_target) ** focal_gamma * CE,
     # the weight held constant in the gradient, so positions the LM already predicts with
@@ -95,9 +98,9 @@ class OptimSettings:
         if self.lr <= 0 or self.lr_std < 0 or self.max_steps < 0 or self.patience < 1 or self.sync_every < 1:
             raise CramfastError("lr must be > 0, lr_std >= 0, max_steps >= 0, patience >= 1, "
                                 "sync_every >= 1")
-        if min(self.warmup, self.decay_steps, self.stall_steps, self.stall_steps_per_token,
-               self.max_restarts, self.fill_slots) < 0:
-            raise CramfastError("warmup, decay_steps, stall_steps, stall_steps_per_token, "
+        if min(self.warmup, self.decay_steps, self.decay_steps_per_token, self.stall_steps,
+               self.stall_steps_per_token, self.max_restarts, self.fill_slots) < 0:
+            raise CramfastError("warmup, decay_steps(_per_token), stall_steps(_per_token), "
                                 "max_restarts and fill_slots must be >= 0")
         if self.optimizer not in ("adamw", "lamb"):
             raise CramfastError(f"optimizer must be 'adamw' or 'lamb', got {self.optimizer!r}")
@@ -117,11 +120,14 @@ class OptimSettings:
         return replace(self, lr=self.lr_std * lm.embedding_std())
 
     def for_text(self, n_tokens: int) -> "OptimSettings":
-        """stall_steps_per_token resolved into stall_steps for a text of ``n_tokens`` tokens
-        (both are kept in the recorded settings)."""
-        if self.stall_steps_per_token == 0:
-            return self
-        return replace(self, stall_steps=max(1, round(self.stall_steps_per_token * (n_tokens - 1))))
+        """The per-token settings (stall_steps_per_token, decay_steps_per_token) resolved into
+        stall_steps and decay_steps for a text of ``n_tokens`` tokens (both forms are kept in
+        the recorded settings)."""
+        resolved = {absolute: max(1, round(per_token * (n_tokens - 1)))
+                    for absolute, per_token in (("stall_steps", self.stall_steps_per_token),
+                                                ("decay_steps", self.decay_steps_per_token))
+                    if per_token > 0}
+        return replace(self, **resolved) if resolved else self
 
 
 @dataclass
@@ -215,7 +221,8 @@ def _start_mems(lm, init_mems, n_texts, n_mem):
 
 # every setting that changes a text's result; each text of a batch may carry its own
 PER_SLOT = ("optimizer", "lr", "lr_std", "beta1", "beta2", "weight_decay", "eps", "init_scale",
-            "max_steps", "patience", "warmup", "decay_steps", "final_lr_ratio", "focal_gamma", "stall_steps",
+            "max_steps", "patience", "warmup", "decay_steps", "decay_steps_per_token",
+            "final_lr_ratio", "focal_gamma", "stall_steps",
             "stall_steps_per_token", "restart", "restart_noise", "max_restarts")
 # every setting that changes a text's result: the per-text ones and the batch's fill_slots
 RESULT_SETTINGS = PER_SLOT + ("fill_slots",)

@@ -28,12 +28,13 @@ def preset(name: str, **overrides) -> dict:
 
 
 # settings given in absolute terms and their relative forms (resolved per model, per text)
-RELATIVE = {"lr": "lr_std", "stall_steps": "stall_steps_per_token"}
+RELATIVE = {"lr": "lr_std", "stall_steps": "stall_steps_per_token",
+            "decay_steps": "decay_steps_per_token"}
 
 
 def with_overrides(settings: dict, overrides: dict) -> dict:
     """``settings`` updated by ``overrides``; an explicit absolute setting (lr, stall_steps)
-    replaces a relative one (lr_std, stall_steps_per_token)."""
+    replaces a relative one (lr_std, stall_steps_per_token, decay_steps_per_token)."""
     out = dict(settings, **overrides)
     for absolute, relative in RELATIVE.items():
         if absolute in overrides and relative not in overrides:

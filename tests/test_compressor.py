@@ -171,6 +171,25 @@ def test_stall_trigger_per_token_equals_explicit_triggers(tiny_models):
     assert wins.settings["stall_steps"] == 2 and wins.settings["stall_steps_per_token"] == 0
 
 
+def test_decay_per_token_equals_explicit_decays(tiny_models):
+    """decay_steps_per_token gives a text of N tokens a cosine over round(k * (N - 1)) steps:
+    the same run as that decay_steps given per text; an explicit decay_steps replaces it."""
+    lm = cramfast.load_model(tiny_models["llama"], dtype=torch.float64)
+    texts = [[3, 50, 7, 9, 11, 40, 41, 42], [4, 8, 15, 16, 23, 42, 99, 7, 1, 5, 6, 2, 9]]
+    kw = dict(model=lm, preset="paper", lr=0.05, max_steps=30, patience=1000, sync_every=4)
+    scaled = cramfast.compress(texts, decay_steps_per_token=2, **kw)
+    assert [r.settings["decay_steps"] for r in scaled] == [14, 24]
+    explicit = cramfast.compress(texts, per_text=[{"decay_steps": 14}, {"decay_steps": 24}], **kw)
+    for a, b in zip(scaled, explicit):
+        assert (a.steps, a.stop_reason) == (b.steps, b.stop_reason)
+        torch.testing.assert_close(a.mem, b.mem, rtol=0, atol=0)
+    constant = cramfast.compress(texts[:1], **kw)[0]
+    assert not torch.equal(constant.mem, scaled[0].mem)        # the decay did act
+    [wins] = cramfast.compress(texts[:1], decay_steps_per_token=2, **kw,
+                               per_text=[{"decay_steps": 5}])
+    assert wins.settings["decay_steps"] == 5 and wins.settings["decay_steps_per_token"] == 0
+
+
 def test_per_text_settings_equal_separate_runs(tiny_models):
     lm = cramfast.load_model(tiny_models["llama"], dtype=torch.float64)
     text = [3, 50, 7, 9, 11, 40]
