@@ -3,10 +3,10 @@
 (the paper's betas and weight decay; each mem vector's step rescaled to lr * its norm) with
 lr = 0.2 of the norm, cosine-decayed to a tenth over 7 steps per predicted token (105 for a
 16-token text); each position's CE weighted by (1 - p_target) (focal_gamma 1), so the positions
-still wrong or unsure drive the gradient; a stall restart (a fresh seeded init) after 10 steps per predicted token without a better
-accuracy (150 for a 16-token text); and parallel attempts in up to 4 idle slots at the tail of
-a run (fill_slots, sized for a CPU; raise it towards max_slots on a GPU). Everything else as the
-paper."""
+still wrong or unsure drive the gradient; a stall restart (a fresh seeded init) after 10 steps
+per predicted token without a better accuracy (150 for a 16-token text); and parallel attempts
+in up to 4 idle slots at the tail of a run (fill_slots, sized for a CPU; raise it towards
+max_slots on a GPU). Everything else as the paper."""
 from __future__ import annotations
 
 from cramfast.errors import CramfastError
@@ -33,8 +33,8 @@ RELATIVE = {"lr": "lr_std", "stall_steps": "stall_steps_per_token",
 
 
 def with_overrides(settings: dict, overrides: dict) -> dict:
-    """``settings`` updated by ``overrides``; an explicit absolute setting (lr, stall_steps)
-    replaces a relative one (lr_std, stall_steps_per_token, decay_steps_per_token)."""
+    """``settings`` updated by ``overrides``; an explicit absolute setting (lr, stall_steps,
+    decay_steps) replaces a relative one (lr_std, stall_steps_per_token, decay_steps_per_token)."""
     out = dict(settings, **overrides)
     for absolute, relative in RELATIVE.items():
         if absolute in overrides and relative not in overrides:
