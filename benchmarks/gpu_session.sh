@@ -38,7 +38,7 @@ versions || { unset PYTHONPATH; versions; } || { echo "import failed: see $OUT_D
 XDIST=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
 export TRITON_INTERPRET=0
 bounded 200 kernel-tests python3 -m pytest -q -p no:cacheprovider $XDIST tests/test_kernel_linear_cross_entropy.py tests/test_kernel_mem_embed.py
-bounded 200 throughput python3 benchmarks/gpu_throughput.py "$TOK" --out "$OUT_DIR/gpu_throughput.json"
+bounded 200 throughput python3 benchmarks/gpu_throughput.py "$TOK" --dtypes bf16 --out "$OUT_DIR/gpu_throughput.json"
 bounded 100 gpu-check python3 benchmarks/gpu_check.py --no-tests
 bounded 300 suite python3 -m pytest -q -p no:cacheprovider $XDIST tests --ignore tests/test_real_model.py --ignore tests/test_kernel_linear_cross_entropy.py --ignore tests/test_kernel_mem_embed.py
 echo "== done after $(( $(date +%s) - START )) s"
