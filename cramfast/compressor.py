@@ -123,10 +123,10 @@ class OptimSettings:
         """The per-token settings (stall_steps_per_token, decay_steps_per_token) resolved into
         stall_steps and decay_steps for a text of ``n_tokens`` tokens (both forms are kept in
         the recorded settings)."""
-        resolved = {absolute: max(1, round(per_token * (n_tokens - 1)))
-                    for absolute, per_token in (("stall_steps", self.stall_steps_per_token),
-                                                ("decay_steps", self.decay_steps_per_token))
-                    if per_token > 0}
+        per_token = {absolute: getattr(self, relative) for absolute, relative
+                     in presets.RELATIVE.items() if relative.endswith("_per_token")}
+        resolved = {absolute: max(1, round(k * (n_tokens - 1)))
+                    for absolute, k in per_token.items() if k > 0}
         return replace(self, **resolved) if resolved else self
 
 
