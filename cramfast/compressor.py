@@ -35,6 +35,7 @@ from cramfast.models import LoadedModel, load_model
 from cramfast.scheduler import FAILED_ON_DEVICE, Scheduler
 
 REASONS = {1: "lossless", 2: "stalled", 3: "max_steps", 4: "nonfinite"}
+INITS = ("random", "text_mean")
 
 
 @dataclass
@@ -56,6 +57,14 @@ class OptimSettings:
     max_steps: int = 5000
     patience: int = 2000
     init_scale: float = 1.0       # mem init = randn * init_scale * std(embedding matrix)
+    # "random": the paper's init above. "text_mean": the first attempt starts from the mean of
+    # the text's input embeddings (mem vector j: of the j-th of m contiguous chunks), as a
+    # direction, at the norm the random init has on average (init_scale * std(E) * sqrt(d));
+    # restarts and parallel attempts draw random inits as above. Why: the LM reads a mem vector
+    # mostly by its direction (an RMSNorm comes first), and the text's own mean embedding
+    # already points towards its tokens, where a random direction points nowhere
+    # (docs/study.md, "Starting from the text").
+    init: str = "random"
     # learning-rate schedule, counted from each (re)start: linear warm-up over `warmup` steps,
     # then cosine decay to lr * final_lr_ratio over `decay_steps` (0: constant lr)
     warmup: int = 0
@@ -107,6 +116,9 @@ class OptimSettings:
         if self.optimizer == "lamb" and self.lr_std > 0:
             raise CramfastError("lr_std applies to adamw only: lamb's lr is already relative "
                                 "(a fraction of the mem vector's norm); give lr")
+        if self.init not in INITS or self.init_scale <= 0:
+            raise CramfastError(f"init must be one of {', '.join(INITS)} and init_scale > 0, "
+                                f"got {self.init!r}, {self.init_scale}")
         if self.restart not in ("redraw", "perturb"):
             raise CramfastError(f"restart must be 'redraw' or 'perturb', got {self.restart!r}")
 
@@ -190,7 +202,8 @@ def compress_iter(texts, model=None, n_mem: int = 1, max_length: int | None = No
     job_settings = [s.for_model(lm).for_text(len(ids)) for s, ids in
                     zip(_per_text_settings(settings, per_text, len(texts)), token_lists)]
     starts = _start_mems(lm, init_mems, len(texts), n_mem)
-    jobs = [Job(i, ids, init_mem(lm, ids, n_mem, seed, s.init_scale) if start is None else start, s,
+    jobs = [Job(i, ids, start if start is not None else
+                init_mem(lm, ids, n_mem, seed, s.init_scale, kind=s.init), s,
                 restart_draws(lm, ids, n_mem, seed, s), seed)
             for i, (ids, s, start) in enumerate(zip(token_lists, job_settings, starts))]
     for finished in _run(lm, jobs, n_mem, settings, backend):
@@ -220,9 +233,9 @@ def _start_mems(lm, init_mems, n_texts, n_mem):
 
 
 # every setting that changes a text's result; each text of a batch may carry its own
-PER_SLOT = ("optimizer", "lr", "lr_std", "beta1", "beta2", "weight_decay", "eps", "init_scale",
-            "max_steps", "patience", "warmup", "decay_steps", "decay_steps_per_token",
-            "final_lr_ratio", "focal_gamma", "stall_steps",
+PER_SLOT = ("optimizer", "lr", "lr_std", "beta1", "beta2", "weight_decay", "eps", "init",
+            "init_scale", "max_steps", "patience", "warmup", "decay_steps",
+            "decay_steps_per_token", "final_lr_ratio", "focal_gamma", "stall_steps",
             "stall_steps_per_token", "restart", "restart_noise", "max_restarts")
 # every setting that changes a text's result: the per-text ones and the batch's fill_slots
 RESULT_SETTINGS = PER_SLOT + ("fill_slots",)
@@ -267,11 +280,26 @@ def tokenize(lm: LoadedModel, text, max_length: int | None, n_mem: int) -> list[
 
 
 def init_mem(lm: LoadedModel, ids: list[int], n_mem: int, seed: int, scale: float,
-             attempt: int = 0) -> torch.Tensor:
+             attempt: int = 0, kind: str = "random") -> torch.Tensor:
     """randn(m, d) * scale * std(E), seeded by (seed, the text's tokens, the attempt number): a
-    text gets the same init whatever batch, order or machine it is compressed in."""
+    text gets the same init whatever batch, order or machine it is compressed in. With kind
+    "text_mean", attempt 0 is the text's chunk means instead (text_mean_init)."""
+    if kind == "text_mean" and attempt == 0:
+        return text_mean_init(lm, ids, n_mem, scale)
     return (_seeded_randn(_stream(seed, attempt), ids, n_mem, lm.hidden_size) * scale
             * lm.embedding_std()).to(mem_dtype(lm))
+
+
+def text_mean_init(lm: LoadedModel, ids: list[int], n_mem: int, scale: float) -> torch.Tensor:
+    """Mem vector j: the mean input embedding of the j-th of n_mem contiguous chunks of the
+    text (the whole text where a chunk is empty), rescaled to scale * std(E) * sqrt(d), the
+    random init's mean norm. Computed in fp64 on the host, so it does not depend on the
+    device."""
+    emb = lm.embedding.detach()[torch.tensor(ids, device=lm.device)].to("cpu", torch.float64)
+    chunks = [c if len(c) else emb for c in torch.tensor_split(emb, n_mem)]
+    means = torch.stack([c.mean(dim=0) for c in chunks])
+    means = means / torch.linalg.vector_norm(means, dim=-1, keepdim=True).clamp(min=1e-30)
+    return (means * scale * lm.embedding_std() * lm.hidden_size ** 0.5).to(mem_dtype(lm))
 
 
 def _stream(seed: int, attempt: int) -> str:

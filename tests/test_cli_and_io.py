@@ -72,6 +72,7 @@ def bad_inputs(trained_path, tmp_path):
         "bad setting": (["--text", "the cat", "--set", "stall_steps=often"], "must be an int"),
         "unknown setting": (["--text", "the cat", "--set", "turbo=1"], "expected key=value"),
         "bad restart": (["--text", "the cat", "--set", "restart=jump"], "restart must be"),
+        "bad init": (["--text", "the cat", "--set", "init=zeros"], "init must be one of"),
     }
 
 

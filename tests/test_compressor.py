@@ -342,6 +342,47 @@ def test_init_mems_warm_start(trained_path):
         cramfast.compress(text, model=lm, init_mems=[torch.zeros(2, 3)])
 
 
+def test_text_mean_init_is_the_chunk_means_at_the_random_init_norm(tiny_models):
+    """init "text_mean": mem vector j points along the mean input embedding of the j-th of m
+    contiguous chunks of the text (the whole text's where a chunk is empty), at the random
+    init's mean norm, scale * std(E) * sqrt(d)."""
+    lm = cramfast.load_model(tiny_models["llama"], dtype=torch.float64)
+    emb, d = lm.embedding.detach(), lm.hidden_size
+    ids = [3, 50, 7, 9, 11]
+    norm = 4.0 * lm.embedding_std() * d ** 0.5
+    unit = lambda v: v / v.norm()
+    [one] = compressor.text_mean_init(lm, ids, 1, 4.0)
+    torch.testing.assert_close(one, unit(emb[ids].mean(0)) * norm)
+    two = compressor.text_mean_init(lm, ids, 2, 4.0)          # chunks [3, 50, 7], [9, 11]
+    torch.testing.assert_close(two, torch.stack([unit(emb[[3, 50, 7]].mean(0)),
+                                                 unit(emb[[9, 11]].mean(0))]) * norm)
+    many = compressor.text_mean_init(lm, ids[:2], 3, 4.0)      # chunks [3], [50], []
+    torch.testing.assert_close(many[2], unit(emb[[3, 50]].mean(0)) * norm)
+    # only the first attempt starts from the text; later ones draw seeded random inits
+    assert torch.equal(compressor.init_mem(lm, ids, 1, 0, 4.0, 0, kind="text_mean"), one[None])
+    torch.testing.assert_close(compressor.init_mem(lm, ids, 1, 0, 4.0, 1, kind="text_mean"),
+                               compressor.init_mem(lm, ids, 1, 0, 4.0, 1))
+
+
+def test_text_mean_init_runs_as_that_warm_start(tiny_models):
+    """compress with init="text_mean" is the random-init run started from text_mean_init;
+    a bad init kind or scale is refused."""
+    lm = cramfast.load_model(tiny_models["llama"], dtype=torch.float64)
+    texts = [[3, 50, 7, 9, 11, 40, 41, 42], [4, 8, 15, 16, 23, 42, 99, 7, 1]]
+    kw = dict(model=lm, preset="paper", lr=0.05, max_steps=20, sync_every=4, init_scale=3.0)
+    from_text = cramfast.compress(texts, init="text_mean", **kw)
+    starts = [compressor.text_mean_init(lm, ids, 1, 3.0) for ids in texts]
+    warm = cramfast.compress(texts, init_mems=starts, **kw)
+    for a, b in zip(from_text, warm):
+        assert (a.steps, a.stop_reason) == (b.steps, b.stop_reason)
+        torch.testing.assert_close(a.mem, b.mem, rtol=0, atol=0)
+    assert from_text[0].settings["init"] == "text_mean"
+    assert not torch.equal(cramfast.compress(texts[:1], **kw)[0].mem, from_text[0].mem)
+    for bad in (dict(init="zeros"), dict(init_scale=0.0)):
+        with pytest.raises(cramfast.CramfastError, match="init"):
+            cramfast.compress(texts, **dict(kw, **bad))
+
+
 def test_refilled_slots_equal_solo(tiny_models):
     """Five texts through two slots: later texts start in freed slots, mid-run of others."""
     lm = cramfast.load_model(tiny_models["llama"], dtype=torch.float64)
