@@ -60,10 +60,10 @@ class OptimSettings:
     # "random": the paper's init above. "text_mean": the first attempt starts from the mean of
     # the text's input embeddings (mem vector j: of the j-th of m contiguous chunks), as a
     # direction, at the norm the random init has on average (init_scale * std(E) * sqrt(d));
-    # restarts and parallel attempts draw random inits as above. Why: the LM reads a mem vector
-    # mostly by its direction (an RMSNorm comes first), and the text's own mean embedding
-    # already points towards its tokens, where a random direction points nowhere
-    # (docs/study.md, "Starting from the text").
+    # restarts and parallel attempts start halfway between that and a seeded random direction
+    # (seeded_start). Why: the LM reads a mem vector mostly by its direction (an RMSNorm comes
+    # first), and the text's own mean embedding already points towards its tokens, where a
+    # random direction points nowhere (docs/study.md, "Starting from the text").
     init: str = "random"
     # learning-rate schedule, counted from each (re)start: linear warm-up over `warmup` steps,
     # then cosine decay to lr * final_lr_ratio over `decay_steps` (0: constant lr)
@@ -148,7 +148,7 @@ class Job:
     token_ids: list[int]
     init_mem: torch.Tensor          # [m, d], float
     settings: OptimSettings
-    restart_draws: torch.Tensor | None = None   # [max_restarts, m, d] seeded randn * std(E)
+    restart_draws: torch.Tensor | None = None   # [max_restarts, m, d] seeded starts
     seed: int = 0
     started: float = 0.0
     first_evaluation: int = 0       # the scheduler's evaluation count when it started
@@ -283,11 +283,11 @@ def init_mem(lm: LoadedModel, ids: list[int], n_mem: int, seed: int, scale: floa
              attempt: int = 0, kind: str = "random") -> torch.Tensor:
     """randn(m, d) * scale * std(E), seeded by (seed, the text's tokens, the attempt number): a
     text gets the same init whatever batch, order or machine it is compressed in. With kind
-    "text_mean", attempt 0 is the text's chunk means instead (text_mean_init)."""
+    "text_mean", attempt 0 starts from the text's chunk means (text_mean_init) and later
+    attempts from those mixed with their seeded draw (seeded_start)."""
     if kind == "text_mean" and attempt == 0:
         return text_mean_init(lm, ids, n_mem, scale)
-    return (_seeded_randn(_stream(seed, attempt), ids, n_mem, lm.hidden_size) * scale
-            * lm.embedding_std()).to(mem_dtype(lm))
+    return seeded_start(lm, ids, n_mem, _stream(seed, attempt), scale, kind)
 
 
 def text_mean_init(lm: LoadedModel, ids: list[int], n_mem: int, scale: float) -> torch.Tensor:
@@ -298,8 +298,25 @@ def text_mean_init(lm: LoadedModel, ids: list[int], n_mem: int, scale: float) ->
     emb = lm.embedding.detach()[torch.tensor(ids, device=lm.device)].to("cpu", torch.float64)
     chunks = [c if len(c) else emb for c in torch.tensor_split(emb, n_mem)]
     means = torch.stack([c.mean(dim=0) for c in chunks])
-    means = means / torch.linalg.vector_norm(means, dim=-1, keepdim=True).clamp(min=1e-30)
-    return (means * scale * lm.embedding_std() * lm.hidden_size ** 0.5).to(mem_dtype(lm))
+    return (_unit(means) * scale * lm.embedding_std() * lm.hidden_size ** 0.5).to(mem_dtype(lm))
+
+
+def seeded_start(lm: LoadedModel, ids: list[int], n_mem: int, stream: str, scale: float,
+                 kind: str = "random") -> torch.Tensor:
+    """A seeded start for a new attempt or a redraw restart: randn * scale * std(E); for
+    "text_mean", the unit text mean plus that draw's unit vector (45 degrees from each, as
+    the draw is near-orthogonal in d dimensions), at text_mean_init's norm, so a new attempt
+    explores away from a start that stalled without losing what the text's mean points to."""
+    noise = _seeded_randn(stream, ids, n_mem, lm.hidden_size)
+    if kind != "text_mean":
+        return (noise * scale * lm.embedding_std()).to(mem_dtype(lm))
+    mean = _unit(text_mean_init(lm, ids, n_mem, 1.0).double())
+    return (_unit(mean + _unit(noise)) * scale * lm.embedding_std()
+            * lm.hidden_size ** 0.5).to(mem_dtype(lm))
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    return v / torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp(min=1e-30)
 
 
 def _stream(seed: int, attempt: int) -> str:
@@ -308,15 +325,17 @@ def _stream(seed: int, attempt: int) -> str:
 
 def restart_draws(lm: LoadedModel, ids: list[int], n_mem: int, seed: int,
                   settings: OptimSettings, attempt: int = 0) -> torch.Tensor | None:
-    """The stall restarts' starting noise, drawn up front (seeded like init_mem, one stream per
-    restart) so restarts happen on the device without a host sync: [max_restarts, m, d], each
-    randn * std(E) * (init_scale for "redraw", restart_noise for "perturb")."""
+    """The stall restarts' starting points, drawn up front (seeded like init_mem, one stream
+    per restart) so restarts happen on the device without a host sync: [max_restarts, m, d],
+    each a seeded_start for "redraw", randn * restart_noise * std(E) for "perturb"."""
     if settings.stall_steps == 0 or settings.max_restarts == 0:
         return None
-    scale = settings.init_scale if settings.restart == "redraw" else settings.restart_noise
-    draws = [_seeded_randn(f"{_stream(seed, attempt)}:restart{r}", ids, n_mem, lm.hidden_size)
-             for r in range(settings.max_restarts)]
-    return (torch.stack(draws) * scale * lm.embedding_std()).to(mem_dtype(lm))
+    streams = [f"{_stream(seed, attempt)}:restart{r}" for r in range(settings.max_restarts)]
+    if settings.restart == "redraw":
+        return torch.stack([seeded_start(lm, ids, n_mem, stream, settings.init_scale,
+                                         settings.init) for stream in streams])
+    draws = torch.stack([_seeded_randn(stream, ids, n_mem, lm.hidden_size) for stream in streams])
+    return (draws * settings.restart_noise * lm.embedding_std()).to(mem_dtype(lm))
 
 
 def _seeded_randn(stream: str, ids: list[int], n_mem: int, d: int) -> torch.Tensor:
@@ -677,7 +696,7 @@ def _fill_idle_slots(lm, sched, attempts: dict, width: int, sync_every: int, n_m
         k = job.attempts
         s = replace(job.settings, max_steps=left)
         _add_attempt(sched, attempts, next_id, Attempt(
-            job, k, init_mem(lm, job.token_ids, n_mem, job.seed, s.init_scale, k),
+            job, k, init_mem(lm, job.token_ids, n_mem, job.seed, s.init_scale, k, s.init),
             restart_draws(lm, job.token_ids, n_mem, job.seed, s, k), s))
         next_id += 1
     return next_id

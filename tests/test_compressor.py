@@ -358,10 +358,18 @@ def test_text_mean_init_is_the_chunk_means_at_the_random_init_norm(tiny_models):
                                                  unit(emb[[9, 11]].mean(0))]) * norm)
     many = compressor.text_mean_init(lm, ids[:2], 3, 4.0)      # chunks [3], [50], []
     torch.testing.assert_close(many[2], unit(emb[[3, 50]].mean(0)) * norm)
-    # only the first attempt starts from the text; later ones draw seeded random inits
+    # the first attempt starts from the text; later ones (and redraw restarts) halfway between
+    # it and their seeded random draw, at the same norm
     assert torch.equal(compressor.init_mem(lm, ids, 1, 0, 4.0, 0, kind="text_mean"), one[None])
-    torch.testing.assert_close(compressor.init_mem(lm, ids, 1, 0, 4.0, 1, kind="text_mean"),
-                               compressor.init_mem(lm, ids, 1, 0, 4.0, 1))
+    [later] = compressor.init_mem(lm, ids, 1, 0, 4.0, 1, kind="text_mean")
+    [draw] = compressor.init_mem(lm, ids, 1, 0, 4.0, 1)
+    torch.testing.assert_close(later, unit(unit(one) + unit(draw)) * norm)
+    settings = OptimSettings(init="text_mean", init_scale=4.0, stall_steps=5, max_restarts=2)
+    restarts = compressor.restart_draws(lm, ids, 1, 0, settings)
+    assert restarts.shape == (2, 1, d) and not torch.equal(restarts[0], restarts[1])
+    for start in restarts[:, 0]:
+        torch.testing.assert_close(start.norm(), torch.tensor(norm, dtype=start.dtype))
+        assert 0.6 < float(unit(start) @ unit(one)) < 0.8    # about 45 degrees from the mean
 
 
 def test_text_mean_init_runs_as_that_warm_start(tiny_models):
