@@ -61,9 +61,10 @@ class OptimSettings:
     # the text's input embeddings (mem vector j: of the j-th of m contiguous chunks), as a
     # direction, at the norm the random init has on average (init_scale * std(E) * sqrt(d));
     # restarts and parallel attempts start halfway between that and a seeded random direction
-    # (seeded_start). Why: the LM reads a mem vector mostly by its direction (an RMSNorm comes
-    # first), and the text's own mean embedding already points towards its tokens, where a
-    # random direction points nowhere (docs/study.md, "Starting from the text").
+    # (seeded_start; so the seed picks only those). Why: the LM reads a mem vector mostly by
+    # its direction (an RMSNorm comes first), and the text's own mean embedding already points
+    # towards its tokens, where a random direction points nowhere (docs/study.md, "Starting
+    # from the text").
     init: str = "random"
     # learning-rate schedule, counted from each (re)start: linear warm-up over `warmup` steps,
     # then cosine decay to lr * final_lr_ratio over `decay_steps` (0: constant lr)

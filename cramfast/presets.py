@@ -1,9 +1,11 @@
 """Named optimization settings. ``paper`` is the published protocol (Kuratov et al. 2025);
-``fast`` is the best candidate of the optimizer study (docs/study.md): LAMB in place of AdamW
+``fast`` is the best candidate of the optimizer study (docs/study.md): each text's first attempt
+starts from the mean of its input embeddings, at 20 times the random init's norm (init
+"text_mean"; later attempts halfway between that and a random direction); LAMB in place of AdamW
 (the paper's betas and weight decay; each mem vector's step rescaled to lr * its norm) with
 lr = 0.2 of the norm, cosine-decayed to a tenth over 7 steps per predicted token (105 for a
 16-token text); each position's CE weighted by (1 - p_target) (focal_gamma 1), so the positions
-still wrong or unsure drive the gradient; a stall restart (a fresh seeded init) after 10 steps
+still wrong or unsure drive the gradient; a stall restart (a fresh seeded start) after 10 steps
 per predicted token without a better accuracy (150 for a 16-token text); and parallel attempts
 in up to 4 idle slots at the tail of a run (fill_slots, sized for a CPU; raise it towards
 max_slots on a GPU). Everything else as the paper."""
@@ -16,7 +18,8 @@ PAPER = dict(lr=1e-2, lr_std=0.0, beta1=0.9, beta2=0.9, weight_decay=0.01, max_s
 PRESETS = {
     "paper": PAPER,
     "fast": dict(PAPER, optimizer="lamb", lr=0.2, decay_steps_per_token=7.0, final_lr_ratio=0.1,
-                 focal_gamma=1.0, stall_steps_per_token=10.0, fill_slots=4),
+                 focal_gamma=1.0, stall_steps_per_token=10.0, fill_slots=4, init="text_mean",
+                 init_scale=20.0),
 }
 
 
