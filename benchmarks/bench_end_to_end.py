@@ -17,7 +17,7 @@ Methods, each one timed call over all the texts of one length L (model already l
 Settings: the embedded model (smollm2-135m-q4; fp32 on CPU; on CUDA cramfast runs the model in
 bf16 and the paper loop in fp32 weights under bf16 autocast, as the original), m = 1, texts of
 exactly L tokens from ../shared/data/books (_common.bench_texts; a bundled fallback without
-the books), seed 0, mem init cramfast.compressor.init_mem for both, max_steps 5000, patience
+the books), seed 0, mem init cramfast.engine.init_mem for both, max_steps 5000, patience
 2000.
 
 Figures (extra_info): ``lossless`` texts whose returned mem gives teacher-forced accuracy 1.0
@@ -43,7 +43,7 @@ import torch
 import paper_baseline
 from _common import Timer, bench_texts, device, machine, quick, texts_source
 from cramfast import compress
-from cramfast.compressor import greedy_decode
+from cramfast.engine import greedy_decode
 from cramfast.models import load_model
 
 N_MEM = 1

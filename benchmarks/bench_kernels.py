@@ -5,7 +5,7 @@
 linear_cross_entropy, forward + backward (loss.sum().backward(), the gradient reaching
 ``hidden``; argmax computed by both, as the op's contract), d = 576, N in {512, 4096},
 V in {49152, 128256}; fp32 on CPU, bf16 on CUDA. Implementations:
-  naive   ops.linear_cross_entropy_naive: full N x V logits, F.cross_entropy, autograd
+  naive   ops.linear_cross_entropy(backend="naive"): full N x V logits, F.cross_entropy, autograd
   torch   ops.linear_cross_entropy(backend="torch"): the chunked fused twin (CPU and CUDA)
   triton  ops.linear_cross_entropy(backend="triton"): CUDA only
 Target (issue 6): at N = 4096, V = 49152 the fused peak memory <= 20 % of naive at <= 1.1x its
@@ -57,10 +57,7 @@ def _inputs(torch, n, v, dtype, dev, seed=0):
 
 
 def _step_fn(ops, impl):
-    if impl == "naive":
-        fn = ops.linear_cross_entropy_naive
-    else:
-        fn = lambda h, w, t: ops.linear_cross_entropy(h, w, t, backend=impl)
+    fn = lambda h, w, t: ops.linear_cross_entropy(h, w, t, backend=impl)
 
     def step(hidden, weight, targets):
         hidden.grad = None

@@ -5,19 +5,20 @@
 Work: 8 texts of L = 16 tokens from the books, m = 1, every text run for exactly STEPS
 evaluations (lr 1e-9: no text can go lossless, so every variant does the same evaluations and
 updates). The figure is ``token_steps_per_s`` = sum over texts of (L + m) x evaluations /
-seconds, optimization only (the after-optimization metrics and decode check are excluded by
-timing ``_run``, not ``compress``).
+seconds, optimization only (the "steps" phases reported by Hooks.on_timing; the
+after-optimization metrics and decode check are excluded).
 
 Variants ("after" = cramfast's default; "before" = that one lever turned off):
   cramfast             all levers on: 8 texts in one batch, host sync every 16 evaluations,
                        fused chunked CE, SDPA attention, all threads, vectorized per-slot AdamW
   no_batching          max_slots=1: the texts one after another through the same code
   sync_every_step      sync_every=1: a host sync (and scheduler report) every evaluation
-  naive_ce             full-vocabulary logits and torch's cross_entropy instead of the fused op
+  naive_ce             backend "naive": full-vocabulary logits and torch's cross_entropy
+                       instead of the fused op
   eager_attention      the model's attention in plain torch ops instead of SDPA
   one_thread           torch.set_num_threads(1)
-  per_slot_adamw       the AdamW update applied slot by slot (one small update per text) instead
-                       of one vectorized update over all slots
+  per_slot_adamw       Hooks(update=...): the AdamW update applied slot by slot (one small
+                       update per text) instead of one vectorized update over all slots
   paper_loop           benchmarks/paper_baseline.py, one loaded model (batch 1, full logits,
                        .item() every step): everything off
   paper_loop_reload    the same, the model loaded twice per text as the original does: the
@@ -36,7 +37,7 @@ import torch
 
 import paper_baseline
 from _common import bench_texts, device, machine, quick, texts_source
-from cramfast import compressor as C, ops
+from cramfast.engine import Hooks, compress, mem_update
 from cramfast.models import load_model
 
 L, N_MEM, SEED = 16, 1, 0
@@ -50,40 +51,34 @@ _seconds: dict[str, float] = {}
 @pytest.fixture(scope="module")
 def lm():
     model = load_model(device=device())
-    C.compress(bench_texts(model.tokenizer, 8, 1), model=model, max_steps=1, sync_every=1)
+    compress(bench_texts(model.tokenizer, 8, 1), model=model, max_steps=1, sync_every=1)
     return model
 
 
-def _naive_ce(hidden, weight, targets, bias=None, backend=None):
-    return ops.linear_cross_entropy_naive(hidden, weight, targets, bias)
-
-
-_vectorized_adamw = C.mem_update
-
-
-def _per_slot_adamw(state, rows, grad, active):
+def per_slot_update(state, rows, grad, active):
+    """mem_update applied slot by slot: one small update per text instead of one over all."""
     for i in range(len(rows)):
-        _vectorized_adamw(state, rows[i:i + 1], grad[i:i + 1], active[i:i + 1])
+        mem_update(state, rows[i:i + 1], grad[i:i + 1], active[i:i + 1])
 
 
-def _run_cramfast(lm, token_lists, variant, monkeypatch):
-    settings = dict(lr=1e-9, max_steps=STEPS - 1, patience=10 * STEPS)
+def _run_cramfast(lm, token_lists, variant):
+    """Seconds of optimization (the "steps" phases, host syncs included; the metrics and the
+    decode check after it excluded) and each text's evaluations."""
+    settings = dict(preset="paper", lr=1e-9, max_steps=STEPS - 1, patience=10 * STEPS)
+    hooks = Hooks()
+    backend = None
     if variant == "no_batching":
         settings["max_slots"] = 1
     if variant == "sync_every_step":
         settings["sync_every"] = 1
     if variant == "naive_ce":
-        monkeypatch.setattr(ops, "linear_cross_entropy", _naive_ce)
+        backend = "naive"
     if variant == "per_slot_adamw":
-        monkeypatch.setattr(C, "mem_update", _per_slot_adamw)
-    opt = C.OptimSettings(**settings)
-    jobs = [C.Job(i, ids, C.init_mem(lm, ids, N_MEM, SEED, 1.0), opt)
-            for i, ids in enumerate(token_lists)]
-    start = time.perf_counter()
-    for _ in C._run(lm, jobs, N_MEM, opt, None):
-        pass
-    seconds = time.perf_counter() - start
-    return seconds, [j.result["steps"] + 1 for j in jobs]
+        hooks.update = per_slot_update
+    seconds = []
+    hooks.on_timing = lambda t: seconds.append(t.seconds) if t.phase == "steps" else None
+    results = compress(token_lists, model=lm, backend=backend, hooks=hooks, **settings)
+    return sum(seconds), [r.steps + 1 for r in results]
 
 
 def _run_paper(lm, token_lists, reload):
@@ -94,7 +89,7 @@ def _run_paper(lm, token_lists, reload):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_lever(benchmark, lm, variant, monkeypatch):
+def test_lever(benchmark, lm, variant):
     token_lists = bench_texts(lm.tokenizer, L, N_TEXTS, seed=SEED)
     threads = torch.get_num_threads()
     attention = lm.model.config._attn_implementation
@@ -106,7 +101,7 @@ def test_lever(benchmark, lm, variant, monkeypatch):
         if variant.startswith("paper_loop"):
             run = lambda: _run_paper(lm, token_lists, reload=variant == "paper_loop_reload")
         else:
-            run = lambda: _run_cramfast(lm, token_lists, variant, monkeypatch)
+            run = lambda: _run_cramfast(lm, token_lists, variant)
         seconds, evaluations = benchmark.pedantic(run, rounds=1, iterations=1)
     finally:
         torch.set_num_threads(threads)

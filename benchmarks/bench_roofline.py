@@ -3,7 +3,7 @@ same run: the fraction of the machine's limit cramfast reaches.
 
     pytest benchmarks/bench_roofline.py --benchmark-only
 
-The step: cramfast.compressor._step as the compressor runs it (mem_embed -> frozen backbone ->
+The step: cramfast.engine.step as the compressor runs it (mem_embed -> frozen backbone ->
 fused linear CE -> backward to mem -> on-device stop rule -> per-slot AdamW), on B texts of
 L = 64 tokens from the books, m = 1, every slot active; B = 32 on CPU (the compressor's default
 max_slots: what it runs given 32 or more such texts; 4 in quick mode), 256 on CUDA;
@@ -39,7 +39,7 @@ import pytest
 import torch
 
 from _common import bench_texts, device, machine, quick, sync
-from cramfast import compressor as C
+from cramfast import engine
 from cramfast.models import load_model
 
 DEV = device()
@@ -91,22 +91,18 @@ def lm():
 
 def test_roofline_batched_step(benchmark, lm):
     token_lists = bench_texts(lm.tokenizer, L, BATCH, seed=0)
-    settings = C.OptimSettings()
-    state = C.SlotState(BATCH, N_MEM, lm.hidden_size, C.mem_dtype(lm), lm.device)
-    for slot, ids in enumerate(token_lists):
-        state.start(slot, C.init_mem(lm, ids, N_MEM, 0, 1.0).to(lm.device), len(ids) - 1, settings)
-    rows = torch.arange(BATCH, device=lm.device)
-    ids, targets = C.pad_batch(token_lists, L, lm.device)
+    state, rows, ids, targets = engine.start_batch(lm, token_lists, engine.TextSettings(), N_MEM,
+                                                     length=L)
     peak_before = matmul_peak_flops()
     times = []
 
-    def step():
+    def timed_step():
         start = time.perf_counter()
-        C._step(lm, state, rows, ids, targets, None)
+        engine.step(lm, state, rows, ids, targets)
         sync(DEV)
         times.append(time.perf_counter() - start)
 
-    benchmark.pedantic(step, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(timed_step, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     peak = max(peak_before, matmul_peak_flops())
     seconds = statistics.median(times[1:] or times)
     count = step_flops(lm, BATCH, L, N_MEM)

@@ -32,9 +32,8 @@ def run_tests():
 def bench_linear_cross_entropy(torch, ops, do_bench, dims=(2048,), rows=(4096, 32768),
                                vocabs=(49152, 128256)):
     dtype, dev = torch.bfloat16, "cuda"
-    backends = {"triton": lambda h, w, t: ops.linear_cross_entropy(h, w, t, backend="triton"),
-                "torch": lambda h, w, t: ops.linear_cross_entropy(h, w, t, backend="torch"),
-                "naive": ops.linear_cross_entropy_naive}
+    backends = {name: (lambda h, w, t, name=name: ops.linear_cross_entropy(h, w, t, backend=name))
+                for name in ("triton", "torch", "naive")}
     print("\n== linear_cross_entropy fwd+bwd, bf16: median ms / peak GiB above inputs")
     print(f"{'d':>5} {'N':>6} {'V':>7} " + " ".join(f"{name:>20}" for name in backends))
     for d, n, v in itertools.product(dims, rows, vocabs):

@@ -14,7 +14,7 @@ Llama-3.2-1B-like one (d 2048, 16 layers, 32/8 heads, V 128256, tied). Each is s
 save_pretrained and loaded through cramfast.load_model, as a user's folder would be.
 
 Measured, L = 64 tokens per text, m = 1, every slot active:
-  * cramfast: compressor._step (mem_embed -> backbone -> fused CE -> backward to mem -> stop
+  * cramfast: engine.step (mem_embed -> backbone -> fused CE -> backward to mem -> stop
     rule -> per-slot update) on B texts at once, both backends, Triton's also replayed as a
     CUDA graph (GraphedSteps), 8 steps between two syncs as the compressor runs them, after 3
     untimed; text-steps/s = B / seconds; MFU = bench_roofline's FLOP count / the bf16 peak
@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import paper_baseline  # noqa: E402
 from bench_roofline import step_flops  # noqa: E402
-from cramfast import compressor as C  # noqa: E402
+from cramfast.engine import BatchSettings, TextSettings, make_stepper, start_batch  # noqa: E402
 from cramfast.models import load_model  # noqa: E402
 
 L, N_MEM = 64, 1
@@ -75,13 +75,9 @@ def time_cramfast_step(lm, batch: int, backend: str, graphs: bool, steps: int = 
     """Seconds per step of ``steps`` steps run as the compressor runs them between two host
     syncs (GraphedSteps or EagerSteps), after 3 untimed ones (compilation, autotuning, capture)."""
     texts = random_texts(min(lm.vocab_size, len(lm.tokenizer)), batch)
-    settings = C.OptimSettings(optimizer="lamb", lr=1e-9)   # nothing stops while timed
-    state = C.SlotState(batch, N_MEM, lm.hidden_size, C.mem_dtype(lm), lm.device)
-    for slot, ids in enumerate(texts):
-        state.start(slot, C.init_mem(lm, ids, N_MEM, 0, 1.0).to(lm.device), len(ids) - 1, settings)
-    rows = torch.arange(batch, device=lm.device)
-    ids, targets = C.pad_batch(texts, L, lm.device)
-    runner = (C.GraphedSteps if graphs else C.EagerSteps)(lm, state, backend)
+    settings = TextSettings(optimizer="lamb", lr=1e-9)   # nothing stops while timed
+    state, rows, ids, targets = start_batch(lm, texts, settings, N_MEM, length=L)
+    runner = make_stepper(lm, state, BatchSettings(cuda_graphs=graphs), backend)
     runner.steps(rows, ids, targets, 3)
     torch.cuda.synchronize()
     start = time.perf_counter()

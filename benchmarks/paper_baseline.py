@@ -23,7 +23,7 @@ Kept identical to cramfast, so that both solve the same problem and only speed d
   * the token ids (given, not re-tokenized) and the first-token-given convention: the logits
     at text positions 1..N-1 predict tokens 2..N; loss and accuracy over those N-1 positions
     (as the original's shift does);
-  * the init: ``cramfast.compressor.init_mem`` (randn * std(E), seeded per text) instead of the
+  * the init: ``cramfast.engine.init_mem`` (randn * std(E), seeded per text) instead of the
     original's unseeded ``torch.randn``;
   * no ``output_hidden_states=True``, no tqdm, no pickling of results every text (costs of the
     original that are not cramming).
@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cramfast.compressor import init_mem
+from cramfast.engine import init_mem
 from cramfast.models import LoadedModel
 
 

@@ -5,15 +5,19 @@
     [res] = cramfast.compress("Some text.", model=lm, n_mem=1)
     res.accuracy, res.exact, res.info_gain_bits
     cramfast.decode(res, model=lm)                  # the text, from the mem vectors
+
+The engine's parts, for studies and benchmarks: cramfast.engine.
 """
-from cramfast.compressor import OptimSettings, compress, compress_iter
+from cramfast.compressor import compress, compress_iter
 from cramfast.decode import decode
 from cramfast.errors import CramfastError
+from cramfast.hooks import Hooks
 from cramfast.metrics import CompressionResult, capacity
 from cramfast.models import DEFAULT_MODEL, LoadedModel, load_model, theoretical_capacity
 from cramfast.results_io import load_results, save
+from cramfast.settings import BatchSettings, TextSettings
 
 __version__ = "0.1.0"
-__all__ = ["compress", "compress_iter", "decode", "load_model", "save", "load_results", "theoretical_capacity",
-           "capacity", "CompressionResult", "OptimSettings", "LoadedModel", "CramfastError",
-           "DEFAULT_MODEL"]
+__all__ = ["compress", "compress_iter", "decode", "load_model", "save", "load_results",
+           "theoretical_capacity", "capacity", "CompressionResult", "TextSettings",
+           "BatchSettings", "Hooks", "LoadedModel", "CramfastError", "DEFAULT_MODEL"]

@@ -77,7 +77,7 @@ def _texts(args, tokenizer):
 
 def _compress(args) -> int:
     import cramfast
-    from cramfast.presets import parse_settings
+    from cramfast.settings import parse_settings
     optim = dict(max_steps=args.max_steps, patience=args.patience, lr=args.lr,
                  max_slots=args.max_slots, cuda_graphs=args.cuda_graphs,
                  **parse_settings(args.set))

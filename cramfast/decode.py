@@ -1,12 +1,43 @@
-"""Regenerate a text from its mem vectors (greedy), for results or raw tensors."""
+"""After optimization: the teacher-forced evaluation with and without mem, and greedy decoding
+from [mem ; first token] (KV-cached, batched), the way a user gets a text back."""
 from __future__ import annotations
 
 import torch
 
-from cramfast.compressor import greedy_decode
+from cramfast.constants import IGNORE_INDEX
 from cramfast.errors import CramfastError
 from cramfast.metrics import CompressionResult
-from cramfast.models import load_model
+from cramfast.models import LoadedModel, load_model
+from cramfast.step import pad_batch, predict
+
+
+@torch.inference_mode()
+def evaluate(lm: LoadedModel, token_lists, mems: torch.Tensor | None, backend=None):
+    """Summed CE (nats) and correct-count over positions 2..N, with ``mems`` [B, m, d] or none."""
+    length = max(len(t) for t in token_lists)
+    ids, targets = pad_batch(token_lists, length, lm.device)
+    loss, argmax = predict(lm, ids, targets, None if mems is None else mems.to(lm.device), backend)
+    correct = ((argmax == targets) & (targets != IGNORE_INDEX)).sum(dim=1)
+    return loss.double().sum(dim=1).cpu(), correct.cpu()
+
+
+@torch.inference_mode()
+def greedy_decode(lm: LoadedModel, mems: torch.Tensor, first_ids: list[int], n_new: int) -> list[list[int]]:
+    """Greedy generation, KV-cached and batched, from [mem ; first token]: the first token is
+    given by the protocol, every later one must come from the mem vectors."""
+    mems = mems.to(lm.device, lm.dtype)
+    first = torch.tensor(first_ids, device=lm.device)
+    x = torch.cat([mems, lm.embedding[first][:, None]], dim=1)
+    out = lm.model(inputs_embeds=x, use_cache=True)
+    generated = []
+    for i in range(n_new):
+        token = out.logits[:, -1].argmax(dim=-1)
+        generated.append(token)
+        if i + 1 < n_new:
+            out = lm.model(input_ids=token[:, None], cache=out.cache, use_cache=True)
+    if not generated:
+        return [[] for _ in first_ids]
+    return torch.stack(generated, dim=1).tolist()
 
 
 def decode(mem, model=None, max_new_tokens: int | None = None, first_token_id: int | None = None):

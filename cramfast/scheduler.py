@@ -54,7 +54,7 @@ s + 1 follows. ``Finished.steps`` is s at the stop. The counter s carries over f
 report. In a k-row report, a job that stops at row j ignores rows after j (the device froze it
 there), so one k-row report equals k one-row reports made without a plan in between. The
 device may also stop a job outside the rule (a non-finite loss): it reports FAILED_ON_DEVICE
-(-2) at that evaluation and the job finishes with reason "failed".
+(-2) at that evaluation and the job finishes with reason "nonfinite".
 
 ``report`` accepts a list of lists, a numpy array or a CPU/GPU torch tensor (integers) of shape
 (k, max_slots), or one row of length max_slots. Entries must lie in [0, n_tokens - 1] (or be
@@ -64,13 +64,15 @@ Token-step accounting counts the batch as the device holds it: every reported ro
 last plan's ``n_occupied * (padded_length + n_mem)``, including slots whose job stopped earlier
 in the same report (they stay in the batch until the next ``plan``).
 
-This module imports numpy only (no torch): it sits below the compressor.
+This module imports numpy and cramfast.settings only (no torch): it sits below the compressor.
 """
 from __future__ import annotations
 
 from typing import NamedTuple, Sequence
 
 import numpy as np
+
+from cramfast.settings import StopReason
 
 try:
     from cramfast import _scheduler as _ext
@@ -79,7 +81,8 @@ except ImportError as _err:  # pragma: no cover - exercised by a test that hides
         "cramfast._scheduler is not built: run `pip install -e .` (needs a C++ compiler)") from _err
 
 POLICIES = ("fifo", "bucketed")
-STOP_REASONS = ("lossless", "stalled", "max_steps", "failed")
+# the reasons a Finished carries: cramfast.settings.StopReason's names but "running"
+STOP_REASONS = tuple(r.label for r in StopReason if r is not StopReason.RUNNING)
 FAILED_ON_DEVICE = -2  # report entry: the device stopped the job outside the stop rule
 
 

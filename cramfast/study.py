@@ -17,12 +17,13 @@ import sys
 import time
 from pathlib import Path
 
-from cramfast import presets
+from cramfast.presets import PRESETS
+from cramfast.settings import PER_TEXT, parse_settings, preset_settings, split
 from cramfast.report import write_csv
 from cramfast.errors import CramfastError
 
 # The default candidates. A candidate is settings joined by "+", each key=value of
-# OptimSettings' per-text settings, optionally after a preset's name (else over "paper"); lr
+# the per-text settings (settings.PER_TEXT), optionally after a preset's name (else over "paper"); lr
 # may be given as a multiple of std(E) ("0.2std").
 CANDIDATES = ("paper", "lr=0.2std", "lr=0.5std", "lr=0.5std+decay_steps=300",
               "lr=0.2std+stall_steps=100", "lr=0.5std+decay_steps=300+stall_steps=100")
@@ -33,16 +34,15 @@ def parse_candidate(spec: str) -> dict:
     "lr=0.5std+warmup=10", applied to a preset named first ("fast+stall_steps=150": the
     preset's optimizer with that change) or, with no preset named, to "paper". The study's
     budget (max_steps, patience) applies to every candidate."""
-    from cramfast.compressor import PER_SLOT, OptimSettings
     name, *rest = parts = spec.split("+")
-    if name not in presets.PRESETS:
+    if name not in PRESETS:
         name, rest = "paper", parts
-    changes = presets.parse_settings(rest)
-    if set(changes) - set(PER_SLOT):
-        raise CramfastError(f"candidate {spec!r}: {', '.join(set(changes) - set(PER_SLOT))} "
+    changes = parse_settings(rest)
+    if set(changes) - set(PER_TEXT):
+        raise CramfastError(f"candidate {spec!r}: {', '.join(set(changes) - set(PER_TEXT))} "
                             "is set for the whole study batch, not per candidate")
-    full = OptimSettings(**presets.with_overrides(presets.PRESETS[name], changes)).to_dict()
-    return {k: full[k] for k in PER_SLOT if k not in ("max_steps", "patience")}
+    full = split(preset_settings(name, **changes))[0].to_dict()
+    return {k: full[k] for k in PER_TEXT if k not in ("max_steps", "patience")}
 
 
 def run_optimizer_study(model, token_lists_by_length: dict, n_mems, candidates: dict,

@@ -50,8 +50,8 @@ import tomllib
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
-from cramfast import presets, sources, store
-from cramfast.compressor import RESULT_SETTINGS
+from cramfast import sources, store
+from cramfast.settings import RESULT_SETTINGS, defaults, parse_settings, preset_settings, split
 from cramfast.errors import CramfastError
 
 GRIDS_DIR = Path(__file__).with_name("grids")
@@ -80,7 +80,7 @@ class Grid:
     seeds: list[int]
     db: str = "sweep.db"
     preset: str = "paper"
-    optim: dict = field(default_factory=dict)     # OptimSettings overrides (None-free)
+    optim: dict = field(default_factory=dict)     # settings overrides (None-free)
     dtype: str | None = None
     backend: str | None = None
     chunking: str = "prefix"
@@ -93,16 +93,15 @@ class Grid:
 
     def settings(self) -> dict:
         """The full optimization settings the jobs run with (preset + overrides)."""
-        from cramfast.compressor import OptimSettings
-        return OptimSettings(**presets.preset(self.preset, **self.optim)).to_dict()
+        text, batch = split(preset_settings(self.preset, **self.optim))
+        return dict(text.to_dict(), **batch.to_dict())
 
     def identity(self) -> dict:
         """What the results depend on (not batching or sync knobs): hashed into the job key.
         Only the settings that differ from the published protocol (OptimSettings' defaults)
         enter it, so a setting added later, off by default, leaves stored keys as they are."""
-        from cramfast.compressor import OptimSettings
         from cramfast.models import parse_dtype
-        optim, published = self.settings(), OptimSettings().to_dict()
+        optim, published = self.settings(), defaults()
         changed = {k: optim[k] for k in HASHED_SETTINGS if optim[k] != published[k]}
         return dict(changed, dtype=str(parse_dtype(self.dtype)), warm_start=self.warm_start)
 
@@ -216,7 +215,7 @@ def _build_grid(args) -> Grid:
         samples=int(merged["samples"]), seeds=sorted(set(_int_list(merged["seeds"], "seeds"))),
         db=str(merged["db"]), preset=merged["preset"], dtype=merged["dtype"], backend=merged["backend"],
         optim=dict({k: merged[k] for k in ("max_steps", "lr", "patience", "max_slots")
-                    if merged[k] is not None}, **presets.parse_settings(merged["set"] or [])),
+                    if merged[k] is not None}, **parse_settings(merged["set"] or [])),
         chunking=merged["chunking"], sample_seed=int(merged["sample_seed"]),
         vocab_file=merged["vocab_file"], search=merged["search"], search_tol=int(merged["search_tol"]),
         lengths_given=lengths_given, warm_start=bool(merged["warm_start"]))

@@ -204,7 +204,7 @@ std::vector<Finished> Scheduler::report(const std::int64_t* history, std::size_t
             if (!slot.occupied) continue;
             const std::int64_t n_correct = history[row * cols + i];
             if (n_correct == kFailedOnDevice) {  // e.g. a non-finite loss: no rule applies
-                out.push_back(Finished{slot.job.id, static_cast<int>(i), "failed", slot.s,
+                out.push_back(Finished{slot.job.id, static_cast<int>(i), "nonfinite", slot.s,
                                        slot.best_step, slot.best_correct});
                 slot.occupied = false;
                 continue;

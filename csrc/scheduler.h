@@ -42,7 +42,7 @@ struct Plan {
 struct Finished {
     std::int64_t job_id = -1;
     int slot = -1;
-    std::string reason;               // "lossless" | "stalled" | "max_steps" | "failed"
+    std::string reason;               // "lossless" | "stalled" | "max_steps" | "nonfinite" (settings.StopReason)
     std::int64_t steps = 0;           // s at the evaluation where it stopped
     std::int64_t best_step = 0;
     std::int64_t best_correct = -1;
@@ -69,7 +69,7 @@ public:
     // history: row-major rows x cols matrix (cols must equal max_slots, rows >= 1), one row
     // per evaluation since the last plan().  Entries of empty slots, and of a job after the
     // row where it stopped, are ignored; other entries must lie in [0, n_tokens - 1], or be
-    // -2: the device stopped the job outside the stop rule (non-finite loss), reason "failed".
+    // -2: the device stopped the job outside the stop rule (non-finite loss), reason "nonfinite".
     // On an exception nothing changes.  Returns finished jobs ordered by (row, slot).
     std::vector<Finished> report(const std::int64_t* history, std::size_t rows, std::size_t cols);
     std::vector<Finished> report(const std::vector<std::vector<std::int64_t>>& history);

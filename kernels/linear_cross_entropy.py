@@ -24,7 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
-IGNORE_INDEX = tl.constexpr(-100)  # jit code may only read constexpr globals
+from cramfast.constants import IGNORE_INDEX as _IGNORE_INDEX
+
+IGNORE_INDEX = tl.constexpr(_IGNORE_INDEX)  # jit code may only read constexpr globals
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -150,12 +152,8 @@ _DOT_PRECISION = {torch.float32: "ieee", torch.bfloat16: "tf32", torch.float16: 
 
 
 def linear_cross_entropy_forward(hidden, weight, targets, bias, want_grad):
-    """(loss [N] fp32, argmax [N] int64, grad [N, d] in hidden.dtype or None)."""
-    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"linear_cross_entropy: hidden {tuple(hidden.shape)} and weight "
-                         f"{tuple(weight.shape)} must be [N, d] and [V, d]")
-    if targets.shape != hidden.shape[:1] or (bias is not None and bias.shape != weight.shape[:1]):
-        raise ValueError("linear_cross_entropy: targets must be [N] and bias [V]")
+    """(loss [N] fp32, argmax [N] int64, grad [N, d] in hidden.dtype or None); shapes checked
+    by cramfast.ops.linear_cross_entropy, the public entry."""
     if hidden.dtype != weight.dtype or hidden.dtype not in _DOT_PRECISION:
         raise TypeError(f"linear_cross_entropy (triton): hidden and weight must share one of "
                         f"fp32/bf16/fp16, got {hidden.dtype} and {weight.dtype}")
@@ -183,28 +181,3 @@ def linear_cross_entropy_forward(hidden, weight, targets, bias, want_grad):
     if want_grad:
         grad = grad.to(hidden.dtype)
     return loss, argmax, grad
-
-
-class LinearCrossEntropyFunction(torch.autograd.Function):
-    """The gradient is computed in forward (the logits are gone afterwards), so backward only
-    scales each row of it by the incoming gradient of that row's loss."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, targets, bias, want_grad):
-        loss, argmax, grad = linear_cross_entropy_forward(hidden, weight, targets, bias, want_grad)
-        if want_grad:
-            ctx.save_for_backward(grad)
-        ctx.mark_non_differentiable(argmax)
-        return loss, argmax
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_argmax):
-        (grad,) = ctx.saved_tensors
-        return grad * grad_loss[:, None].to(grad.dtype), None, None, None, None
-
-
-def linear_cross_entropy(hidden, weight, targets, bias=None):
-    # Decided here, not in forward: forward always runs with grad mode off, and
-    # ctx.needs_input_grad stays True under torch.no_grad(), which would waste the second pass.
-    want_grad = hidden.requires_grad and torch.is_grad_enabled()
-    return LinearCrossEntropyFunction.apply(hidden, weight, targets, bias, want_grad)

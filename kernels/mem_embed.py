@@ -44,12 +44,8 @@ def _unit_last_stride(t):
 
 
 def mem_embed_forward(input_ids, embedding, mem):
-    if input_ids.dim() != 2 or mem.dim() != 3 or embedding.dim() != 2:
-        raise ValueError(f"mem_embed: expected input_ids [B,T], embedding [V,d], mem [B,m,d]; got "
-                         f"{tuple(input_ids.shape)}, {tuple(embedding.shape)}, {tuple(mem.shape)}")
-    (b, t), (_, d), (bm, m, dm) = input_ids.shape, embedding.shape, mem.shape
-    if bm != b or dm != d:
-        raise ValueError(f"mem_embed: mem {tuple(mem.shape)} does not match batch {b} and d {d}")
+    """[mem ; embedding[input_ids]] (forward only); shapes checked by cramfast.ops.mem_embed."""
+    (b, t), (_, d), (_, m, _) = input_ids.shape, embedding.shape, mem.shape
     if not INTERPRET and not embedding.is_cuda:
         raise RuntimeError("mem_embed (triton): tensors must be on CUDA, or set TRITON_INTERPRET=1 "
                            "before importing cramfast to run the kernels on CPU")
@@ -65,22 +61,3 @@ def mem_embed_forward(input_ids, embedding, mem):
             out.stride(0), out.stride(1),
             BLOCK_D=min(triton.next_power_of_2(d), MAX_BLOCK_D), num_warps=4)
     return out
-
-
-class MemEmbedFunction(torch.autograd.Function):
-    """Differentiable in ``mem`` only: the embedding matrix is frozen, so its (large, sparse)
-    gradient is never formed; mem's gradient is just the first m rows of grad_out."""
-
-    @staticmethod
-    def forward(ctx, input_ids, embedding, mem):
-        ctx.m, ctx.mem_dtype = mem.shape[1], mem.dtype
-        return mem_embed_forward(input_ids, embedding, mem)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        grad_mem = grad_out[:, :ctx.m].to(ctx.mem_dtype) if ctx.needs_input_grad[2] else None
-        return None, None, grad_mem
-
-
-def mem_embed(input_ids, embedding, mem):
-    return MemEmbedFunction.apply(input_ids, embedding, mem)

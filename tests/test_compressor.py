@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import cramfast
-from cramfast import compressor, ops
-from cramfast.compressor import OptimSettings, SlotState, mem_update
+import cramfast.settings
+from cramfast import engine, ops
+from cramfast.engine import Hooks, SlotState, TextSettings, mem_update
 from conftest import CORPUS
 
 
@@ -23,7 +24,7 @@ def corpus_texts(tokenizer, lengths, seed=0):
 
 def test_adamw_matches_torch_optim():
     torch.manual_seed(0)
-    settings = OptimSettings(lr=0.05, weight_decay=0.01, beta1=0.9, beta2=0.9)
+    settings = TextSettings(lr=0.05, weight_decay=0.01, beta1=0.9, beta2=0.9)
     state = SlotState(3, 2, 5, torch.float64, "cpu")
     init = torch.randn(2, 5, dtype=torch.float64)
     state.start(1, init, 4, settings)
@@ -44,8 +45,8 @@ def test_lamb_matches_a_reference_and_mixes_with_adamw_in_one_batch():
     """LAMB per mem vector (You et al. 2019: AdamW's moments, step + weight decay rescaled by
     ||mem|| / ||step||), written out step by step, beside an AdamW slot in the same batch."""
     torch.manual_seed(2)
-    lamb = OptimSettings(optimizer="lamb", lr=0.1, weight_decay=0.01, beta1=0.9, beta2=0.9)
-    adamw = OptimSettings(lr=0.05, weight_decay=0.01, beta1=0.9, beta2=0.9)
+    lamb = TextSettings(optimizer="lamb", lr=0.1, weight_decay=0.01, beta1=0.9, beta2=0.9)
+    adamw = TextSettings(lr=0.05, weight_decay=0.01, beta1=0.9, beta2=0.9)
     state = SlotState(2, 2, 5, torch.float64, "cpu")
     init = torch.randn(2, 5, dtype=torch.float64)
     init[1] = 0                                      # a zero vector: trust ratio 1, as in LAMB
@@ -73,9 +74,9 @@ def test_lamb_matches_a_reference_and_mixes_with_adamw_in_one_batch():
 
 def test_lamb_rejects_lr_std():
     with pytest.raises(cramfast.CramfastError, match="lr_std applies to adamw only"):
-        OptimSettings(optimizer="lamb", lr_std=1.0)
+        TextSettings(optimizer="lamb", lr_std=1.0)
     with pytest.raises(cramfast.CramfastError, match="optimizer must be"):
-        OptimSettings(optimizer="sgd")
+        TextSettings(optimizer="sgd")
 
 
 def test_lr_schedule_matches_torch_lambda_lr():
@@ -83,11 +84,11 @@ def test_lr_schedule_matches_torch_lambda_lr():
     import math
     torch.manual_seed(1)
     warmup, decay, final = 3, 5, 0.2
-    settings = OptimSettings(lr=0.05, warmup=warmup, decay_steps=decay, final_lr_ratio=final)
+    settings = TextSettings(lr=0.05, warmup=warmup, decay_steps=decay, final_lr_ratio=final)
     state = SlotState(2, 1, 4, torch.float64, "cpu")
     init = torch.randn(1, 4, dtype=torch.float64)
     state.start(0, init, 4, settings)
-    state.start(1, init, 4, OptimSettings(lr=0.05))       # constant lr beside it
+    state.start(1, init, 4, TextSettings(lr=0.05))       # constant lr beside it
 
     def factor(i):  # LambdaLR's i = steps taken; cramfast's t = i + 1
         t = i + 1
@@ -114,19 +115,19 @@ def test_restart_stalled_redraw_and_perturb():
     modes = ["redraw", "perturb", "redraw"]
     for slot, mode in enumerate(modes):
         state.start(slot, torch.ones(1, 4, dtype=torch.float64), 4,
-                    OptimSettings(stall_steps=5, restart=mode, max_restarts=2), draws[slot])
+                    TextSettings(stall_steps=5, restart=mode, max_restarts=2), draws[slot])
     state.best_mem[:] = 2.0
     state.exp_avg[:] = state.exp_avg_sq[:] = state.opt_steps[:] = 1
     state.steps[:] = 9
     rows = torch.tensor([0, 1, 2])
-    compressor.restart_stalled(state, rows, torch.tensor([True, True, False]))
+    engine.restart_stalled(state, rows, torch.tensor([True, True, False]))
     torch.testing.assert_close(state.mem[0], draws[0, 0])             # a fresh draw
     torch.testing.assert_close(state.mem[1], 2.0 + draws[1, 0])       # best mem + noise
     assert state.mem[2].eq(1).all() and state.exp_avg[2].eq(1).all()  # not stalled: untouched
     assert state.exp_avg[:2].eq(0).all() and state.exp_avg_sq[:2].eq(0).all()
     assert state.opt_steps.tolist() == [0, 0, 1] and state.restarts.tolist() == [1, 1, 0]
     assert state.try_best_step.tolist()[:2] == [9, 9] and state.steps.tolist() == [9, 9, 9]
-    compressor.restart_stalled(state, rows, torch.tensor([True, False, False]))
+    engine.restart_stalled(state, rows, torch.tensor([True, False, False]))
     torch.testing.assert_close(state.mem[0], draws[0, 1])             # the next draw
 
 
@@ -205,9 +206,9 @@ def test_per_text_settings_equal_separate_runs(tiny_models):
 def test_fused_loss_matches_full_logits(tiny_models):
     lm = cramfast.load_model(tiny_models["llama"], dtype=torch.float64)
     toks = [[3, 50, 7, 9, 11], [4, 8, 15, 16, 23, 42, 99]]
-    ids, targets = compressor.pad_batch(toks, 7, "cpu")
+    ids, targets = engine.pad_batch(toks, 7, "cpu")
     mem = torch.randn(2, 1, lm.hidden_size, dtype=torch.float64, requires_grad=True)
-    loss, argmax = compressor.predict(lm, ids, targets, mem, backend="torch")
+    loss, argmax = engine.predict(lm, ids, targets, mem, backend="torch")
     (loss.sum(1) / torch.tensor([4, 6])).sum().backward()
     grad = mem.grad.clone()
     mem.grad = None
@@ -227,12 +228,12 @@ def test_focal_objective_step_matches_reference(trained_path):
     A pretrained model, so that p_target is far from 0 and the weights matter."""
     lm = cramfast.load_model(trained_path, dtype=torch.float64)
     toks = corpus_texts(lm.tokenizer, [6, 9])
-    ids, targets = compressor.pad_batch(toks, 9, "cpu")
+    ids, targets = engine.pad_batch(toks, 9, "cpu")
     init = torch.randn(2, 1, lm.hidden_size, dtype=torch.float64) * lm.embedding_std()
     state = SlotState(2, 1, lm.hidden_size, torch.float64, "cpu")
     gammas = torch.tensor([[2.0], [0.0]], dtype=torch.float64)
     for slot in range(2):
-        settings = OptimSettings(lr=0.05, focal_gamma=float(gammas[slot]))
+        settings = TextSettings(lr=0.05, focal_gamma=float(gammas[slot]))
         state.start(slot, init[slot], len(toks[slot]) - 1, settings)
 
     def reference(gamma):
@@ -249,7 +250,7 @@ def test_focal_objective_step_matches_reference(trained_path):
         return mem.detach()
 
     for _ in range(2):
-        compressor._step(lm, state, torch.arange(2), ids, targets, "torch")
+        engine.step(lm, state, torch.arange(2), ids, targets, "torch")
     torch.testing.assert_close(state.mem, reference(gammas), rtol=1e-9, atol=1e-9)
     assert not torch.allclose(state.mem[0], reference(torch.zeros_like(gammas))[0], rtol=1e-4)
 
@@ -273,7 +274,7 @@ def test_end_to_end_trained_model_all_exact(trained_path):
         assert res.stop_reason == "lossless" and res.accuracy == 1.0 and res.exact
         assert res.token_ids == text and res.mem.shape == (1, lm.hidden_size)
         # the returned mem is the one that reached accuracy 1.0, not one update past it
-        _, correct = compressor.evaluate(lm, [text], res.mem[None])
+        _, correct = engine.evaluate(lm, [text], res.mem[None])
         assert int(correct[0]) == len(text) - 1
         assert res.accuracy >= res.accuracy_without_mem
 
@@ -300,7 +301,7 @@ def test_other_architectures(tiny_models, arch):
     width = 16 if arch == "opt" else 32   # OPT's inputs live in word_embed_proj_dim
     assert res.mem.shape == (2, width) and lm.hidden_size == width
     assert 0 <= res.accuracy <= 1 and res.steps <= 30
-    ce, correct = compressor.evaluate(lm, [res.token_ids], res.mem[None])
+    ce, correct = engine.evaluate(lm, [res.token_ids], res.mem[None])
     assert float(ce[0]) == pytest.approx(res.ce_with_mem) and int(correct[0]) / 5 == res.accuracy
 
 
@@ -313,16 +314,15 @@ def test_stop_rules(tiny_models):
     assert (res.stop_reason, res.steps, res.best_step) == ("stalled", 5, 0)
 
 
-def test_nonfinite_loss_fails_that_text_only(trained_path, monkeypatch):
+def test_nonfinite_loss_fails_that_text_only(trained_path):
     lm = cramfast.load_model(trained_path)
     texts = corpus_texts(lm.tokenizer, [8, 10])
-    real_init = compressor.init_mem
 
-    def poisoned(lm_, ids, *args, **kwargs):
-        mem = real_init(lm_, ids, *args, **kwargs)
-        return mem * float("nan") if ids == texts[0] else mem
-    monkeypatch.setattr(compressor, "init_mem", poisoned)
-    bad, good = cramfast.compress(texts, model=lm, lr=0.03, max_steps=300)
+    def poisoned(lm_, ids, *args):
+        mem, draws = engine.attempt_start(lm_, ids, *args)
+        return (mem * float("nan") if ids == texts[0] else mem), draws
+    bad, good = cramfast.compress(texts, model=lm, lr=0.03, max_steps=300,
+                                  hooks=Hooks(start=poisoned))
     assert bad.stop_reason == "nonfinite" and bad.error and not bad.exact
     assert good.stop_reason == "lossless" and good.exact
 
@@ -358,21 +358,21 @@ def test_text_mean_init_is_the_chunk_means_at_the_random_init_norm(tiny_models):
     ids = [3, 50, 7, 9, 11]
     norm = 4.0 * lm.embedding_std() * d ** 0.5
     unit = lambda v: v / v.norm()
-    [one] = compressor.text_mean_init(lm, ids, 1, 4.0)
+    [one] = engine.text_mean_init(lm, ids, 1, 4.0)
     torch.testing.assert_close(one, unit(emb[ids].mean(0)) * norm)
-    two = compressor.text_mean_init(lm, ids, 2, 4.0)          # chunks [3, 50, 7], [9, 11]
+    two = engine.text_mean_init(lm, ids, 2, 4.0)          # chunks [3, 50, 7], [9, 11]
     torch.testing.assert_close(two, torch.stack([unit(emb[[3, 50, 7]].mean(0)),
                                                  unit(emb[[9, 11]].mean(0))]) * norm)
-    many = compressor.text_mean_init(lm, ids[:2], 3, 4.0)      # chunks [3], [50], []
+    many = engine.text_mean_init(lm, ids[:2], 3, 4.0)      # chunks [3], [50], []
     torch.testing.assert_close(many[2], unit(emb[[3, 50]].mean(0)) * norm)
     # the first attempt starts from the text; later ones (and redraw restarts) halfway between
     # it and their seeded random draw, at the same norm
-    assert torch.equal(compressor.init_mem(lm, ids, 1, 0, 4.0, 0, kind="text_mean"), one[None])
-    [later] = compressor.init_mem(lm, ids, 1, 0, 4.0, 1, kind="text_mean")
-    [draw] = compressor.init_mem(lm, ids, 1, 0, 4.0, 1)
+    assert torch.equal(engine.init_mem(lm, ids, 1, 0, 4.0, 0, kind="text_mean"), one[None])
+    [later] = engine.init_mem(lm, ids, 1, 0, 4.0, 1, kind="text_mean")
+    [draw] = engine.init_mem(lm, ids, 1, 0, 4.0, 1)
     torch.testing.assert_close(later, unit(unit(one) + unit(draw)) * norm)
-    settings = OptimSettings(init="text_mean", init_scale=4.0, stall_steps=5, max_restarts=2)
-    restarts = compressor.restart_draws(lm, ids, 1, 0, settings)
+    settings = TextSettings(init="text_mean", init_scale=4.0, stall_steps=5, max_restarts=2)
+    restarts = engine.restart_draws(lm, ids, 1, 0, settings)
     assert restarts.shape == (2, 1, d) and not torch.equal(restarts[0], restarts[1])
     for start in restarts[:, 0]:
         torch.testing.assert_close(start.norm(), torch.tensor(norm, dtype=start.dtype))
@@ -386,7 +386,7 @@ def test_text_mean_init_runs_as_that_warm_start(tiny_models):
     texts = [[3, 50, 7, 9, 11, 40, 41, 42], [4, 8, 15, 16, 23, 42, 99, 7, 1]]
     kw = dict(model=lm, preset="paper", lr=0.05, max_steps=20, sync_every=4, init_scale=3.0)
     from_text = cramfast.compress(texts, init="text_mean", **kw)
-    starts = [compressor.text_mean_init(lm, ids, 1, 3.0) for ids in texts]
+    starts = [engine.text_mean_init(lm, ids, 1, 3.0) for ids in texts]
     warm = cramfast.compress(texts, init_mems=starts, **kw)
     for a, b in zip(from_text, warm):
         assert (a.steps, a.stop_reason) == (b.steps, b.stop_reason)
@@ -422,7 +422,7 @@ def test_parallel_attempts_in_idle_slots(trained_path, tiny_models):
     assert all(r.attempts >= 2 for r in results)
     for text, res in zip(texts, results):
         assert res.stop_reason == "lossless" and res.exact and res.attempt < res.attempts
-        start = compressor.init_mem(lm, text, 1, 2, res.settings["init_scale"], res.attempt,
+        start = engine.init_mem(lm, text, 1, 2, res.settings["init_scale"], res.attempt,
                                     res.settings["init"])
         [alone] = cramfast.compress([text], init_mems=[start], fill_slots=0, **kw)
         assert (alone.steps, alone.stop_reason) == (res.steps, res.stop_reason)
@@ -460,7 +460,7 @@ def test_lr_std_resolves_per_model_and_explicit_lr_wins(tiny_models):
                                 optimizer="adamw", lr_std=1.0)
     assert adamw.settings["lr"] == pytest.approx(lm.embedding_std())
     assert adamw.settings["decay_steps"] == 35          # fast: 7 steps per predicted token
-    explicit = cramfast.presets.with_overrides(dict(adamw.settings), {"lr": 0.05})
+    explicit = cramfast.settings.with_overrides(dict(adamw.settings), {"lr": 0.05})
     assert explicit["lr"] == 0.05 and explicit["lr_std"] == 0
     [mixed, plain] = cramfast.compress([text, text], model=lm, max_steps=2, preset="paper",
                                        lr_std=0.5, per_text=[{}, {"lr": 0.05}])
@@ -478,21 +478,21 @@ def test_cuda_graph_steps_equal_eager_steps(trained_path):
     replays, then a second batch shape) the slots' state follows the eager steps'."""
     lm = cramfast.load_model(trained_path, device="cuda")
     texts = corpus_texts(lm.tokenizer, [9, 12, 7])
-    settings = OptimSettings(**cramfast.presets.preset("fast"))
-    assert compressor.use_cuda_graphs(lm, settings, None)
+    settings, batch = cramfast.settings.split(cramfast.settings.preset_settings("fast"))
+    assert engine.use_cuda_graphs(lm, batch, None)
     states = []
-    for runner in (compressor.GraphedSteps, compressor.EagerSteps):
+    for runner in (engine.GraphedSteps, engine.EagerSteps):
         state = SlotState(4, 1, lm.hidden_size, torch.float32, lm.device)
         for slot, ids in enumerate(texts):
-            state.start(slot, compressor.init_mem(lm, ids, 1, 0, 1.0).to(lm.device),
+            state.start(slot, engine.init_mem(lm, ids, 1, 0, 1.0).to(lm.device),
                         len(ids) - 1, settings)
         steps = runner(lm, state, None)
         outs = []
         for rows in ([0, 1, 2], [0, 2]):
             rows = torch.tensor(rows, device=lm.device)
-            ids, targets = compressor.pad_batch([texts[r] for r in rows.tolist()], 12, lm.device)
+            ids, targets = engine.pad_batch([texts[r] for r in rows.tolist()], 12, lm.device)
             outs.append(torch.stack(steps.steps(rows, ids, targets, 10)))
-        if runner is compressor.GraphedSteps:
+        if runner is engine.GraphedSteps:
             assert len(steps.graphs) == 2
         states.append((state, torch.cat(outs, dim=1)))
     (graphed, out_g), (eager, out_e) = states

@@ -1,12 +1,11 @@
-"""Triton linear_cross_entropy (cramfast.kernels) against the full-logits reference and the
-chunked torch backend of cramfast.ops.
+"""Triton linear_cross_entropy (cramfast.kernels, reached through cramfast.ops) against the
+full-logits reference and the chunked torch twin (cramfast.twins).
 
 On CPU the kernel runs in the Triton interpreter (conftest.py sets TRITON_INTERPRET=1); with
 TRITON_INTERPRET=0 on a CUDA machine the same tests run the compiled kernel
 (benchmarks/gpu_check.py). The interpreter's config is BLOCK_N=16, BLOCK_V=512, BLOCK_D=128:
 the shapes below are chosen to span several row, vocabulary and feature blocks with ragged tails.
 """
-import importlib
 import os
 import warnings
 
@@ -15,13 +14,20 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cramfast import kernels, ops
+from cramfast import kernels, ops, twins
+
+
+def triton_lce(hidden, weight, targets, bias=None):
+    return ops.linear_cross_entropy(hidden, weight, targets, bias, backend="triton")
+
+
+def torch_lce(hidden, weight, targets, bias=None):
+    return ops.linear_cross_entropy(hidden, weight, targets, bias, backend="torch")
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRET else "cuda"
 pytestmark = pytest.mark.skipif(not INTERPRET and not torch.cuda.is_available(),
                                 reason="Triton kernels need CUDA or TRITON_INTERPRET=1")
-lce_module = importlib.import_module("cramfast.kernels.linear_cross_entropy")
 
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5),
        torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
@@ -52,7 +58,7 @@ def run(fn, hidden, weight, targets, bias, grad_loss):
 def reference(hidden, weight, targets, bias, grad_loss):
     """Full-logits answer in fp32 from the (possibly bf16-rounded) inputs, plus the logits."""
     up = lambda x: None if x is None else x.float()
-    out = run(ops.linear_cross_entropy_naive, up(hidden), up(weight), targets, up(bias), grad_loss)
+    out = run(twins.linear_cross_entropy_naive, up(hidden), up(weight), targets, up(bias), grad_loss)
     logits = hidden.float() @ weight.float().T + (0 if bias is None else bias.float())
     return out, logits
 
@@ -70,7 +76,7 @@ def assert_argmax_ok(argmax, logits, targets, atol):
 
 def check_against_reference(case, dtype):
     hidden, weight, targets, bias, grad_loss = case
-    loss, argmax, grad = run(kernels.linear_cross_entropy, *case)
+    loss, argmax, grad = run(triton_lce, *case)
     (ref_loss, ref_argmax, ref_grad), logits = reference(*case)
     assert loss.dtype == torch.float32 and grad.dtype == dtype
     torch.testing.assert_close(loss, ref_loss, **TOL[dtype])
@@ -103,8 +109,8 @@ def test_matches_reference(shape, dtype, bias):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_matches_torch_backend(dtype):
     case = make_case(n=40, d=300, v=1100, dtype=dtype, bias=True, masked=[3, 17, 18])
-    loss, argmax, grad = run(kernels.linear_cross_entropy, *case)
-    t_loss, t_argmax, t_grad = run(ops.LinearCrossEntropyTorch.apply, *case)
+    loss, argmax, grad = run(triton_lce, *case)
+    t_loss, t_argmax, t_grad = run(torch_lce, *case)
     torch.testing.assert_close(loss, t_loss, **TOL[dtype])
     torch.testing.assert_close(grad, t_grad, **TOL[dtype])
     if dtype == torch.float32:
@@ -125,7 +131,7 @@ def test_vocab_beyond_int16_range():
 
 def test_all_rows_masked():
     case = make_case(n=5, d=16, v=40, masked=range(5))
-    loss, argmax, grad = run(kernels.linear_cross_entropy, *case)
+    loss, argmax, grad = run(triton_lce, *case)
     assert (loss == 0).all() and (argmax == -1).all() and (grad == 0).all()
 
 
@@ -147,22 +153,22 @@ def test_gradcheck_finite_differences():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "not double precision"
         assert torch.autograd.gradcheck(
-            lambda h: kernels.linear_cross_entropy(h, weight, targets, bias)[0], (hidden,),
+            lambda h: triton_lce(h, weight, targets, bias)[0], (hidden,),
             eps=1e-2, atol=2e-3, rtol=2e-2)
 
 
 def test_gradient_only_when_needed(monkeypatch):
-    """The second (gradient) pass runs only when hidden requires grad and grad mode is on."""
+    """The gradient pass runs only when hidden requires grad and grad mode is on."""
     seen = []
-    forward = lce_module.linear_cross_entropy_forward
-    monkeypatch.setattr(lce_module, "linear_cross_entropy_forward",
+    forward = kernels.linear_cross_entropy_forward
+    monkeypatch.setattr(kernels, "linear_cross_entropy_forward",
                         lambda *args: seen.append(args[-1]) or forward(*args))
     hidden, weight, targets, _, _ = make_case(n=4, d=8, v=20)
-    loss_plain, _ = kernels.linear_cross_entropy(hidden, weight, targets)
+    loss_plain, _ = triton_lce(hidden, weight, targets)
     h = hidden.clone().requires_grad_()
     with torch.no_grad():
-        loss_nograd, _ = kernels.linear_cross_entropy(h, weight, targets)
-    loss_grad, argmax = kernels.linear_cross_entropy(h, weight, targets)
+        loss_nograd, _ = triton_lce(h, weight, targets)
+    loss_grad, argmax = triton_lce(h, weight, targets)
     assert seen == [False, False, True]
     assert not loss_plain.requires_grad and not loss_nograd.requires_grad
     assert loss_grad.requires_grad and not argmax.requires_grad
@@ -172,21 +178,21 @@ def test_gradient_only_when_needed(monkeypatch):
 def test_rejects_mixed_dtypes():
     hidden, weight, targets, _, _ = make_case(n=2, d=8, v=10)
     with pytest.raises(TypeError):
-        kernels.linear_cross_entropy(hidden, weight.to(torch.bfloat16), targets)
+        triton_lce(hidden, weight.to(torch.bfloat16), targets)
 
 
 def test_ops_routes_triton_backend(monkeypatch):
     """cramfast.ops.linear_cross_entropy(backend='triton') reaches this kernel (no silent
     fallback) and agrees with backend='torch'."""
     calls = []
-    kernel = kernels.linear_cross_entropy
-    monkeypatch.setattr(kernels, "linear_cross_entropy",
+    kernel = kernels.linear_cross_entropy_forward
+    monkeypatch.setattr(kernels, "linear_cross_entropy_forward",
                         lambda *args: calls.append(1) or kernel(*args))
     case = make_case(n=20, d=40, v=600, bias=True, masked=[1, 2])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the fallback to torch would warn
-        tri = run(lambda *a: ops.linear_cross_entropy(*a, backend="triton"), *case)
-    ref = run(lambda *a: ops.linear_cross_entropy(*a, backend="torch"), *case)
+        tri = run(triton_lce, *case)
+    ref = run(torch_lce, *case)
     assert calls == [1]
     torch.testing.assert_close(tri[0], ref[0], **TOL[torch.float32])
     assert torch.equal(tri[1], ref[1])

@@ -1,4 +1,5 @@
-"""Triton mem_embed (cramfast.kernels) against cramfast.ops.mem_embed_torch.
+"""Triton mem_embed (cramfast.kernels, reached through cramfast.ops) against its torch twin
+(cramfast.twins.mem_embed_torch).
 
 On CPU the kernel runs in the Triton interpreter (conftest.py sets TRITON_INTERPRET=1); with
 TRITON_INTERPRET=0 on a CUDA machine the same tests run the compiled kernel. The op is a copy,
@@ -12,7 +13,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cramfast import kernels, ops
+from cramfast import kernels, ops, twins
+
+
+def triton_mem_embed(ids, emb, mem):
+    return ops.mem_embed(ids, emb, mem, backend="triton")
+
+
+def torch_mem_embed(ids, emb, mem):
+    return ops.mem_embed(ids, emb, mem, backend="torch")
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRET else "cuda"
@@ -33,9 +42,9 @@ def make_case(b, m, t, d, v=50, emb_dtype=torch.float32, mem_dtype=torch.float32
 @pytest.mark.parametrize("mem_dtype", DTYPES + [torch.float64], ids=["fp32", "bf16", "fp16", "fp64"])
 def test_matches_torch_and_grad(emb_dtype, mem_dtype):
     ids, emb, mem = make_case(3, 4, 7, 47, emb_dtype=emb_dtype, mem_dtype=mem_dtype)
-    out = kernels.mem_embed(ids, emb, mem)
+    out = triton_mem_embed(ids, emb, mem)
     assert out.dtype == emb_dtype and out.shape == (3, 11, 47)
-    assert torch.equal(out, ops.mem_embed_torch(ids, emb, mem))
+    assert torch.equal(out, twins.mem_embed_torch(ids, emb, mem))
     grad_out = torch.randn_like(out)
     (grad_mem,) = torch.autograd.grad(out, mem, grad_out)
     assert grad_mem.dtype == mem_dtype
@@ -48,9 +57,9 @@ def test_matches_torch_and_grad(emb_dtype, mem_dtype):
                                      (1, 2, 3, 1)])
 def test_edge_shapes(b, m, t, d):
     ids, emb, mem = make_case(b, m, t, d)
-    out = kernels.mem_embed(ids, emb, mem)
+    out = triton_mem_embed(ids, emb, mem)
     assert out.shape == (b, m + t, d)
-    assert torch.equal(out, ops.mem_embed_torch(ids, emb, mem))
+    assert torch.equal(out, twins.mem_embed_torch(ids, emb, mem))
 
 
 def test_strided_inputs_and_frozen_embedding():
@@ -61,8 +70,8 @@ def test_strided_inputs_and_frozen_embedding():
     mem_big = torch.randn(2, 6, 30, device=DEVICE, requires_grad=True)
     mem = mem_big[:, ::2, 3:27]                            # strided rows, offset columns
     emb.requires_grad_()
-    out = kernels.mem_embed(ids, emb, mem)
-    assert torch.equal(out, ops.mem_embed_torch(ids, emb, mem))
+    out = triton_mem_embed(ids, emb, mem)
+    assert torch.equal(out, twins.mem_embed_torch(ids, emb, mem))
     out.sum().backward()
     assert emb.grad is None
     expected = torch.zeros_like(mem_big)
@@ -72,7 +81,7 @@ def test_strided_inputs_and_frozen_embedding():
 
 def test_gradcheck_fp64():
     ids, emb, mem = make_case(2, 2, 3, 5, emb_dtype=torch.float64, mem_dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda x: kernels.mem_embed(ids, emb, x), (mem,))
+    assert torch.autograd.gradcheck(lambda x: triton_mem_embed(ids, emb, x), (mem,))
 
 
 @settings(max_examples=10, deadline=None)
@@ -80,16 +89,16 @@ def test_gradcheck_fp64():
        v=st.integers(1, 100), seed=st.integers(0, 2 ** 16))
 def test_property_random_shapes(b, m, t, d, v, seed):
     ids, emb, mem = make_case(b, m, t, d, v=v, emb_dtype=torch.bfloat16, seed=seed)
-    assert torch.equal(kernels.mem_embed(ids, emb, mem), ops.mem_embed_torch(ids, emb, mem))
+    assert torch.equal(triton_mem_embed(ids, emb, mem), twins.mem_embed_torch(ids, emb, mem))
 
 
 def test_ops_routes_triton_backend(monkeypatch):
     calls = []
-    kernel = kernels.mem_embed
-    monkeypatch.setattr(kernels, "mem_embed", lambda *args: calls.append(1) or kernel(*args))
+    kernel = kernels.mem_embed_forward
+    monkeypatch.setattr(kernels, "mem_embed_forward", lambda *args: calls.append(1) or kernel(*args))
     ids, emb, mem = make_case(2, 3, 5, 20, emb_dtype=torch.bfloat16)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the fallback to torch would warn
-        out = ops.mem_embed(ids, emb, mem, backend="triton")
+        out = triton_mem_embed(ids, emb, mem)
     assert calls == [1]
-    assert torch.equal(out, ops.mem_embed(ids, emb, mem, backend="torch"))
+    assert torch.equal(out, torch_mem_embed(ids, emb, mem))

@@ -527,14 +527,14 @@ def test_missing_extension_gives_a_clear_import_error(monkeypatch):
     importlib.import_module("cramfast.scheduler")
 
 
-def test_failed_on_device_frees_the_slot_with_reason_failed():
+def test_failed_on_device_frees_the_slot_with_reason_nonfinite():
     from cramfast.scheduler import FAILED_ON_DEVICE, Scheduler
     sched = Scheduler(2, 100, 1, "fifo")
     sched.add_job(0, 5, 100, 10)
     sched.add_job(1, 5, 100, 10)
     sched.plan()
     finished = sched.report([[1, 2], [FAILED_ON_DEVICE, 3]])
-    assert [(f.job_id, f.reason, f.steps) for f in finished] == [(0, "failed", 1)]
+    assert [(f.job_id, f.reason, f.steps) for f in finished] == [(0, "nonfinite", 1)]
     assert sched.running() == 1 and sched.finished() == 1
 
 

@@ -1,0 +1,169 @@
+"""One optimization step of a batch of slots, and the steppers that run k of them between host
+syncs.
+
+    step(lm, state, rows, ids, targets)
+      predict:   ops.mem_embed([mem ; tokens]) -> frozen backbone -> ops.linear_cross_entropy
+      backward:  the summed per-text objectives, down to each slot's mem only
+      optim:     stop rule, update rule (Hooks.update), stall restarts, all on the device
+    -> each slot's correct-count, -1 for a slot that had stopped, FAILED_ON_DEVICE for a
+       non-finite loss
+
+Nothing in a step reads the device from the host, so k steps run without a sync and, on CUDA,
+a step can be captured once as a CUDA graph and replayed (GraphedSteps).
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from cramfast import ops
+from cramfast.models import LoadedModel
+from cramfast.optim import (SlotState, apply_stop_rule, mem_update, objective_weights,
+                            restart_stalled)
+from cramfast.scheduler import FAILED_ON_DEVICE
+from cramfast.settings import BatchSettings, StopReason
+
+
+def pad_batch(token_lists: list[list[int]], length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids [B, length] right-padded with 0, targets [B, length-1] with IGNORE_INDEX past each text."""
+    ids = torch.zeros(len(token_lists), length, dtype=torch.long)
+    targets = torch.full((len(token_lists), length - 1), ops.IGNORE_INDEX, dtype=torch.long)
+    for row, toks in enumerate(token_lists):
+        ids[row, :len(toks)] = torch.tensor(toks)
+        targets[row, :len(toks) - 1] = torch.tensor(toks[1:])
+    return ids.to(device), targets.to(device)
+
+
+def predict(lm: LoadedModel, ids: torch.Tensor, targets: torch.Tensor, mem: torch.Tensor | None,
+            backend: str | None = None):
+    """Per-position CE and argmax of the frozen LM on [mem ; ids] for the text positions 2..T.
+
+    ids [B, T] right-padded, targets [B, T-1] (IGNORE_INDEX where not scored), mem [B, m, d] or
+    None. Right padding needs no attention mask: causal attention never lets a real position
+    see the padding after it. Returns (loss [B, T-1] fp32, argmax [B, T-1])."""
+    B, T = ids.shape
+    m = 0 if mem is None else mem.shape[1]
+    if mem is None:
+        x = torch.nn.functional.embedding(ids, lm.embedding)
+    else:
+        x = ops.mem_embed(ids, lm.embedding, mem, backend=backend)
+    hidden = lm.backbone(inputs_embeds=x, use_cache=False)[0]
+    hidden = hidden[:, m:m + T - 1].reshape(B * (T - 1), -1)
+    head = lm.head
+    loss, argmax = ops.linear_cross_entropy(hidden, head.weight, targets.reshape(-1), head.bias,
+                                            backend=backend)
+    return loss.view(B, T - 1), argmax.view(B, T - 1)
+
+
+def step(lm: LoadedModel, state: SlotState, rows: torch.Tensor, ids: torch.Tensor,
+         targets: torch.Tensor, backend: str | None = None, update=mem_update) -> torch.Tensor:
+    """One evaluation + update of the slots in ``rows`` (ids/targets: their padded texts);
+    returns their correct-counts (-1: stopped before, FAILED_ON_DEVICE: non-finite loss)."""
+    active = state.active[rows]
+    mem = state.mem[rows].clone().requires_grad_(True)
+    scored = torch.where(active[:, None], targets, torch.full_like(targets, ops.IGNORE_INDEX))
+    loss, argmax = predict(lm, ids, scored, mem, backend)
+    gamma = state.hyper_column("focal_gamma", rows).view(-1, 1)
+    per_text = (loss * objective_weights(loss, gamma)).sum(dim=1) / state.n_pred[rows]
+    per_text.sum().backward()                      # texts' gradients do not mix: one mem each
+    correct = ((argmax == scored) & (scored != ops.IGNORE_INDEX)).sum(dim=1)
+    stalled = apply_stop_rule(state, rows, active, correct, per_text.detach(), mem.detach())
+    update(state, rows, mem.grad.to(state.mem.dtype), state.active[rows])
+    restart_stalled(state, rows, stalled)
+    failed = active & (state.reason[rows] == StopReason.NONFINITE)
+    return torch.where(failed, FAILED_ON_DEVICE, torch.where(active, correct, -1))
+
+
+class EagerSteps:
+    """k steps of the slots in ``rows``, each kernel launched from Python. With
+    ``drop_stopped`` the slots that stopped since the last sync leave the batch at once (on a
+    CPU reading the device's active mask costs nothing and a row costs its share of the step;
+    on a GPU the read would be a host sync per step, and a stopped row is nearly free)."""
+
+    def __init__(self, lm: LoadedModel, state: SlotState, backend=None, update=mem_update,
+                 drop_stopped: bool | None = None):
+        self.lm, self.state, self.backend, self.update = lm, state, backend, update
+        self.drop_stopped = lm.device.type == "cpu" if drop_stopped is None else drop_stopped
+
+    def steps(self, rows, ids, targets, k: int) -> list[torch.Tensor]:
+        return [self._one(rows, ids, targets) for _ in range(k)]
+
+    def _one(self, rows, ids, targets):
+        live = self.state.active[rows]
+        if not self.drop_stopped or bool(live.all()):
+            return step(self.lm, self.state, rows, ids, targets, self.backend, self.update)
+        out = torch.full((len(rows),), -1, dtype=torch.long, device=rows.device)
+        if bool(live.any()):
+            out[live] = step(self.lm, self.state, rows[live], ids[live], targets[live],
+                             self.backend, self.update)
+        return out
+
+
+class GraphedSteps(EagerSteps):
+    """step captured once per batch shape as a CUDA graph and replayed. A step of a small model
+    is over a thousand kernel launches; on the H200 host measured here that took about 100 ms a
+    step for SmolLM2-135M whatever the batch below ~128 texts (benchmarks/gpu_throughput.py),
+    far more than the arithmetic. A replay launches the same kernels on the same memory:
+    results equal the eager step's.
+
+    A new shape's first steps run eagerly (on a side stream, as capture requires): they compile
+    and autotune the kernels and let autograd allocate, and they are real steps. The graphs
+    share one memory pool; each replay's output is copied out before the next replay."""
+    WARMUP = 2
+    MAX_GRAPHS = 16
+
+    def __init__(self, lm, state, backend=None, update=mem_update, drop_stopped=None):
+        super().__init__(lm, state, backend, update, drop_stopped=False)
+        self.graphs: dict[tuple, tuple] = {}
+        self.pool = torch.cuda.graph_pool_handle()
+
+    def steps(self, rows, ids, targets, k: int) -> list[torch.Tensor]:
+        key = (len(rows), ids.shape[1])
+        out = []
+        if key not in self.graphs:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                out = super().steps(rows, ids, targets, min(k, self.WARMUP))
+            torch.cuda.current_stream().wait_stream(side)
+            if len(out) == k:
+                return out
+            try:
+                self._capture(key, rows, ids, targets)
+            except RuntimeError as exc:  # an op that syncs or cannot be captured: run eagerly
+                warnings.warn(f"cramfast: CUDA graph capture failed ({exc}".splitlines()[0]
+                              + "); stepping eagerly", stacklevel=2)
+                self.steps = super().steps
+                return out + self.steps(rows, ids, targets, k - len(out))
+        graph, static_in, static_out = self.graphs[key]
+        for buffer, value in zip(static_in, (rows, ids, targets)):
+            buffer.copy_(value)
+        for _ in range(k - len(out)):
+            graph.replay()
+            out.append(static_out.clone())
+        return out
+
+    def _capture(self, key, rows, ids, targets):
+        if len(self.graphs) >= self.MAX_GRAPHS:
+            self.graphs.pop(next(iter(self.graphs)))
+        static_in = (rows.clone(), ids.clone(), targets.clone())
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            static_out = step(self.lm, self.state, *static_in, self.backend, self.update)
+        self.graphs[key] = (graph, static_in, static_out)
+
+
+def use_cuda_graphs(lm: LoadedModel, batch: BatchSettings, backend=None) -> bool:
+    """Graphs need a step without host syncs: on CUDA, the Triton ops (the torch twin of the
+    fused CE picks its rows with nonzero(), a sync)."""
+    return (batch.cuda_graphs and lm.device.type == "cuda"
+            and ops.backend_for(lm.head.weight, backend) == "triton"
+            and ops.backend_for(lm.embedding, backend) == "triton")
+
+
+def make_stepper(lm: LoadedModel, state: SlotState, batch: BatchSettings, backend=None,
+                 update=mem_update, drop_stopped: bool | None = None) -> EagerSteps:
+    """The stepper compress uses for these settings: GraphedSteps where use_cuda_graphs."""
+    kind = GraphedSteps if use_cuda_graphs(lm, batch, backend) else EagerSteps
+    return kind(lm, state, backend, update, drop_stopped)

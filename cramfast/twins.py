@@ -1,0 +1,70 @@
+"""Plain torch twins of the two fused ops: the same contracts as the Triton kernels, used on
+CPU, for fp64, and as the references the kernels are tested against.
+
+    mem_embed_torch(input_ids, embedding, mem)                -> [B, m+T, d]
+    linear_cross_entropy_torch(hidden, weight, targets, bias, want_grad)
+                                                              -> (loss, argmax, grad or None)
+    linear_cross_entropy_naive(hidden, weight, targets, bias) -> (loss, argmax), full logits
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from cramfast.constants import CHUNK_ELEMENTS, IGNORE_INDEX
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for fp32/bf16/fp16 inputs; fp64 stays fp64 (exactness tests run in fp64)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def mem_embed_torch(input_ids, embedding, mem):
+    """[mem ; embedding[input_ids]] in the embedding's dtype (forward only; see autograd.py)."""
+    tokens = F.embedding(input_ids, embedding.detach())
+    return torch.cat([mem.to(embedding.dtype), tokens], dim=1)
+
+
+def linear_cross_entropy_torch(hidden, weight, targets, bias, want_grad: bool):
+    """Chunked fused CE: per-row loss and argmax and, if ``want_grad``, the gradient of each
+    row's loss w.r.t. its hidden state, (softmax - onehot) @ W. Never holds more than
+    CHUNK_ELEMENTS logits."""
+    n = hidden.shape[0]
+    acc = accumulation_dtype(hidden.dtype)
+    loss = torch.zeros(n, dtype=acc, device=hidden.device)
+    argmax = torch.full((n,), -1, dtype=torch.long, device=hidden.device)
+    grad = torch.zeros_like(hidden) if want_grad else None
+    valid_rows = (targets != IGNORE_INDEX).nonzero().squeeze(1)
+    step = max(1, min(valid_rows.numel(), CHUNK_ELEMENTS // max(weight.shape[0], 1)))
+    for start in range(0, valid_rows.numel(), step):
+        rows = valid_rows[start:start + step]
+        tgt = targets[rows]
+        # One [rows, V] buffer per chunk, transformed in place: logits -> exp(l - max) -> softmax
+        # -> softmax - onehot. No second chunk-sized temporary, so peak memory is one chunk.
+        logits = (hidden[rows] @ weight.T).to(acc)
+        if bias is not None:
+            logits += bias.to(acc)
+        target_logit = logits.gather(1, tgt[:, None]).squeeze(1)
+        argmax[rows] = logits.argmax(dim=1)
+        row_max = logits.amax(dim=1, keepdim=True)
+        sum_exp = logits.sub_(row_max).exp_().sum(dim=1)
+        loss[rows] = row_max.squeeze(1) + sum_exp.log() - target_logit
+        if want_grad:
+            probs = logits.div_(sum_exp[:, None])
+            probs[torch.arange(rows.numel(), device=rows.device), tgt] -= 1.0
+            grad[rows] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
+        del logits
+    return loss, argmax, grad
+
+
+def linear_cross_entropy_naive(hidden, weight, targets, bias=None):
+    """Full-logits reference (holds N x V; differentiable through torch): for tests and
+    benchmarks only."""
+    acc = accumulation_dtype(hidden.dtype)
+    logits = (hidden @ weight.T).to(acc)
+    if bias is not None:
+        logits = logits + bias.to(acc)
+    mask = targets != IGNORE_INDEX
+    loss = F.cross_entropy(logits, targets.clamp_min(0), reduction="none") * mask
+    argmax = torch.where(mask, logits.argmax(dim=1), torch.full_like(targets, -1))
+    return loss, argmax
