@@ -61,7 +61,7 @@ def _step_fn(ops, impl):
 
     def step(hidden, weight, targets):
         hidden.grad = None
-        loss, _argmax = fn(hidden, weight, targets)
+        loss, _argmax, _margin = fn(hidden, weight, targets)
         loss.sum().backward()
     return step
 

@@ -28,13 +28,13 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, forward_impl, want_grad, hidden, weight, targets, bias):
-        loss, argmax, grad = forward_impl(hidden, weight, targets, bias, want_grad)
+        loss, argmax, margin, grad = forward_impl(hidden, weight, targets, bias, want_grad)
         if want_grad:
             ctx.save_for_backward(grad)
-        ctx.mark_non_differentiable(argmax)
-        return loss, argmax
+        ctx.mark_non_differentiable(argmax, margin)
+        return loss, argmax, margin
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_argmax):
+    def backward(ctx, grad_loss, _grad_argmax, _grad_margin):
         (grad,) = ctx.saved_tensors
         return None, None, grad * grad_loss[:, None].to(grad.dtype), None, None, None

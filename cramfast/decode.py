@@ -16,7 +16,8 @@ def evaluate(lm: LoadedModel, token_lists, mems: torch.Tensor | None, backend=No
     """Summed CE (nats) and correct-count over positions 2..N, with ``mems`` [B, m, d] or none."""
     length = max(len(t) for t in token_lists)
     ids, targets = pad_batch(token_lists, length, lm.device)
-    loss, argmax = predict(lm, ids, targets, None if mems is None else mems.to(lm.device), backend)
+    loss, argmax, _ = predict(lm, ids, targets, None if mems is None else mems.to(lm.device),
+                              backend)
     correct = ((argmax == targets) & (targets != IGNORE_INDEX)).sum(dim=1)
     return loss.double().sum(dim=1).cpu(), correct.cpu()
 

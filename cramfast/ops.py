@@ -1,7 +1,7 @@
 """The two fused operations of a cramming step: check the inputs, pick the backend, dispatch.
 
     mem_embed(input_ids, embedding, mem)            -> inputs_embeds [B, m+T, d]
-    linear_cross_entropy(hidden, weight, targets)   -> (loss per row, argmax per row)
+    linear_cross_entropy(hidden, weight, targets)   -> (loss, argmax, margin) per row
 
 Backends: ``triton`` (kernels/, compiled on CUDA, interpreted on CPU under TRITON_INTERPRET=1),
 ``torch`` (twins.py: the same contracts in chunked torch; no N x V logits are ever held) and
@@ -91,9 +91,10 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
 
     hidden [N, d], weight [V, d] (frozen LM head), targets [N] (IGNORE_INDEX masks a row),
     bias [V] or None. Returns (loss [N], 0 on masked rows, fp32 (fp64 for fp64 inputs);
-    argmax [N] int64, -1 on masked rows, ties to the lowest index). Differentiable w.r.t.
-    ``hidden`` only; the gradient is computed in the forward pass (fused), so backward is a
-    row-wise scale.
+    argmax [N] int64, -1 on masked rows, ties to the lowest index; margin [N], the target's
+    logit minus the largest other logit, 0 on masked rows, +inf where V is 1, in loss's dtype).
+    Differentiable w.r.t. ``hidden`` only (through loss); the gradient is computed in the
+    forward pass (fused), so backward is a row-wise scale.
     """
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"linear_cross_entropy: hidden {tuple(hidden.shape)} and weight "

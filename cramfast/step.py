@@ -41,7 +41,8 @@ def predict(lm: LoadedModel, ids: torch.Tensor, targets: torch.Tensor, mem: torc
 
     ids [B, T] right-padded, targets [B, T-1] (IGNORE_INDEX where not scored), mem [B, m, d] or
     None. Right padding needs no attention mask: causal attention never lets a real position
-    see the padding after it. Returns (loss [B, T-1] fp32, argmax [B, T-1])."""
+    see the padding after it. Returns (loss [B, T-1] fp32, argmax [B, T-1], margin [B, T-1]:
+    the target's logit minus the best other one, ops.linear_cross_entropy's)."""
     B, T = ids.shape
     m = 0 if mem is None else mem.shape[1]
     if mem is None:
@@ -51,9 +52,9 @@ def predict(lm: LoadedModel, ids: torch.Tensor, targets: torch.Tensor, mem: torc
     hidden = lm.backbone(inputs_embeds=x, use_cache=False)[0]
     hidden = hidden[:, m:m + T - 1].reshape(B * (T - 1), -1)
     head = lm.head
-    loss, argmax = ops.linear_cross_entropy(hidden, head.weight, targets.reshape(-1), head.bias,
-                                            backend=backend)
-    return loss.view(B, T - 1), argmax.view(B, T - 1)
+    loss, argmax, margin = ops.linear_cross_entropy(hidden, head.weight, targets.reshape(-1),
+                                                    head.bias, backend=backend)
+    return loss.view(B, T - 1), argmax.view(B, T - 1), margin.view(B, T - 1)
 
 
 def step(lm: LoadedModel, state: SlotState, rows: torch.Tensor, ids: torch.Tensor,
@@ -63,7 +64,7 @@ def step(lm: LoadedModel, state: SlotState, rows: torch.Tensor, ids: torch.Tenso
     active = state.active[rows]
     mem = state.mem[rows].clone().requires_grad_(True)
     scored = torch.where(active[:, None], targets, torch.full_like(targets, ops.IGNORE_INDEX))
-    loss, argmax = predict(lm, ids, scored, mem, backend)
+    loss, argmax, _ = predict(lm, ids, scored, mem, backend)
     gamma = state.hyper_column("focal_gamma", rows).view(-1, 1)
     per_text = (loss * objective_weights(loss, gamma)).sum(dim=1) / state.n_pred[rows]
     per_text.sum().backward()                      # texts' gradients do not mix: one mem each

@@ -3,8 +3,11 @@ CPU, for fp64, and as the references the kernels are tested against.
 
     mem_embed_torch(input_ids, embedding, mem)                -> [B, m+T, d]
     linear_cross_entropy_torch(hidden, weight, targets, bias, want_grad)
-                                                              -> (loss, argmax, grad or None)
-    linear_cross_entropy_naive(hidden, weight, targets, bias) -> (loss, argmax), full logits
+                                                      -> (loss, argmax, margin, grad or None)
+    linear_cross_entropy_naive(hidden, weight, targets, bias) -> (loss, argmax, margin), full logits
+
+margin: the target's logit minus the largest other logit (> 0: the argmax is the target with
+that much to spare; +inf where the vocabulary has one entry), 0 on masked rows.
 """
 from __future__ import annotations
 
@@ -26,12 +29,13 @@ def mem_embed_torch(input_ids, embedding, mem):
 
 
 def linear_cross_entropy_torch(hidden, weight, targets, bias, want_grad: bool):
-    """Chunked fused CE: per-row loss and argmax and, if ``want_grad``, the gradient of each
-    row's loss w.r.t. its hidden state, (softmax - onehot) @ W. Never holds more than
+    """Chunked fused CE: per-row loss, argmax and margin and, if ``want_grad``, the gradient of
+    each row's loss w.r.t. its hidden state, (softmax - onehot) @ W. Never holds more than
     CHUNK_ELEMENTS logits."""
     n = hidden.shape[0]
     acc = accumulation_dtype(hidden.dtype)
     loss = torch.zeros(n, dtype=acc, device=hidden.device)
+    margin = torch.zeros(n, dtype=acc, device=hidden.device)
     argmax = torch.full((n,), -1, dtype=torch.long, device=hidden.device)
     grad = torch.zeros_like(hidden) if want_grad else None
     valid_rows = (targets != IGNORE_INDEX).nonzero().squeeze(1)
@@ -47,14 +51,19 @@ def linear_cross_entropy_torch(hidden, weight, targets, bias, want_grad: bool):
         target_logit = logits.gather(1, tgt[:, None]).squeeze(1)
         argmax[rows] = logits.argmax(dim=1)
         row_max = logits.amax(dim=1, keepdim=True)
+        # the best other logit: the target's own masked out in place, then put back exactly
+        chunk_rows = torch.arange(rows.numel(), device=rows.device)
+        logits[chunk_rows, tgt] = float("-inf")
+        margin[rows] = target_logit - logits.amax(dim=1)
+        logits[chunk_rows, tgt] = target_logit
         sum_exp = logits.sub_(row_max).exp_().sum(dim=1)
         loss[rows] = row_max.squeeze(1) + sum_exp.log() - target_logit
         if want_grad:
             probs = logits.div_(sum_exp[:, None])
-            probs[torch.arange(rows.numel(), device=rows.device), tgt] -= 1.0
+            probs[chunk_rows, tgt] -= 1.0
             grad[rows] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
         del logits
-    return loss, argmax, grad
+    return loss, argmax, margin, grad
 
 
 def linear_cross_entropy_naive(hidden, weight, targets, bias=None):
@@ -65,6 +74,10 @@ def linear_cross_entropy_naive(hidden, weight, targets, bias=None):
     if bias is not None:
         logits = logits + bias.to(acc)
     mask = targets != IGNORE_INDEX
-    loss = F.cross_entropy(logits, targets.clamp_min(0), reduction="none") * mask
+    safe = targets.clamp_min(0)
+    loss = F.cross_entropy(logits, safe, reduction="none") * mask
     argmax = torch.where(mask, logits.argmax(dim=1), torch.full_like(targets, -1))
-    return loss, argmax
+    target_logit = logits.gather(1, safe[:, None]).squeeze(1)
+    others = logits.detach().scatter(1, safe[:, None], float("-inf")).amax(dim=1)
+    margin = torch.where(mask, target_logit.detach() - others, torch.zeros_like(others))
+    return loss, argmax, margin

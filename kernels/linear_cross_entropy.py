@@ -59,7 +59,7 @@ def _logits_tile(h_ptr, w_ptr, b_ptr, rows, row_mask, cols, V, D, stride_h, stri
 # compile each autotune config again for each, which for tiny shapes costs more than it saves.
 @triton.jit(do_not_specialize=["N", "N_BUCKET"])
 def _linear_cross_entropy_kernel(
-        h_ptr, w_ptr, b_ptr, tgt_ptr, loss_ptr, argmax_ptr, grad_ptr,
+        h_ptr, w_ptr, b_ptr, tgt_ptr, loss_ptr, argmax_ptr, margin_ptr, grad_ptr,
         N, V, D, stride_h, stride_w, stride_g, N_BUCKET,
         HAS_BIAS: tl.constexpr, WANT_GRAD: tl.constexpr, UPCAST: tl.constexpr,
         DOT_PRECISION: tl.constexpr,
@@ -75,6 +75,7 @@ def _linear_cross_entropy_kernel(
         s_i = tl.zeros((BLOCK_N,), dtype=tl.float32)
         arg_i = tl.zeros((BLOCK_N,), dtype=tl.int64)
         tgt_logit = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        other_max = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
         for v0 in range(0, V, BLOCK_V):
             cols = v0 + tl.arange(0, BLOCK_V)
             logits = _logits_tile(h_ptr, w_ptr, b_ptr, rows, valid, cols, V, D, stride_h,
@@ -86,10 +87,13 @@ def _linear_cross_entropy_kernel(
             m_new = tl.maximum(m_i, c_max)
             s_i = s_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(logits - m_new[:, None]), axis=1)
             m_i = m_new
-            tgt_logit += tl.sum(tl.where(cols[None, :] == tgt[:, None], logits, 0.0), axis=1)
+            is_tgt = cols[None, :] == tgt[:, None]
+            tgt_logit += tl.sum(tl.where(is_tgt, logits, 0.0), axis=1)
+            other_max = tl.maximum(other_max, tl.max(tl.where(is_tgt, float("-inf"), logits), axis=1))
         lse = m_i + tl.log(s_i)
         tl.store(loss_ptr + rows, tl.where(valid, lse - tgt_logit, 0.0), mask=in_n)
         tl.store(argmax_ptr + rows, tl.where(valid, arg_i, -1), mask=in_n)
+        tl.store(margin_ptr + rows, tl.where(valid, tgt_logit - other_max, 0.0), mask=in_n)
 
         if WANT_GRAD:
             w_ty = w_ptr.dtype.element_ty
@@ -152,8 +156,8 @@ _DOT_PRECISION = {torch.float32: "ieee", torch.bfloat16: "tf32", torch.float16: 
 
 
 def linear_cross_entropy_forward(hidden, weight, targets, bias, want_grad):
-    """(loss [N] fp32, argmax [N] int64, grad [N, d] in hidden.dtype or None); shapes checked
-    by cramfast.ops.linear_cross_entropy, the public entry."""
+    """(loss [N] fp32, argmax [N] int64, margin [N] fp32, grad [N, d] in hidden.dtype or None);
+    shapes checked by cramfast.ops.linear_cross_entropy, the public entry."""
     if hidden.dtype != weight.dtype or hidden.dtype not in _DOT_PRECISION:
         raise TypeError(f"linear_cross_entropy (triton): hidden and weight must share one of "
                         f"fp32/bf16/fp16, got {hidden.dtype} and {weight.dtype}")
@@ -167,12 +171,13 @@ def linear_cross_entropy_forward(hidden, weight, targets, bias, want_grad):
     bias = bias.contiguous() if bias is not None else None
     loss = torch.zeros(n, dtype=torch.float32, device=hidden.device)
     argmax = torch.full((n,), -1, dtype=torch.int64, device=hidden.device)
+    margin = torch.zeros(n, dtype=torch.float32, device=hidden.device)
     # fp32 accumulator (see module docstring); it is the result itself for fp32 inputs.
     grad = torch.zeros(n, d, dtype=torch.float32, device=hidden.device) if want_grad else None
     if n:
         _launch[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
             # Unused bias / gradient slots get any tensor of a fitting dtype (never read).
-            hidden, weight, bias if bias is not None else hidden, targets, loss, argmax,
+            hidden, weight, bias if bias is not None else hidden, targets, loss, argmax, margin,
             grad if want_grad else loss, n, v, d, hidden.stride(0), weight.stride(0),
             d if want_grad else 0, triton.next_power_of_2(n),
             HAS_BIAS=bias is not None, WANT_GRAD=want_grad, UPCAST=INTERPRET,
@@ -180,4 +185,4 @@ def linear_cross_entropy_forward(hidden, weight, targets, bias, want_grad):
             **(_interpret_config(v, d) if INTERPRET else {}))
     if want_grad:
         grad = grad.to(hidden.dtype)
-    return loss, argmax, grad
+    return loss, argmax, margin, grad

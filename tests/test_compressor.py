@@ -208,7 +208,7 @@ def test_fused_loss_matches_full_logits(tiny_models):
     toks = [[3, 50, 7, 9, 11], [4, 8, 15, 16, 23, 42, 99]]
     ids, targets = engine.pad_batch(toks, 7, "cpu")
     mem = torch.randn(2, 1, lm.hidden_size, dtype=torch.float64, requires_grad=True)
-    loss, argmax = engine.predict(lm, ids, targets, mem, backend="torch")
+    loss, argmax, margin = engine.predict(lm, ids, targets, mem, backend="torch")
     (loss.sum(1) / torch.tensor([4, 6])).sum().backward()
     grad = mem.grad.clone()
     mem.grad = None

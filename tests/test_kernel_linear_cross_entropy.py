@@ -50,7 +50,7 @@ def make_case(n, d, v, dtype=torch.float32, bias=False, masked=(), seed=0):
 
 def run(fn, hidden, weight, targets, bias, grad_loss):
     h = hidden.detach().clone().requires_grad_()
-    loss, argmax = fn(h, weight, targets, bias)
+    loss, argmax, _margin = fn(h, weight, targets, bias)
     loss.backward(grad_loss)
     return loss.detach(), argmax, h.grad
 
@@ -164,14 +164,14 @@ def test_gradient_only_when_needed(monkeypatch):
     monkeypatch.setattr(kernels, "linear_cross_entropy_forward",
                         lambda *args: seen.append(args[-1]) or forward(*args))
     hidden, weight, targets, _, _ = make_case(n=4, d=8, v=20)
-    loss_plain, _ = triton_lce(hidden, weight, targets)
+    loss_plain, _, _ = triton_lce(hidden, weight, targets)
     h = hidden.clone().requires_grad_()
     with torch.no_grad():
-        loss_nograd, _ = triton_lce(h, weight, targets)
-    loss_grad, argmax = triton_lce(h, weight, targets)
+        loss_nograd, _, _ = triton_lce(h, weight, targets)
+    loss_grad, argmax, margin = triton_lce(h, weight, targets)
     assert seen == [False, False, True]
     assert not loss_plain.requires_grad and not loss_nograd.requires_grad
-    assert loss_grad.requires_grad and not argmax.requires_grad
+    assert loss_grad.requires_grad and not argmax.requires_grad and not margin.requires_grad
     torch.testing.assert_close(loss_plain, loss_grad.detach(), rtol=0, atol=0)
 
 
@@ -207,3 +207,32 @@ def test_auto_backend_is_triton_on_cuda_for_its_dtypes_only():
         assert ops.resolve_backend("auto", cuda, dtype) == "triton"
         assert ops.resolve_backend("auto", cpu, dtype) == "torch"
     assert ops.resolve_backend("auto", cuda, torch.float64) == "torch"
+
+
+def reference_margin(logits, targets):
+    """The target's logit minus the best other logit, 0 on masked rows, from full logits."""
+    mask = targets != ops.IGNORE_INDEX
+    safe = targets.clamp_min(0)
+    others = logits.scatter(1, safe[:, None], float("-inf")).amax(dim=1)
+    return torch.where(mask, logits.gather(1, safe[:, None]).squeeze(1) - others, 0.0)
+
+
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("impl", [triton_lce, torch_lce], ids=["triton", "torch"])
+def test_margin_matches_reference(shape, dtype, impl):
+    hidden, weight, targets, bias, _ = make_case(**shape, dtype=dtype, bias=True)
+    _, argmax, margin = impl(hidden, weight, targets, bias)
+    logits = hidden.float() @ weight.float().T + bias.float()
+    torch.testing.assert_close(margin, reference_margin(logits, targets), **TOL[dtype])
+    scored = targets != ops.IGNORE_INDEX
+    # a positive margin means the target is the argmax (and a negative one that it is not)
+    clear = scored & (margin.abs() > TOL[dtype]["atol"])
+    assert torch.equal((argmax == targets)[clear], (margin > 0)[clear])
+
+
+def test_margin_of_a_one_word_vocabulary_is_infinite():
+    hidden, weight, targets, _, _ = make_case(n=3, d=5, v=1, masked=[1])
+    for impl in (triton_lce, torch_lce):
+        _, _, margin = impl(hidden, weight, targets)
+        assert margin[0] == float("inf") and margin[1] == 0 and margin[2] == float("inf")

@@ -1,0 +1,45 @@
+"""What every command line of cramfast shares: bad input is one line on stderr and exit code 2,
+naming the flag to change; Ctrl-C is one line and exit code 130; library chatter (loading bars,
+config warnings) stays quiet so that the line a user needs is not buried."""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from cramfast.errors import CramfastError
+from cramfast.settings import RESULT_SETTINGS, SettingError
+
+
+def run(prog: str, command: Callable[[], int], flags: dict[str, str] | None = None,
+        interrupted: str = "interrupted") -> int:
+    """Run ``command``; a CramfastError becomes "PROG: error: MESSAGE" and exit 2 (a bad setting
+    also says which flag sets it: ``flags`` maps setting names to this program's flags, other
+    result-changing settings are set with --set), KeyboardInterrupt "PROG: INTERRUPTED" and 130."""
+    quiet_libraries()
+    try:
+        return command()
+    except SettingError as exc:
+        print(f"{prog}: error: {exc}{_flag_hint(exc.name, flags or {})}", file=sys.stderr)
+        return 2
+    except CramfastError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: {interrupted}", file=sys.stderr)
+        return 130
+
+
+def _flag_hint(name: str, flags: dict[str, str]) -> str:
+    if name in flags:
+        return f" (flag {flags[name]})"
+    if name in RESULT_SETTINGS:
+        return f" (flag --set {name}=VALUE)"
+    return ""
+
+
+def quiet_libraries() -> None:
+    """Loading bars and config warnings of transformers off (they would bury the one line a user
+    needs to read); errors still surface."""
+    from transformers.utils import logging
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
