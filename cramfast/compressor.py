@@ -12,8 +12,10 @@ The path, top to bottom:
      -> scheduler.report(...)       the one host sync: the steps' correct-counts; finished
                                     attempts free their slots; a text ends with its first
                                     lossless attempt (the others are cancelled) or its last one
-  -> finish(...)                    metrics with and without mem and the greedy-decode check
-                                    (decode.py), per group of texts finished at the same sync
+     -> verify_decodes(...)         texts that stopped lossless are decoded greedily; one that
+                                    does not decode back goes on with a larger margin
+  -> finish(...)                    metrics with and without mem (decode.py), per group of
+                                    texts finished at the same sync
 """
 from __future__ import annotations
 
@@ -54,13 +56,17 @@ def compress_iter(texts, model=None, n_mem: int = 1, max_length: int | None = No
                   backend: str | None = None, preset: str = "fast",
                   per_text: list[dict] | None = None, init_mems=None, hooks: Hooks | None = None,
                   **settings):
-    """Like ``compress``, but yields (input index, result) as soon as each text finishes, so a
-    caller can store it at once. Every text is tokenized and checked before any work starts."""
+    """Like ``compress``, but returns an iterator of (input index, result) that yields each
+    text as soon as it finishes, so a caller can store it at once. Every text is tokenized and
+    checked here, before any work starts: bad input raises before the first step."""
     lm = load_model(model)
     text_settings, batch = split(preset_settings(preset, **settings))
     jobs = make_jobs(lm, texts, n_mem, max_length, seed, text_settings, per_text, init_mems)
-    hooks = hooks or Hooks()
     record = dict(batch.to_dict(), cuda_graphs=use_cuda_graphs(lm, batch, backend))
+    return _results_as_they_finish(lm, jobs, n_mem, batch, backend, hooks or Hooks(), record)
+
+
+def _results_as_they_finish(lm, jobs, n_mem, batch, backend, hooks, record):
     for finished in optimize(lm, jobs, n_mem, batch, backend, hooks):
         start = time.perf_counter()
         results = finish(lm, finished, n_mem, backend, record)
@@ -116,6 +122,8 @@ def optimize(lm: LoadedModel, jobs: list[Job], n_mem: int, batch: BatchSettings,
         done = [job for fin in sched.report(report.numpy())
                 if (job := _attempt_finished(sched, attempts, fin, state)) is not None]
         if done:
+            done, next_id = verify_decodes(lm, sched, attempts, done, next_id)
+        if done:
             yield done
 
 
@@ -139,7 +147,10 @@ def _fill_idle_slots(lm, sched, attempts: dict, width: int, sync_every: int, n_m
         steps_left = {i: group[0].job.settings.max_steps
                       - (sched.evaluations() - group[0].job.first_evaluation)
                       for i, group in running.items()}
-        eligible = [i for i in running if steps_left[i] >= sync_every]
+        # a continuation (compressor.verify_decodes) goes on alone: a fresh parallel attempt
+        # would start over without the margin it is being given
+        eligible = [i for i in running if steps_left[i] >= sync_every
+                    and running[i][0].job.decode_retries == 0]
         if not eligible:
             break
         index = min(eligible, key=lambda i: (len(running[i]), i))
@@ -177,17 +188,56 @@ def _attempt_finished(sched, attempts: dict, fin, state: SlotState) -> Job | Non
 
 def _collect(attempt: Attempt, fin, state: SlotState) -> dict:
     """A finished attempt's outcome, read from its slot; the device and the scheduler must
-    agree on why and when it stopped."""
+    agree on why and when it stopped. A continuation's updates count on from its text's."""
     slot = fin.slot
     reason = StopReason(int(state.reason[slot])).label
     steps = int(state.steps[slot])
     if reason != fin.reason or steps != fin.steps:
         raise RuntimeError(f"scheduler and device disagree on job {attempt.job.index} attempt "
                            f"{attempt.number}: {fin.reason}@{fin.steps} vs {reason}@{steps}")
-    return dict(mem=state.best_mem[slot].detach().cpu().clone(), steps=steps,
-                best_step=int(state.best_step[slot]), stop_reason=reason,
+    offset = attempt.step_offset
+    return dict(mem=state.best_mem[slot].detach().cpu().clone(), steps=offset + steps,
+                best_step=offset + int(state.best_step[slot]), stop_reason=reason,
                 restarts=int(state.restarts[slot]), attempt=attempt.number,
-                best_correct=fin.best_correct)
+                best_correct=fin.best_correct, margin_required=attempt.settings.margin)
+
+
+# The smallest margin (logits) a text gets when it stopped lossless but did not decode back:
+# greedy decoding runs other kernels and batch shapes than the training forward, and their
+# logits differ by about the weights' rounding, so 16-bit weights need more (docs/study).
+DECODE_MARGIN_FLOOR = {16: 1.0, 32: 0.1, 64: 0.01}
+
+
+def verify_decodes(lm: LoadedModel, sched, attempts: dict, jobs: list[Job], next_id: int):
+    """Greedy-decode the texts that just finished, as a user decodes them (KV-cached, batched).
+    A text that stopped lossless but does not decode back is not done: it goes on from its mem
+    (a continuation: twice the margin it had, at least DECODE_MARGIN_FLOOR for the model's
+    precision, no restarts) within what is left of its max_steps, else it ends as max_steps.
+    Returns the texts that are done (their decoded ids in ``result``) and the next attempt id."""
+    mems = torch.stack([job.result["mem"] for job in jobs])
+    decoded = greedy_decode(lm, mems, [job.token_ids[0] for job in jobs],
+                            max(len(job.token_ids) for job in jobs) - 1)
+    done = []
+    for job, out in zip(jobs, decoded):
+        job.result["decoded_ids"] = out = out[:len(job.token_ids) - 1]
+        if job.result["stop_reason"] != StopReason.LOSSLESS.label or out == job.token_ids[1:]:
+            done.append(job)
+            continue
+        job.decode_retries += 1
+        left = job.settings.max_steps - job.result["steps"]
+        if left < 1:
+            job.result["stop_reason"] = StopReason.MAX_STEPS.label
+            done.append(job)
+            continue
+        floor = DECODE_MARGIN_FLOOR[torch.finfo(lm.dtype).bits]
+        settings = replace(job.settings, max_steps=left, stall_steps=0,
+                           margin=max(2 * job.result["margin_required"], floor))
+        continuation = Attempt(job, job.attempts, job.result["mem"], None, settings,
+                               step_offset=job.result["steps"])
+        job.outcomes.clear()        # the continuation starts from this mem: it cannot do worse
+        _add_attempt(sched, attempts, next_id, continuation)
+        next_id += 1
+    return done, next_id
 
 
 def finish(lm: LoadedModel, jobs: list[Job], n_mem: int, backend, batch_record: dict
@@ -195,14 +245,15 @@ def finish(lm: LoadedModel, jobs: list[Job], n_mem: int, backend, batch_record: 
     """Metrics with and without mem, and the greedy-decode check, for jobs finished together."""
     token_lists = [job.token_ids for job in jobs]
     mems = torch.stack([job.result["mem"] for job in jobs])
-    ce_without, correct_without = evaluate(lm, token_lists, None, backend)
-    ce_with, correct_with = evaluate(lm, token_lists, mems, backend)
-    decoded = greedy_decode(lm, mems, [ids[0] for ids in token_lists],
-                            max(len(ids) for ids in token_lists) - 1)
+    without = evaluate(lm, token_lists, None, backend)
+    with_mem = evaluate(lm, token_lists, mems, backend)
+    kept = ("mem", "steps", "best_step", "stop_reason", "restarts", "attempt", "seconds",
+            "attempts", "decoded_ids")
     return [make_result(
-        token_ids=ids, n_mem=n_mem, model=lm.name, seed=job.seed,
-        settings=dict(job.settings.to_dict(), **batch_record),
-        decoded_ids=out[:len(ids) - 1], ce_without_mem=float(ce_without[i]),
-        ce_with_mem=float(ce_with[i]), correct_without_mem=int(correct_without[i]),
-        correct_with_mem=int(correct_with[i]), text=lm.tokenizer.decode(ids), **job.result)
-        for i, (job, ids, out) in enumerate(zip(jobs, token_lists, decoded))]
+        token_ids=ids, n_mem=n_mem, model=lm.name, seed=job.seed, dtype=str(lm.dtype)[6:],
+        device=lm.device.type, settings=dict(job.settings.to_dict(), **batch_record),
+        ce_without_mem=float(without.ce[i]), ce_with_mem=float(with_mem.ce[i]),
+        correct_without_mem=int(without.correct[i]), correct_with_mem=int(with_mem.correct[i]),
+        margin=float(with_mem.margin[i]), decode_retries=job.decode_retries,
+        text=lm.tokenizer.decode(ids), **{k: job.result[k] for k in kept})
+        for i, (job, ids) in enumerate(zip(jobs, token_lists))]

@@ -2,6 +2,9 @@
 from [mem ; first token] (KV-cached, batched), the way a user gets a text back."""
 from __future__ import annotations
 
+import warnings
+from typing import NamedTuple
+
 import torch
 
 from cramfast.constants import IGNORE_INDEX
@@ -11,15 +14,23 @@ from cramfast.models import LoadedModel, load_model
 from cramfast.step import pad_batch, predict
 
 
+class Evaluation(NamedTuple):
+    ce: torch.Tensor        # [B] summed CE in nats over positions 2..N (fp64)
+    correct: torch.Tensor   # [B] right argmax predictions (the paper's accuracy * (N - 1))
+    margin: torch.Tensor    # [B] the smallest margin over the text's predicted positions
+
+
 @torch.inference_mode()
-def evaluate(lm: LoadedModel, token_lists, mems: torch.Tensor | None, backend=None):
-    """Summed CE (nats) and correct-count over positions 2..N, with ``mems`` [B, m, d] or none."""
+def evaluate(lm: LoadedModel, token_lists, mems: torch.Tensor | None, backend=None) -> Evaluation:
+    """The teacher-forced evaluation of each text, with ``mems`` [B, m, d] or none."""
     length = max(len(t) for t in token_lists)
     ids, targets = pad_batch(token_lists, length, lm.device)
-    loss, argmax, _ = predict(lm, ids, targets, None if mems is None else mems.to(lm.device),
-                              backend)
-    correct = ((argmax == targets) & (targets != IGNORE_INDEX)).sum(dim=1)
-    return loss.double().sum(dim=1).cpu(), correct.cpu()
+    loss, argmax, margin = predict(lm, ids, targets,
+                                   None if mems is None else mems.to(lm.device), backend)
+    scored = targets != IGNORE_INDEX
+    correct = ((argmax == targets) & scored).sum(dim=1)
+    least = margin.double().masked_fill(~scored, float("inf")).amin(dim=1)
+    return Evaluation(loss.double().sum(dim=1).cpu(), correct.cpu(), least.cpu())
 
 
 @torch.inference_mode()
@@ -47,16 +58,29 @@ def decode(mem, model=None, max_new_tokens: int | None = None, first_token_id: i
     ``mem`` is a CompressionResult (its model is used when ``model`` is None; its first token and
     length are used by default) or a tensor [m, d] with ``first_token_id`` and ``max_new_tokens``.
     Returns the full token ids (first token included) and the decoded text."""
-    if isinstance(mem, CompressionResult):
-        model = model or mem.model
-        first_token_id = mem.token_ids[0] if first_token_id is None else first_token_id
-        max_new_tokens = mem.n_tokens - 1 if max_new_tokens is None else max_new_tokens
-        mem = mem.mem
+    result = mem if isinstance(mem, CompressionResult) else None
+    if result is not None:
+        model = model or result.model
+        first_token_id = result.token_ids[0] if first_token_id is None else first_token_id
+        max_new_tokens = result.n_tokens - 1 if max_new_tokens is None else max_new_tokens
+        mem = result.mem
     if first_token_id is None or max_new_tokens is None:
         raise CramfastError("decode needs first_token_id and max_new_tokens with a raw mem tensor")
     lm = load_model(model)
+    if result is not None:
+        warn_if_weaker(result, lm)
     mem = torch.as_tensor(mem)
     if mem.dim() != 2 or mem.shape[1] != lm.hidden_size:
         raise CramfastError(f"mem must be [n_mem, {lm.hidden_size}] for {lm.name}, got {list(mem.shape)}")
     ids = [first_token_id] + greedy_decode(lm, mem[None], [first_token_id], max_new_tokens)[0]
     return ids, lm.tokenizer.decode(ids)
+
+
+def warn_if_weaker(result: CompressionResult, lm: LoadedModel) -> None:
+    """Warn when a mem is decoded with fewer bits of precision than it was crammed and checked
+    in: its margin may not cover the other rounding."""
+    made = getattr(torch, result.dtype, None) if result.dtype else None
+    if isinstance(made, torch.dtype) and torch.finfo(lm.dtype).bits < torch.finfo(made).bits:
+        warnings.warn(f"decoding in {str(lm.dtype)[6:]} a mem crammed and checked in "
+                      f"{result.dtype} (its smallest margin: {result.margin:.3g} logits); the "
+                      "text may not come back exactly", stacklevel=3)

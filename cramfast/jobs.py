@@ -26,7 +26,8 @@ class Job:
     seed: int = 0
     started: float = 0.0
     first_evaluation: int = 0       # the scheduler's evaluation count when it started
-    attempts: int = 0               # attempts started (more than 1 only with fill_slots)
+    attempts: int = 0               # attempts started (parallel ones and continuations)
+    decode_retries: int = 0         # times it stopped lossless but did not decode back
     outcomes: list = field(default_factory=list)   # one dict per finished attempt
     result: dict = field(default_factory=dict)
 
@@ -34,12 +35,15 @@ class Job:
 @dataclass
 class Attempt:
     """One optimization of a text in one slot: attempt 0 from the text's own start, attempt
-    k >= 1 (parallel attempts, fill_slots) from the k-th other seeded start."""
+    k >= 1 from the k-th other seeded start (parallel attempts, fill_slots), or a continuation:
+    a text that stopped lossless but did not decode back goes on from its mem with a larger
+    margin (compressor.verify_decodes), its updates counted on from where it stopped."""
     job: Job
     number: int
     init_mem: torch.Tensor
     restart_draws: torch.Tensor | None
     settings: TextSettings
+    step_offset: int = 0            # updates the text had before: a continuation's (see below)
 
 
 def tokenize(lm: LoadedModel, text, max_length: int | None, n_mem: int) -> list[int]:

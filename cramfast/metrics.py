@@ -25,7 +25,8 @@ class CompressionResult:
     seed: int
     steps: int                        # optimizer updates applied when it stopped
     best_step: int                    # updates applied to reach the returned mem
-    stop_reason: str                  # lossless | stalled | max_steps | nonfinite
+    stop_reason: str                  # lossless (all right, by the margin asked, and decoded
+                                      # back) | stalled | max_steps | nonfinite
     accuracy: float
     accuracy_without_mem: float
     exact: bool
@@ -41,12 +42,24 @@ class CompressionResult:
     attempts: int = 1                 # parallel attempts run (settings.fill_slots > 0)
     attempt: int = 0                  # the one whose mem is returned (0: the text's own init);
                                       # steps, best_step and restarts are that attempt's
+    margin: float = 0.0               # the smallest margin (logits) of the returned mem over
+                                      # the predicted positions, teacher-forced
+    decode_retries: int = 0           # times it stopped lossless but did not decode back
+    dtype: str = ""                   # the model's dtype and device kind it was crammed in
+    device: str = ""
     settings: dict = field(default_factory=dict)
     error: str | None = None
 
     @property
     def n_tokens(self) -> int:
         return len(self.token_ids)
+
+    def __repr__(self) -> str:  # the mem and the id lists are long: a summary line
+        text = self.text if len(self.text) <= 40 else self.text[:37] + "..."
+        return (f"CompressionResult({self.n_tokens} tokens, n_mem={self.n_mem}, "
+                f"{self.stop_reason} after {self.steps} steps, accuracy={self.accuracy:.3f}, "
+                f"exact={self.exact}, margin={self.margin:.3g}, model={self.model!r}, "
+                f"text={text!r})")
 
     def metadata(self) -> dict:
         """Every field but the tensor, JSON-ready."""

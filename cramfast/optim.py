@@ -7,7 +7,8 @@ same mem in a batch as alone (in fp64; tested).
 
 Stop rule, at evaluation s (= updates applied so far; the C++ scheduler applies the same rule
 and the two are cross-checked at every sync): keep the best accuracy and the mem that reached
-it *before* the update that follows; stop LOSSLESS if every token is right, STALLED if
+it *before* the update that follows; stop LOSSLESS if every token is right (by the required
+margin: solved_positions), STALLED if
 s - best_step >= patience, MAX_STEPS if s >= max_steps; a non-finite loss stops that text alone
 (NONFINITE).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from cramfast.constants import IGNORE_INDEX
 from cramfast.settings import SLOT_FLOATS, SLOT_INTS, StopReason, TextSettings
 
 
@@ -62,11 +64,24 @@ class SlotState:
         self.active[slot] = True
 
 
-def objective_weights(loss: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-    """The focal weight (1 - p_target) ** gamma per position, p_target = exp(-CE), detached;
-    exactly 1 where gamma is 0 (x ** 0 is 1 for every x, 0 and NaN included: the paper's
-    objective)."""
-    return (-torch.expm1(-loss.detach())).clamp(min=0) ** gamma
+def objective_weights(loss: torch.Tensor, gamma: torch.Tensor, margin: torch.Tensor | None = None,
+                      required: torch.Tensor | None = None) -> torch.Tensor:
+    """Each position's weight in a text's objective, detached: the focal weight
+    (1 - p_target) ** gamma, p_target = exp(-CE), exactly 1 where gamma is 0 (x ** 0 is 1 for
+    every x, 0 and NaN included: the paper's objective); and 1 where a margin is required
+    (> 0) and the position's ``margin`` is short of it, so a position the focal weight would
+    leave alone (right, but by a hair) keeps being pushed until it has its margin."""
+    weight = (-torch.expm1(-loss.detach())).clamp(min=0) ** gamma
+    if margin is None:
+        return weight
+    return torch.where((required > 0) & (margin < required), torch.ones_like(weight), weight)
+
+
+def solved_positions(argmax, margin, targets, required) -> torch.Tensor:
+    """The positions that count as right: the argmax is the target and, where a margin is
+    required (> 0), the target leads the best other logit by at least that much."""
+    scored = targets != IGNORE_INDEX
+    return scored & (argmax == targets) & ((required <= 0) | (margin >= required))
 
 
 def apply_stop_rule(state: SlotState, rows, active, correct, loss, mem) -> torch.Tensor:

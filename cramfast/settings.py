@@ -127,6 +127,13 @@ class TextSettings:
         "confidence give way to those still wrong or unsure (0: the paper's mean CE). Lossless "
         "still means argmax accuracy 1.0, and every reported CE is the plain one.", at_least=0,
         slot="float")
+    margin: float = _setting(
+        0.0, "A text is solved only when at every predicted position the target's logit leads "
+        "the best other logit by at least this much (logit units; 0: the paper's rule, the "
+        "argmax alone). Positions short of it get the full CE weight in the objective, so the "
+        "margin is reached, not waited for. A margin lets a mem survive the other rounding of "
+        "greedy decoding (KV cache, other kernels, other batch shapes, 16-bit weights).",
+        at_least=0, slot="float")
     stall_steps: int = _setting(
         0, "When an attempt's accuracy has not improved for this many updates (0: off), start a "
         "new attempt with fresh moments and schedule (see restart). The stop rule (best mem, "

@@ -5,8 +5,8 @@ syncs.
       predict:   ops.mem_embed([mem ; tokens]) -> frozen backbone -> ops.linear_cross_entropy
       backward:  the summed per-text objectives, down to each slot's mem only
       optim:     stop rule, update rule (Hooks.update), stall restarts, all on the device
-    -> each slot's correct-count, -1 for a slot that had stopped, FAILED_ON_DEVICE for a
-       non-finite loss
+    -> each slot's count of solved positions (right, by the required margin), -1 for a slot
+       that had stopped, FAILED_ON_DEVICE for a non-finite loss
 
 Nothing in a step reads the device from the host, so k steps run without a sync and, on CUDA,
 a step can be captured once as a CUDA graph and replayed (GraphedSteps).
@@ -20,7 +20,7 @@ import torch
 from cramfast import ops
 from cramfast.models import LoadedModel
 from cramfast.optim import (SlotState, apply_stop_rule, mem_update, objective_weights,
-                            restart_stalled)
+                            restart_stalled, solved_positions)
 from cramfast.scheduler import FAILED_ON_DEVICE
 from cramfast.settings import BatchSettings, StopReason
 
@@ -64,11 +64,13 @@ def step(lm: LoadedModel, state: SlotState, rows: torch.Tensor, ids: torch.Tenso
     active = state.active[rows]
     mem = state.mem[rows].clone().requires_grad_(True)
     scored = torch.where(active[:, None], targets, torch.full_like(targets, ops.IGNORE_INDEX))
-    loss, argmax, _ = predict(lm, ids, scored, mem, backend)
+    loss, argmax, margin = predict(lm, ids, scored, mem, backend)
     gamma = state.hyper_column("focal_gamma", rows).view(-1, 1)
-    per_text = (loss * objective_weights(loss, gamma)).sum(dim=1) / state.n_pred[rows]
+    required = state.hyper_column("margin", rows).view(-1, 1)
+    weights = objective_weights(loss, gamma, margin, required)
+    per_text = (loss * weights).sum(dim=1) / state.n_pred[rows]
     per_text.sum().backward()                      # texts' gradients do not mix: one mem each
-    correct = ((argmax == scored) & (scored != ops.IGNORE_INDEX)).sum(dim=1)
+    correct = solved_positions(argmax, margin, scored, required).sum(dim=1)
     stalled = apply_stop_rule(state, rows, active, correct, per_text.detach(), mem.detach())
     update(state, rows, mem.grad.to(state.mem.dtype), state.active[rows])
     restart_stalled(state, rows, stalled)

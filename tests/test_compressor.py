@@ -274,7 +274,7 @@ def test_end_to_end_trained_model_all_exact(trained_path):
         assert res.stop_reason == "lossless" and res.accuracy == 1.0 and res.exact
         assert res.token_ids == text and res.mem.shape == (1, lm.hidden_size)
         # the returned mem is the one that reached accuracy 1.0, not one update past it
-        _, correct = engine.evaluate(lm, [text], res.mem[None])
+        correct = engine.evaluate(lm, [text], res.mem[None]).correct
         assert int(correct[0]) == len(text) - 1
         assert res.accuracy >= res.accuracy_without_mem
 
@@ -301,7 +301,7 @@ def test_other_architectures(tiny_models, arch):
     width = 16 if arch == "opt" else 32   # OPT's inputs live in word_embed_proj_dim
     assert res.mem.shape == (2, width) and lm.hidden_size == width
     assert 0 <= res.accuracy <= 1 and res.steps <= 30
-    ce, correct = engine.evaluate(lm, [res.token_ids], res.mem[None])
+    ce, correct, _ = engine.evaluate(lm, [res.token_ids], res.mem[None])
     assert float(ce[0]) == pytest.approx(res.ce_with_mem) and int(correct[0]) / 5 == res.accuracy
 
 

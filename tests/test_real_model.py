@@ -2,7 +2,7 @@
 import pytest
 
 import cramfast
-from cramfast import compressor, sources
+from cramfast import engine, sources
 
 
 def test_embedded_model_loads_frozen():
@@ -23,5 +23,5 @@ def test_eight_tokens_of_a_novel_crammed_and_decoded(books_dir):
         assert res.steps <= 300 and res.info_gain_bits > 0
         decoded, _ = cramfast.decode(res, model=lm)
         assert decoded == ids
-        ce, correct = compressor.evaluate(lm, [ids], res.mem[None])
+        ce, correct, _ = engine.evaluate(lm, [ids], res.mem[None])
         assert int(correct[0]) == 7 and float(ce[0]) == pytest.approx(res.ce_with_mem, rel=1e-6)
