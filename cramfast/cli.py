@@ -1,118 +1,255 @@
-"""``python -m cramfast compress|decode``: a thin face over the API. Bad input: one line on
-stderr, exit code 2."""
+"""``python -m cramfast compress|decode``: a thin face over the API.
+
+compress streams: each text's row is printed, and its files written (--out), as soon as it
+finishes; a progress bar (texts done, text-steps/s, ETA) goes to stderr; Ctrl-C keeps what is
+done and says so. Bad input: one line on stderr naming the value and the flag, exit code 2.
+"""
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import os
 import sys
 import time
 
+from cramfast.clitools import run
 from cramfast.errors import CramfastError
 
-COLUMNS = ["tokens", "n_mem", "steps", "stop", "accuracy", "exact", "ce_no_mem", "ce_mem",
-           "gain_bits", "token_gain", "seconds"]
+COLUMNS = ("#", "text", "tokens", "n_mem", "steps", "stop", "accuracy", "exact", "margin",
+           "ce_no_mem", "ce_mem", "gain_bits", "token_gain", "seconds")
+WIDTHS = (4, 24, 6, 5, 5, 9, 8, 5, 6, 9, 8, 9, 10, 7)
+SETTING_FLAGS = {"max_steps": "--max-steps", "patience": "--patience", "lr": "--lr",
+                 "max_slots": "--max-slots", "preset": "--preset", "cuda_graphs": "--no-cuda-graphs"}
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints the usage too: one line is what a user reads
+        if message.startswith("argument "):
+            message = message[len("argument "):]
+        self.exit(2, f"cramfast: error: {message}\n")
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    _quiet_transformers()
-    try:
-        return args.func(args)
-    except CramfastError as exc:
-        print(f"cramfast: error: {exc}", file=sys.stderr)
-        return 2
+    return run("cramfast", lambda: args.func(args), flags=SETTING_FLAGS)
 
 
-def _quiet_transformers():
-    # Loading bars and config warnings would bury the one line a user needs to read.
-    from transformers.utils import logging
-    logging.disable_progress_bar()
-    logging.set_verbosity_error()
+def at_least(low: int):
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+        if number < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {number}")
+        return number
+    return parse
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="python -m cramfast", description=__doc__)
+    from cramfast.models import DTYPES
+    from cramfast.ops import BACKENDS
+    from cramfast.presets import PRESETS
+    p = Parser(prog="python -m cramfast", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(required=True)
     c = sub.add_parser("compress", help="cram texts into mem vectors and check them by decoding")
     c.add_argument("--text", action="append", help="a text to compress (repeatable)")
-    c.add_argument("--file", help="a UTF-8 text file or a folder of .txt files")
-    c.add_argument("--length", type=int, help="cut texts to L tokens; with --file, sample passages")
-    c.add_argument("--samples", type=int, default=1, help="passages per file with --length")
+    c.add_argument("--file", help="a text file or a folder of .txt files")
+    c.add_argument("--encoding", default="utf-8", help="of --file (default utf-8; old Gutenberg "
+                   "files: cp1252)")
+    c.add_argument("--length", type=at_least(2), help="cut texts to L tokens; with --file, "
+                   "sample passages of L tokens")
+    c.add_argument("--samples", type=at_least(1), default=1, help="passages per file with --length")
     c.add_argument("--model", default=None, help="HF folder, cached HF id, or smollm2-135m-q4")
-    c.add_argument("--dtype", default=None, help="fp32 (default), bf16, fp16, fp64")
-    c.add_argument("--n-mem", type=int, default=1)
-    c.add_argument("--out", help="folder for mem vectors (.safetensors) and metadata (.json)")
+    c.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="model weights (fp32)")
+    c.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if "
+                   "there is one)")
+    c.add_argument("--threads", type=at_least(1), help="CPU threads (default: the cores torch "
+                   "would use, at most the cores not busy with other work)")
+    c.add_argument("--n-mem", type=at_least(1), default=1)
+    c.add_argument("--out", help="a new (or empty) folder for the mem vectors (.safetensors) and "
+                   "metadata (.json), written as each text finishes")
+    c.add_argument("--json", help="write the table as JSON to this file")
+    c.add_argument("--csv", help="write the table as CSV to this file")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--preset", default="fast", help="fast (the default: fewer steps, measured "
-                   "at least as lossless) or paper (the published settings)")
-    c.add_argument("--max-steps", type=int)
-    c.add_argument("--patience", type=int)
+    c.add_argument("--preset", default="fast", choices=sorted(PRESETS),
+                   help="fast (the default: fewer steps) or paper (the published settings)")
+    c.add_argument("--max-steps", type=at_least(0))
+    c.add_argument("--patience", type=at_least(1))
     c.add_argument("--lr", type=float)
-    c.add_argument("--max-slots", type=int)
+    c.add_argument("--max-slots", type=at_least(1))
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any setting that changes results (the per-text ones and fill_slots), e.g. "
-                        "--set stall_steps=100 --set fill_slots=0")
-    c.add_argument("--backend", default=None, help="auto | triton | torch")
+                   help="any setting that changes results (docs/algorithm.md), e.g. "
+                        "--set stall_steps=100 --set margin=1")
+    c.add_argument("--backend", default=None, choices=BACKENDS)
     c.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                    help="on CUDA, launch every kernel eagerly instead of replaying CUDA graphs")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=_compress)
     d = sub.add_parser("decode", help="regenerate texts from saved mem vectors")
     d.add_argument("path", help="a folder written by compress --out, or one of its files")
     d.add_argument("--model", default=None, help="override the model stored with the result")
+    d.add_argument("--dtype", default=None, choices=sorted(DTYPES))
+    d.add_argument("--device", default=None)
     d.set_defaults(func=_decode)
     return p
 
 
-def _texts(args, tokenizer):
+def _texts(args, tokenizer) -> list:
     from cramfast import sources
     texts = list(args.text or [])
     if args.file:
         for path in sources.text_files(args.file):
-            body = sources.read_text_file(path)
+            body = sources.read_text_file(path, args.encoding)
             if args.length:
-                texts += sources.sample_passages(tokenizer, body, args.length, args.samples, args.seed)
+                texts += sources.sample_passages(tokenizer, body, args.length, args.samples,
+                                                 args.seed)
             else:
                 texts.append(body)
-    return texts or [sources.DEFAULT_PASSAGE]
+    return texts or list(sources.DEMO_PASSAGES)
 
 
 def _compress(args) -> int:
     import cramfast
+    from cramfast.results_io import ResultWriter
     from cramfast.settings import parse_settings
-    optim = dict(max_steps=args.max_steps, patience=args.patience, lr=args.lr,
-                 max_slots=args.max_slots, cuda_graphs=args.cuda_graphs,
-                 **parse_settings(args.set))
-    lm = cramfast.load_model(args.model, dtype=args.dtype)
+    settings = dict(max_steps=args.max_steps, patience=args.patience, lr=args.lr,
+                    max_slots=args.max_slots, cuda_graphs=args.cuda_graphs,
+                    **parse_settings(args.set))
+    writer = ResultWriter(args.out) if args.out else None     # checked before any work
+    for path in (args.json, args.csv):
+        _check_writable(path)
+    lm = cramfast.load_model(args.model, dtype=args.dtype, device=args.device)
     texts = _texts(args, lm.tokenizer)
-    start = time.perf_counter()
-    results = cramfast.compress(texts, model=lm, n_mem=args.n_mem, max_length=args.length,
-                                seed=args.seed, backend=args.backend, preset=args.preset,
-                                **{k: v for k, v in optim.items() if v is not None})
+    progress = Progress(args.quiet)
+    results = cramfast.compress_iter(           # every text checked here, before any work
+        texts, model=lm, n_mem=args.n_mem, max_length=args.length, seed=args.seed,
+        backend=args.backend, preset=args.preset, hooks=progress.hooks(),
+        **{k: v for k, v in settings.items() if v is not None})
+    _set_threads(args.threads)
+    progress.start(len(texts))
+    progress.line(_format_row(COLUMNS))
+    rows, start = [], time.perf_counter()
+    try:
+        for index, res in results:
+            rows.append(table_row(index, res))
+            if writer:
+                writer.write(index, res)
+            progress.done(_format_row(rows[-1].values()))
+    except KeyboardInterrupt:
+        progress.close()
+        _write_tables(args, rows)
+        kept = f", kept in {args.out}" if writer and writer.written else ""
+        print(f"cramfast: interrupted: {len(rows)} of {len(texts)} results done{kept}",
+              file=sys.stderr)
+        return 130
+    progress.close()
+    _write_tables(args, rows)
     wall = time.perf_counter() - start
-    print(format_table(results))
-    lossless = sum(r.exact for r in results)
-    tokens = sum(r.n_tokens for r in results if r.exact)
-    print(f"\n{lm.name}: {lossless}/{len(results)} texts exact, {tokens} tokens in {wall:.1f} s "
-          f"({tokens / wall:.1f} lossless tokens/s)")
-    if args.out:
-        paths = cramfast.save(results, args.out, tokenizer_path=lm.path)
-        print(f"saved {len(paths)} result(s) to {args.out}")
+    exact = [r for r in rows if r["exact"] == "yes"]
+    tokens = sum(r["tokens"] for r in exact)
+    print(f"\n{lm.name} ({str(lm.dtype)[6:]}, {lm.device.type}): {len(exact)}/{len(rows)} texts "
+          f"exact, {tokens} tokens in {wall:.1f} s ({tokens / wall:.1f} lossless tokens/s)")
+    if writer:
+        print(f"saved {len(writer.written)} result(s) to {args.out}")
     return 0
 
 
-def format_table(results) -> str:
-    rows = [COLUMNS] + [[
-        str(r.n_tokens), str(r.n_mem), str(r.steps), r.stop_reason, f"{r.accuracy:.3f}",
-        "yes" if r.exact else "no", f"{r.ce_without_mem:.2f}", f"{r.ce_with_mem:.2f}",
-        f"{r.info_gain_bits:.1f}", f"{r.token_gain:.1f}", f"{r.seconds:.1f}"] for r in results]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in rows)
+def table_row(index: int, res) -> dict:
+    """One text's row of the printed table (and of --json/--csv)."""
+    return dict(zip(COLUMNS, (
+        index, res.text.replace("\n", " ")[:WIDTHS[1]], res.n_tokens, res.n_mem, res.steps,
+        res.stop_reason, round(res.accuracy, 3), "yes" if res.exact else "no",
+        round(res.margin, 2), round(res.ce_without_mem, 2), round(res.ce_with_mem, 2),
+        round(res.info_gain_bits, 1), round(res.token_gain, 1), round(res.seconds, 1))))
+
+
+def _format_row(values) -> str:
+    cells = [str(v) for v in values]
+    return "  ".join(c.ljust(w) if i == 1 else c.rjust(w)
+                     for i, (c, w) in enumerate(zip(cells, WIDTHS)))
+
+
+class Progress:
+    """A tqdm bar on stderr (texts done, text-steps/s from the engine's timings, ETA), the
+    table's rows printed above it as texts finish."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.bar = quiet, None
+        self.text_steps, self.seconds = 0, 0.0
+
+    def start(self, total: int):
+        from tqdm import tqdm
+        self.bar = tqdm(total=total, unit="text", file=sys.stderr, disable=self.quiet,
+                        dynamic_ncols=True, leave=False)
+
+    def hooks(self):
+        from cramfast.hooks import Hooks
+        return Hooks(on_timing=self._timing)
+
+    def _timing(self, timing):
+        if timing.phase == "steps":
+            self.text_steps += timing.texts * timing.steps
+            self.seconds += timing.seconds
+            self.bar.set_postfix_str(f"{self.text_steps / self.seconds:.1f} text-steps/s")
+
+    def line(self, text: str):
+        self.bar.write(text, file=sys.stdout)
+
+    def done(self, text: str):
+        self.line(text)
+        self.bar.update(1)
+
+    def close(self):
+        self.bar.close()
+
+
+def _check_writable(path):
+    if path is None:
+        return
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        raise CramfastError(f"{path}: cannot write there ({exc.strerror})") from None
+
+
+def _write_tables(args, rows):
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def _set_threads(threads):
+    """--threads, else torch's default capped at the cores other work leaves free: on a busy
+    machine more threads than free cores make every step many times slower."""
+    import torch
+    if threads is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+        threads = max(1, min(torch.get_num_threads(), cores - busy))
+        if threads < torch.get_num_threads():
+            print(f"cramfast: {threads} thread(s): other work keeps {busy} of {cores} cores busy "
+                  "(--threads to choose)", file=sys.stderr)
+    torch.set_num_threads(threads)
 
 
 def _decode(args) -> int:
     import cramfast
-    for res in cramfast.load_results(args.path):
-        ids, text = cramfast.decode(res, model=args.model)
-        match = ids == res.token_ids
-        print(f"--- {res.n_tokens} tokens, {res.model}, matches stored ids: {'yes' if match else 'no'}")
-        print(text)
-    return 0
+    from cramfast.results_io import read_results
+    results, problems = read_results(args.path)
+    for res in results:
+        lm = cramfast.load_model(args.model or res.model, dtype=args.dtype, device=args.device)
+        ids, text = cramfast.decode(res, model=lm)
+        match = "yes" if ids == res.token_ids else "no"
+        print(f"--- {res.n_tokens} tokens, {res.model}, matches stored ids: {match}")
+        print(text.replace("\n", "\\n"))   # one line per text: a header never runs into it
+    for problem in problems:
+        print(f"cramfast: error: {problem}", file=sys.stderr)
+    return 2 if problems else 0

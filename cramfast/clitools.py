@@ -4,6 +4,7 @@ config warnings) stays quiet so that the line a user needs is not buried."""
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Callable
 
 from cramfast.errors import CramfastError
@@ -16,6 +17,7 @@ def run(prog: str, command: Callable[[], int], flags: dict[str, str] | None = No
     also says which flag sets it: ``flags`` maps setting names to this program's flags, other
     result-changing settings are set with --set), KeyboardInterrupt "PROG: INTERRUPTED" and 130."""
     quiet_libraries()
+    warnings.formatwarning = lambda message, *args, **kwargs: f"{prog}: warning: {message}\n"
     try:
         return command()
     except SettingError as exc:

@@ -102,7 +102,7 @@ def load_model(name_or_path: str | LoadedModel | None = None, dtype: torch.dtype
     if isinstance(name_or_path, LoadedModel):
         return name_or_path
     name = name_or_path or DEFAULT_MODEL
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = parse_device(device)
     dtype = parse_dtype(dtype)
     key = (name, str(dtype), str(device))
     if key not in _loaded:
@@ -118,16 +118,35 @@ def unload(lm: LoadedModel):
         del _loaded[key]
 
 
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+          "fp64": torch.float64, "float64": torch.float64}
+
+
 def parse_dtype(dtype) -> torch.dtype:
     """A torch dtype from a name (fp32, bf16, ...) or a dtype; None means fp32."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype or torch.float32
-    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-             "fp64": torch.float64, "float64": torch.float64}
-    if dtype not in table:
-        raise CramfastError(f"unknown dtype {dtype!r}: choose one of {', '.join(table)}")
-    return table[dtype]
+    if dtype not in DTYPES:
+        raise CramfastError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def parse_device(device) -> torch.device:
+    """A torch device from a name or a device; None means cuda where there is one, else cpu."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise CramfastError(f"unknown device {device!r}: e.g. cpu, cuda, cuda:1") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CramfastError(f"device {device}: no CUDA GPU is available here; use cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise CramfastError(f"device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise CramfastError(f"device {device}: cramfast runs on cpu or cuda")
+    return device
 
 
 def local_path(name: str) -> str:
@@ -148,11 +167,17 @@ def local_path(name: str) -> str:
 
 def _load_frozen(name: str, path: str, dtype, device) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging
+    bars = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()          # a "Loading weights" bar per load is noise
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as exc:
         raise CramfastError(f"cannot load model {name!r} from {path}: {exc}".splitlines()[0]) from None
+    finally:
+        if bars:
+            logging.enable_progress_bar()
     model.to(device).eval()
     model.requires_grad_(False)
     check_supported(model)

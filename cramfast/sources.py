@@ -11,20 +11,36 @@ from cramfast.errors import CramfastError
 # Jane Austen, Pride and Prejudice (1813), opening lines; public domain.
 DEFAULT_PASSAGE = ("It is a truth universally acknowledged, that a single man in possession "
                    "of a good fortune, must be in want of a wife.")
+# What `python -m cramfast compress` crams when given no text (make demo): opening lines of
+# public-domain novels. Famous lines, which the LM partly knows already (see ce_no_mem).
+DEMO_PASSAGES = (
+    DEFAULT_PASSAGE,
+    "It was the best of times, it was the worst of times, it was the age of wisdom, it was "
+    "the age of foolishness.",                                   # Dickens, 1859
+    "Happy families are all alike; every unhappy family is unhappy in its own way.",
+    # Tolstoy, Anna Karenina, tr. Constance Garnett (1901)
+    "You will rejoice to hear that no disaster has accompanied the commencement of an "
+    "enterprise which you have regarded with such evil forebodings.",  # Shelley, 1818
+)
 
 _START = re.compile(r"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)
 _END = re.compile(r"^\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)
 
 
-def read_text_file(path) -> str:
-    """A UTF-8 text file's body, without a Project Gutenberg header and footer if present."""
+def read_text_file(path, encoding: str = "utf-8") -> str:
+    """A text file's body, without a Project Gutenberg header and footer if present."""
     path = Path(path)
     if not path.is_file():
         raise CramfastError(f"{path}: no such file")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding=encoding)
+    except LookupError:
+        raise CramfastError(f"unknown encoding {encoding!r} (e.g. utf-8, cp1252, latin-1)") from None
     except UnicodeDecodeError as exc:
-        raise CramfastError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        hint = "; old Gutenberg files are often cp1252 (--encoding cp1252)" \
+            if encoding.lower().replace("-", "") == "utf8" else ""
+        raise CramfastError(f"{path}: not {encoding.upper()} text ({exc.reason} at byte "
+                            f"{exc.start}){hint}") from None
     start = _START.search(text)
     if start:
         text = text[start.end():]
@@ -55,7 +71,11 @@ def paragraphs(text: str) -> list[str]:
 
 def sample_passages(tokenizer, text: str, length: int, k: int, seed: int) -> list[list[int]]:
     """``k`` passages of exactly ``length`` tokens, each starting at a paragraph start picked with
-    ``seed`` (paragraphs joined until long enough); distinct starts where the text allows."""
+    ``seed`` (paragraphs joined until long enough), distinct starts where the text allows; a
+    text with too few paragraphs (e.g. no blank lines) gives the rest from seeded, disjoint
+    windows of its tokens."""
+    if k < 1 or length < 2:
+        raise CramfastError(f"passages: need k >= 1 of length >= 2 tokens, got {k} of {length}")
     paras = paragraphs(text)
     rng = random.Random(seed)
     starts = list(range(len(paras)))
@@ -67,8 +87,15 @@ def sample_passages(tokenizer, text: str, length: int, k: int, seed: int) -> lis
             passages.append(ids)
         if len(passages) == k:
             return passages
-    raise CramfastError(f"the text yields only {len(passages)} passages of {length} tokens, "
-                        f"{k} asked for")
+    ids = tokenizer(" ".join(paras))["input_ids"]
+    windows = [ids[i:i + length] for i in range(0, len(ids) - length + 1, length)]
+    rng.shuffle(windows)
+    passages += [w for w in windows if w not in passages][:k - len(passages)]
+    if len(passages) < k:
+        raise CramfastError(f"the text ({len(ids)} tokens) yields {len(passages)} distinct "
+                            f"passages of {length} tokens, {k} asked for: ask for fewer or "
+                            "shorter passages")
+    return passages
 
 
 def _tokens_from(tokenizer, paras, start, length):

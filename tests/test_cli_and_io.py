@@ -19,7 +19,7 @@ def crammed(trained_path):
 
 def test_save_load_round_trip_and_decode(crammed, tmp_path):
     lm, results = crammed
-    cramfast.save(results, tmp_path, tokenizer_path=lm.path)
+    cramfast.save(results, tmp_path)
     loaded = cramfast.load_results(tmp_path)
     assert len(loaded) == 2
     for a, b in zip(results, loaded):
@@ -44,8 +44,9 @@ def test_cli_compress_then_decode(trained_path, tmp_path, capsys):
 
 def test_cli_no_cuda_graphs_reaches_compress(trained_path, monkeypatch, capsys):
     seen = []
-    real = cramfast.compress
-    monkeypatch.setattr(cramfast, "compress", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    real = cramfast.compress_iter
+    monkeypatch.setattr(cramfast, "compress_iter",
+                        lambda *a, **kw: seen.append(kw) or real(*a, **kw))
     for flag, expected in (([], True), (["--no-cuda-graphs"], False)):
         assert main(["compress", "--model", trained_path, "--text", "a cat sat",
                      "--max-steps", "2", *flag]) == 0
@@ -57,6 +58,17 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "cramfast", *args], capture_output=True, text=True)
 
 
+def cli_in_process(capsys, *args):
+    """(exit code, stdout, stderr) of the command line run in this process."""
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as exc:              # argparse's own exits
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def bad_inputs(trained_path, tmp_path):
     binary = tmp_path / "latin1.txt"
     binary.write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
@@ -65,7 +77,7 @@ def bad_inputs(trained_path, tmp_path):
         "empty text": (["--text", "   "], "empty text"),
         "one token": (["--text", "a"], "at least 2"),
         "too long": (["--text", "the quick brown fox " * 40], "too long"),
-        "n_mem": (["--text", "the cat", "--n-mem", "0"], "n_mem"),
+        "n_mem": (["--text", "the cat", "--n-mem", "0"], "--n-mem: must be >= 1, got 0"),
         "not utf-8": (["--file", str(binary)], "not UTF-8"),
         "no text files": (["--file", str(tmp_path / "empty_dir")], "no .txt files"),
         "missing file": (["--file", str(tmp_path / "nope.txt")], "no such file"),
@@ -76,12 +88,12 @@ def bad_inputs(trained_path, tmp_path):
     }
 
 
-def test_bad_inputs_exit_2_with_one_line(trained_path, tmp_path):
+def test_bad_inputs_exit_2_with_one_line(trained_path, tmp_path, capsys):
     for name, (args, message) in bad_inputs(trained_path, tmp_path).items():
-        proc = run_cli("compress", "--model", trained_path, *args)
-        assert proc.returncode == 2, name
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and message in lines[0], (name, proc.stderr)
+        code, _, stderr = cli_in_process(capsys, "compress", "--model", trained_path, *args)
+        assert code == 2, name
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (name, stderr)
 
 
 def test_unknown_model_offline(tmp_path):
@@ -97,3 +109,128 @@ def test_decode_of_a_wrong_file(tmp_path):
     for target in (bogus, tmp_path / "missing.json", tmp_path):
         proc = run_cli("decode", str(target))
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# what a user hits: every row a clear line, nothing already computed lost
+
+
+def test_out_folder_is_never_shared_by_two_runs(crammed, tmp_path, trained_path):
+    _, results = crammed
+    cramfast.save(results, tmp_path / "run")
+    before = sorted(p.read_bytes() for p in (tmp_path / "run").iterdir())
+    with pytest.raises(cramfast.CramfastError, match="not empty"):
+        cramfast.save(results[:1], tmp_path / "run")
+    proc = run_cli("compress", "--model", trained_path, "--text", "a cat sat", "--max-steps", "2",
+                   "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not empty" in proc.stderr
+    assert sorted(p.read_bytes() for p in (tmp_path / "run").iterdir()) == before
+
+
+def test_saved_files_record_where_they_were_made_and_share_one_mode(crammed, tmp_path):
+    import json
+    lm, results = crammed
+    [path, _] = cramfast.save(results, tmp_path)
+    meta = json.loads(path.read_text())
+    assert meta["dtype"] == "float32" and meta["device"] == "cpu"
+    assert meta["cramfast_version"] == cramfast.__version__
+    assert meta["tokenizer"] == meta["model"] == lm.name        # a name, not this machine's path
+    assert meta["settings"]["cuda_graphs"] is False             # what ran, not what was asked
+    assert path.stat().st_mode == path.with_suffix(".safetensors").stat().st_mode
+    assert len(repr(results[0])) < 300 and "tensor" not in repr(results[0])
+
+
+def test_decode_takes_every_good_result_names_each_bad_one_and_skips_other_files(crammed, tmp_path):
+    _, results = crammed
+    cramfast.save(results, tmp_path)
+    (tmp_path / "notes.json").write_text('{"about": "my notes"}')
+    cut = tmp_path / "cram-0001.safetensors"
+    cut.write_bytes(cut.read_bytes()[:40])
+    proc = run_cli("decode", str(tmp_path))
+    assert proc.returncode == 2
+    assert proc.stdout.count("matches stored ids: yes") == 1
+    errors = proc.stderr.strip().splitlines()
+    assert len(errors) == 1 and "cram-0001.json" in errors[0] and "notes" not in proc.stderr
+    one = run_cli("decode", str(cut))
+    assert one.returncode == 2 and one.stderr.count("\n") == 1 and "not a readable" in one.stderr
+
+
+def test_flag_errors_name_the_flag(trained_path, capsys):
+    cases = {("--text", "a b c d e f g h", "--length", "-5"): "--length: must be >= 2, got -5",
+             ("--text", "a cat", "--backend", "cuda"): "--backend: invalid choice: 'cuda'",
+             ("--text", "a cat", "--max-steps", "-1"): "--max-steps: must be >= 0, got -1",
+             ("--text", "a cat", "--lr", "0"): "lr must be > 0, got 0.0 (flag --lr)",
+             ("--text", "a cat", "--samples", "0"): "--samples: must be >= 1, got 0",
+             ("--text", "a cat", "--threads", "0"): "--threads: must be >= 1, got 0",
+             ("--text", "a cat", "--set", "margin=-1"): "margin must be >= 0, got -1.0 (flag --set",
+             ("--text", "a cat", "--device", "cuda"): "no CUDA GPU"}
+    for args, message in cases.items():
+        code, _, stderr = cli_in_process(capsys, "compress", "--model", trained_path, *args)
+        lines = stderr.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and message in lines[0], (args, stderr)
+
+
+def test_a_file_without_blank_lines_still_gives_passages(trained_path, tmp_path):
+    from conftest import CORPUS
+    flat = tmp_path / "flat.txt"
+    flat.write_text(CORPUS.replace("\n", " "))
+    lm = cramfast.load_model(trained_path)
+    passages = cramfast.sources.sample_passages(lm.tokenizer, flat.read_text(), 8, 3, seed=0)
+    assert len(passages) == 3 and all(len(p) == 8 for p in passages)
+    assert len({tuple(p) for p in passages}) == 3
+    with pytest.raises(cramfast.CramfastError, match="ask for fewer or shorter"):
+        cramfast.sources.sample_passages(lm.tokenizer, "a b c d e f", 8, 2, seed=0)
+    old = tmp_path / "old.txt"
+    old.write_bytes("caf\xe9 au lait, cr\xe8me br\xfbl\xe9e".encode("cp1252"))
+    assert cramfast.sources.read_text_file(old, "cp1252") == "café au lait, crème brûlée"
+
+
+def test_compress_streams_rows_and_tables(trained_path, tmp_path):
+    proc = run_cli("compress", "--model", trained_path, "--text", "a cat sat on the mat",
+                   "--text", "the quick brown fox jumps", "--max-steps", "300", "--threads", "1",
+                   "--json", str(tmp_path / "t.json"), "--csv", str(tmp_path / "t.csv"),
+                   "--out", str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr
+    import csv
+    import json
+    rows = json.loads((tmp_path / "t.json").read_text())
+    assert sorted(r["#"] for r in rows) == [0, 1] and {r["exact"] for r in rows} == {"yes"}
+    assert rows[0]["text"] in ("a cat sat on the mat", "the quick brown fox jumps")
+    assert list(csv.DictReader(open(tmp_path / "t.csv")))[0]["#"] == str(rows[0]["#"])
+    assert "text/s" in proc.stderr or "text-steps/s" in proc.stderr     # the progress bar
+    assert len(cramfast.load_results(tmp_path / "run")) == 2
+
+
+def test_ctrl_c_keeps_the_finished_results(trained_path, tmp_path):
+    import signal
+    import time
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cramfast", "compress", "--model", trained_path, "--quiet",
+         "--text", "a cat sat on the mat", "--text", "zebra quartz vortex jumbled " * 2,
+         "--max-steps", "100000", "--patience", "100000", "--set", "stall_steps=0",
+         "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (out / "cram-0000.json").exists() and time.time() < deadline:
+        time.sleep(0.5)
+    assert (out / "cram-0000.json").exists(), proc.kill() or proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == \
+        f"cramfast: interrupted: 1 of 2 results done, kept in {out}"
+    assert "Traceback" not in stderr
+    [kept] = cramfast.load_results(out)
+    assert kept.exact and kept.text == "a cat sat on the mat"
+
+
+def test_wheel_declares_what_the_default_model_sweeps_and_reports_need(tmp_path):
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path)],
+                   cwd=root, check=True, capture_output=True)
+    [requires] = tmp_path.glob("*.egg-info/requires.txt")
+    declared = {line.split("=")[0].split(">")[0].strip() for line in requires.read_text().splitlines()
+                if line and not line.startswith("[")}
+    assert {"torch", "transformers", "safetensors", "gguf", "accelerate", "matplotlib",
+            "wordfreq"} <= declared
+    assert "torch==2.13.0" in requires.read_text()
