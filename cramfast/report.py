@@ -258,7 +258,7 @@ def search_rows(groups: list[Group]) -> list[dict]:
 def warm_start_rows(groups: list[Group]) -> list[dict]:
     """Steps to the same result with and without --warm-start, per length, where both ran."""
     def identity(g):
-        ident = json.loads(g.rows[0]["settings"] or "{}").get("identity", {})
+        ident = json.loads(g.rows[0]["sweep"] or "{}").get("identity", {})
         return ident
     cold = {}
     for g in groups:
@@ -479,7 +479,7 @@ def make_report(dbs, out_dir, threshold: float = THRESHOLD, paper: bool = True) 
     settings_notes = []
     if show_settings:
         for r in table:
-            ident = json.loads(next(g.rows[0]["settings"] for g in groups
+            ident = json.loads(next(g.rows[0]["sweep"] for g in groups
                                     if g.settings_hash == r["settings_hash"]) or "{}").get("identity", {})
             settings_notes.append(f"- `{r['settings']}`: {json.dumps(ident, sort_keys=True)}")
     text = ["# cramfast report", "", f"From {len(rows)} runs in {', '.join(map(str, dbs))}.", "",

@@ -652,7 +652,7 @@ class _Runner:
             row = store.result_row(result, key=job.as_dict(), origin=origin, model_info=self.model_info,
                                    source_label=self.plan.sources[job.source].label,
                                    init_from=inits[index][0] if inits[index] else None,
-                                   settings=self.record, rank=self.rank)
+                                   sweep=self.record, rank=self.rank)
             if self.out.add(row):
                 self.summary.ran += 1
             self.stored[job.key] = (result.accuracy,)
