@@ -10,18 +10,8 @@ sample, length, n_mem, seed, settings) and is computed once: every finished job 
 the store (cramfast.store), written as soon as it finishes; rerunning the same command skips the
 stored ones, so a sweep killed at any moment resumes where it was.
 
-Texts. Sample i of a source is one text whatever the grid: for a file or a folder of .txt files
-(Gutenberg header/footer stripped), the token stream that starts at the i-th paragraph of a
-seeded shuffle of the paragraph starts (starts with >= 16,000 characters after them in their book
-where there are any; the stream continues from the book's start at its end); the job of length L
-takes the first L tokens (``chunking = "prefix"``, the default), or, with ``chunking = "paper"``,
-the paper's chunking: a span of text from that start is split into sentences, its second half is
-kept and the first L tokens of that are used. ``random``: the paper's random-word text, 5 L words
-drawn uniformly from wordfreq's 100,000 most frequent English words (or ``--vocab-file``),
-tokenized and cut to L; the words of sample i come from a generator seeded with
-(sample seed, i), so the text of length L is a prefix of the text of length 2 L. ``pg19[:split]``
-loads PG-19 through the ``datasets`` package (offline: from its cache). The sampling seed
-(``--sample-seed``) and chunking are part of the source's identity, stored in column ``source``.
+Texts: sample i of a source is one text whatever the grid, its lengths prefixes of each other
+(cramfast.sources.open_source: a text file, a folder of .txt files, "random", "pg19[:split]").
 
 Modes beyond the paper's fixed grid:
   --search capacity   per text, the largest lossless L (teacher-forced accuracy 1.0) by doubling
@@ -42,7 +32,6 @@ import argparse
 import hashlib
 import json
 import os
-import random
 import re
 import sys
 import time
@@ -62,8 +51,6 @@ DEFAULTS = dict(models=None, sources=None, lengths="8,16,32", n_mem="1", samples
                 search=None, search_tol=1, warm_start=False)
 CONFIG_KEYS = set(DEFAULTS) | {"model", "source"}
 HASHED_SETTINGS = RESULT_SETTINGS   # what a result depends on (batch size, sync do not)
-TAIL_CHARS = 16_000   # a passage starts where at least this much of its book follows, if it can
-TOKEN_MARGIN = 8      # tokens beyond L that a window must yield, so that the cut is stable
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,130 +226,6 @@ def _build_grid(args) -> Grid:
 
 
 # ---------------------------------------------------------------------------------------------
-# text sources
-
-
-class FileSource:
-    """Texts from books (files, a folder, or PG-19 records): sample i is the token stream from
-    the i-th start of a seeded shuffle of paragraph starts."""
-
-    def __init__(self, canonical: str, label: str, books: list[str], chunking: str, sample_seed: int):
-        self.canonical, self.label, self.chunking = canonical, label, chunking
-        self.books = [sources.paragraphs(b) for b in books]
-        starts, fallback = [], []
-        for b, paras in enumerate(self.books):
-            tail = 0
-            for p in range(len(paras) - 1, -1, -1):
-                tail += len(paras[p]) + 2
-                (starts if tail >= TAIL_CHARS else fallback).append((b, p))
-        self.starts = sorted(starts) or sorted(fallback)
-        random.Random(f"passages:{sample_seed}").shuffle(self.starts)
-
-    def check(self, samples: int):
-        if samples > len(self.starts):
-            raise CramfastError(f"{self.label}: yields {len(self.starts)} distinct passages, "
-                                f"{samples} samples asked for")
-
-    def stream(self, sample: int, chars: int) -> str:
-        """At least ``chars`` characters of sample ``sample``'s text (wrapping at its book's end)."""
-        b, p = self.starts[sample]
-        paras, parts, n = self.books[b], [], 0
-        while n < chars:
-            parts.append(paras[p])
-            n += len(paras[p]) + 2
-            p = (p + 1) % len(paras)
-        return "\n\n".join(parts)
-
-    def tokens(self, tokenizer, sample: int, length: int) -> list[int]:
-        chars = 6 * length + 64
-        while True:
-            if self.chunking == "paper":
-                ids = _paper_chunk(tokenizer, self.stream(sample, max(chars, 24_000)))
-            else:
-                ids = tokenizer(self.stream(sample, chars))["input_ids"]
-            if len(ids) >= length + TOKEN_MARGIN:
-                return ids[:length]
-            chars *= 2
-
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"'\u201d\u2019)]*\s+")
-
-
-def _paper_chunk(tokenizer, span: str) -> list[int]:
-    """The paper's chunking: sentence-split a span, keep its second half."""
-    sentences = [s for s in _SENTENCE_END.split(span.replace("\n\n", " ")) if s.strip()]
-    return tokenizer(" ".join(sentences[len(sentences) // 2:]))["input_ids"]
-
-
-class RandomSource:
-    """The paper's random-word texts: 5 L words, uniform over the vocabulary, cut to L tokens."""
-
-    def __init__(self, vocab: list[str], vocab_id: str, sample_seed: int):
-        self.vocab, self.sample_seed = vocab, sample_seed
-        self.canonical = f"random:{vocab_id}?sample_seed={sample_seed}"
-        self.label = "random"
-
-    def check(self, samples: int):
-        pass
-
-    def tokens(self, tokenizer, sample: int, length: int) -> list[int]:
-        text = sources.random_word_text(5 * length, f"{self.sample_seed}:{sample}", self.vocab)
-        return tokenizer(text)["input_ids"][:length]
-
-
-def open_source(spec: str, chunking: str = "prefix", sample_seed: int = 0, vocab_file=None):
-    opts = f"?chunking={chunking}&sample_seed={sample_seed}"
-    if spec == "random":
-        if vocab_file:
-            try:
-                vocab = [w.strip() for w in Path(vocab_file).read_text(encoding="utf-8").splitlines()]
-            except (OSError, UnicodeDecodeError) as exc:
-                raise CramfastError(f"{vocab_file}: cannot read the word list ({exc})") from None
-            vocab, name = [w for w in vocab if w], "vocab"
-        else:
-            vocab, name = _wordfreq_vocab(), "wordfreq-en-100k"
-        if not vocab:
-            raise CramfastError(f"{vocab_file}: the word list is empty")
-        digest = hashlib.sha256("\n".join(vocab).encode()).hexdigest()[:12]
-        return RandomSource(vocab, f"{name}-{digest}", sample_seed)
-    if spec == "pg19" or spec.startswith("pg19:"):
-        split = spec.partition(":")[2] or "test"
-        return FileSource(f"pg19:{split}{opts}", "pg19", _pg19_books(split), chunking, sample_seed)
-    path = Path(spec)
-    if not path.exists():
-        raise CramfastError(f"{spec}: no such file or directory (a source is a text file, a folder "
-                            "of .txt files, 'random' or 'pg19[:split]')")
-    files = sources.text_files(path)
-    books = [sources.read_text_file(f) for f in files]
-    kind = "dir" if path.is_dir() else "file"
-    return FileSource(f"{kind}:{path.resolve()}{opts}", path.name, books, chunking, sample_seed)
-
-
-def _wordfreq_vocab() -> list[str]:
-    try:
-        from wordfreq import top_n_list
-    except ImportError:
-        raise CramfastError("source 'random' needs the wordfreq package (pip install wordfreq) "
-                            "or --vocab-file") from None
-    return top_n_list("en", 100_000)
-
-
-def _pg19_books(split: str) -> list[str]:
-    try:
-        import datasets
-    except ImportError:
-        raise CramfastError("source 'pg19' needs the datasets package (pip install datasets) and "
-                            "a reachable hub or its cache; or pass a local copy as a folder of "
-                            ".txt files") from None
-    try:
-        records = datasets.load_dataset("deepmind/pg19", split=split)
-        return [r["text"] for r in records]
-    except Exception as exc:  # noqa: BLE001 - any hub/cache failure becomes one line
-        raise CramfastError(f"cannot load PG-19 ({split}) through datasets: "
-                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-
-
-# ---------------------------------------------------------------------------------------------
 # models and jobs
 
 
@@ -423,7 +286,7 @@ class Plan:
         self.grid = grid
         self.sources = {}
         for spec in grid.sources:
-            src = open_source(spec, grid.chunking, grid.sample_seed, grid.vocab_file)
+            src = sources.open_source(spec, grid.chunking, grid.sample_seed, grid.vocab_file)
             src.check(grid.samples)
             self.sources[src.canonical] = src
         self.models = {model_id(m): m for m in grid.models}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cramfast import store, sweep
+from cramfast import sources, store, sweep
 from cramfast.errors import CramfastError
 from cramfast.metrics import make_result
 from conftest import CORPUS
@@ -78,23 +78,23 @@ def test_grid_from_toml_and_flags(tmp_path):
 def test_sources_seeded_prefix_stable(corpus_file, trained_path, tmp_path):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(trained_path)
-    src = sweep.open_source(str(corpus_file))
+    src = sources.open_source(str(corpus_file))
     assert src.canonical.startswith("file:/") and "sample_seed=0" in src.canonical
     texts = [src.tokens(tok, i, 40) for i in range(4)]
     assert len({tuple(t) for t in texts}) == 4                       # distinct starts
     for i in range(4):
         assert src.tokens(tok, i, 12) == texts[i][:12]              # L is a prefix of 2L
         assert "GUTENBERG" not in tok.decode(texts[i])
-    assert sweep.open_source(str(corpus_file)).tokens(tok, 2, 40) == texts[2]       # seeded
-    other = sweep.open_source(str(corpus_file), sample_seed=1)
+    assert sources.open_source(str(corpus_file)).tokens(tok, 2, 40) == texts[2]       # seeded
+    other = sources.open_source(str(corpus_file), sample_seed=1)
     assert [other.tokens(tok, i, 40) for i in range(4)] != texts
     with pytest.raises(CramfastError, match="4 distinct passages, 5 samples"):
         src.check(5)
-    paper = sweep.open_source(str(corpus_file), chunking="paper")
+    paper = sources.open_source(str(corpus_file), chunking="paper")
     assert len(paper.tokens(tok, 0, 30)) == 30 and "chunking=paper" in paper.canonical
     vocab = tmp_path / "words.txt"
     vocab.write_text("cat\ndog\nsky\nmat\nfox\n")
-    rnd = sweep.open_source("random", vocab_file=str(vocab))
+    rnd = sources.open_source("random", vocab_file=str(vocab))
     ids = rnd.tokens(tok, 0, 20)
     assert len(ids) == 20 and rnd.tokens(tok, 0, 10) == ids[:10] and rnd.tokens(tok, 1, 20) != ids
     assert set(tok.decode(ids).split()) <= {"cat", "dog", "sky", "mat", "fox"}
@@ -103,7 +103,7 @@ def test_sources_seeded_prefix_stable(corpus_file, trained_path, tmp_path):
 def test_random_source_uses_wordfreq_top_100k(trained_path):
     pytest.importorskip("wordfreq")
     from transformers import AutoTokenizer
-    src = sweep.open_source("random", sample_seed=3)
+    src = sources.open_source("random", sample_seed=3)
     assert len(src.vocab) == 100_000 and src.canonical.startswith("random:wordfreq-en-100k-")
     assert src.canonical.endswith("?sample_seed=3")
     ids = src.tokens(AutoTokenizer.from_pretrained(trained_path), 0, 16)
@@ -181,7 +181,7 @@ def test_search_capacity_doubling_then_bisection(trained_path, corpus_file, tmp_
     summary = sweep.run_sweep(g, quiet=True, compress_iter=fake)
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(trained_path)
-    src = sweep.open_source(str(corpus_file))
+    src = sources.open_source(str(corpus_file))
     expected = {i: cap(src.tokens(tok, i, 3)) for i in range(3)}
     found = {unit[2]: L for unit, L in summary.search.items()}
     assert found == expected
