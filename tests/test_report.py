@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from cramfast import report, store, sweep
+from cramfast import grid, report, store, sweep
 
 SETTINGS = json.dumps({"identity": {"lr": 0.01, "warm_start": False}})
 
@@ -90,10 +90,10 @@ def test_sweep_then_report_end_to_end(trained_path, tmp_path):
                  "numbers one two three four five six seven eight nine ten."]
     src.write_text("\n\n".join(" ".join((sentences[k:] + sentences[:k]) * 2) for k in range(3)))
     db = tmp_path / "e2e.db"
-    grid = sweep.build_grid(sweep._parser().parse_args([
+    g = grid.build_grid(sweep._parser().parse_args([
         "--model", trained_path, "--source", str(src), "--lengths", "8,16", "--n-mem", "1,2",
         "--samples", "2", "--lr", "0.03", "--max-steps", "60", "--db", str(db)]))
-    summary = sweep.run_sweep(grid, quiet=True)
+    summary = sweep.run_sweep(g, quiet=True)
     assert summary.ran == 8 and summary.total == 8
     result = report.make_report([db], tmp_path / "rep")
     assert {r["n_mem"] for r in result["table"]} == {1, 2}

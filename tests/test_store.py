@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 import torch
 
-from cramfast import report, store, sweep
+from cramfast import grid, report, store, sweep
 from cramfast.errors import CramfastError
 from cramfast.metrics import CompressionResult, make_result
 from test_sweep import fake_compressor
@@ -169,10 +169,10 @@ def test_version_1_database_upgraded_resumed_and_reported(trained_path, tmp_path
     words = tmp_path / "words.txt"
     words.write_text("cat\ndog\nsky\nmat\nfox\n")
     db = tmp_path / "v1.db"
-    g = sweep.build_grid(sweep._parser().parse_args([
+    g = grid.build_grid(sweep._parser().parse_args([
         "--model", trained_path, "--source", "random", "--vocab-file", str(words),
         "--lengths", "8,12", "--samples", "1", "--db", str(db)]))
-    first = sweep.Plan(g).jobs[0]
+    first = grid.SweepJobs(g).jobs[0]
     record = g.settings_record()
     v1_database(db, [v1_row(first.as_dict(), record)])
 
