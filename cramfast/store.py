@@ -1,12 +1,18 @@
 """The results store of ``cramfast.sweep``: one SQLite file, table ``runs``, one row per finished job.
 
-A job is identified by KEY = (model, source, sample, length, n_mem, seed, settings_hash), a
-UNIQUE constraint: a job is stored once whatever happens. Each row is written in its own
-transaction (WAL journal, synchronous=FULL), so a process killed at any moment (kill -9 included)
-leaves every committed row intact and none half-written; rerunning the sweep skips the jobs whose
-key is present. Columns besides the key: every CompressionResult metric, steps, seconds, the token
-ids and greedy-decoded ids (JSON), the text, the mem vectors (safetensors bytes), the model's
-d / V / MaxCap / context, the full settings (JSON), the cramfast version, when and where it ran.
+A job is identified by KEY = (model, source, sample, length, n_mem, seed, settings_hash) (a
+``JobKey``), a UNIQUE constraint: a job is stored once whatever happens. Each row is written in its
+own transaction (WAL journal, synchronous=FULL), so a process killed at any moment (kill -9
+included) leaves every committed row intact and none half-written; rerunning the sweep skips the
+jobs whose key is present.
+
+The columns besides the key are derived, not listed: every field of CompressionResult (its type
+hint gives the SQL type: int and bool INTEGER, float REAL, str TEXT, list and dict JSON TEXT, the
+mem tensor safetensors bytes), ``n_tokens`` and ``mem_shape``, and what the sweep records beside
+the result (PROVENANCE: origin, labels, the model's d / V / MaxCap / context, init_from, the
+sweep's record in ``sweep``, the cramfast version, when and where it ran). A database made by an
+older cramfast is brought up to date when opened: every missing column is added (NULL in its
+rows); see ``Store._migrate`` for what else a version changed.
 
 Sharded runs (torchrun) write ``NAME.rank{r}.db`` beside ``NAME.db``; ``family(path)`` lists a DB
 and its shards, ``read_runs(paths)`` reads and merges them (first copy of a key wins) and tags
@@ -18,59 +24,121 @@ import json
 import socket
 import sqlite3
 import time
+import typing
+from dataclasses import asdict, astuple, dataclass, fields
 from pathlib import Path
 
 import torch
 from safetensors.torch import load as st_load, save as st_save
 
 from cramfast.errors import CramfastError
+from cramfast.metrics import CompressionResult
 
-SCHEMA_VERSION = 1
-KEY = ("model", "source", "sample", "length", "n_mem", "seed", "settings_hash")
+SCHEMA_VERSION = 2
 
-_COLUMNS = [  # name, SQL type; the key columns first
-    ("model", "TEXT NOT NULL"), ("source", "TEXT NOT NULL"), ("sample", "INTEGER NOT NULL"),
-    ("length", "INTEGER NOT NULL"), ("n_mem", "INTEGER NOT NULL"), ("seed", "INTEGER NOT NULL"),
-    ("settings_hash", "TEXT NOT NULL"),
-    ("origin", "TEXT"),                 # grid | search | warm: which sweep mode asked for it
-    ("model_label", "TEXT"), ("source_label", "TEXT"),
-    ("hidden_size", "INTEGER"), ("vocab_size", "INTEGER"), ("max_cap", "INTEGER"),
-    ("context", "INTEGER"),
-    ("n_tokens", "INTEGER"), ("token_ids", "TEXT"), ("decoded_ids", "TEXT"), ("text", "TEXT"),
-    ("steps", "INTEGER"), ("best_step", "INTEGER"), ("stop_reason", "TEXT"),
-    ("accuracy", "REAL"), ("accuracy_without_mem", "REAL"), ("exact", "INTEGER"),
-    ("ce_without_mem", "REAL"), ("ce_with_mem", "REAL"), ("info_gain_nats", "REAL"),
-    ("info_gain_bits", "REAL"), ("token_gain", "REAL"), ("seconds", "REAL"), ("error", "TEXT"),
-    ("mem", "BLOB"), ("mem_shape", "TEXT"),
-    ("init_from", "TEXT"),              # warm start: ref of the row whose mem was the init
-    ("settings", "TEXT"), ("cramfast_version", "TEXT"), ("created_at", "REAL"),
-    ("host", "TEXT"), ("rank", "INTEGER"),
-]
-COLUMNS = [name for name, _ in _COLUMNS]
+
+@dataclass(frozen=True, order=True)
+class JobKey:
+    """One job's identity, the table's UNIQUE key, in column order."""
+    model: str              # a model folder's absolute path, else the name as given
+    source: str             # the source's canonical name (what its texts depend on)
+    sample: int
+    length: int
+    n_mem: int
+    seed: int
+    settings_hash: str      # the settings that change results, hashed
+
+    @property
+    def key(self) -> tuple:
+        return astuple(self)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+KEY = tuple(f.name for f in fields(JobKey))
+
+# What a sweep records beside the result (``result_row`` fills it).
+PROVENANCE = dict(
+    origin=str,             # grid | search | warm: which sweep mode asked for the job
+    model_label=str, source_label=str,
+    hidden_size=int, vocab_size=int, max_cap=int, context=int,
+    init_from=str,          # warm start: ref of the row whose mem was the init
+    sweep=dict,             # the sweep's record: preset, optim, identity, chunking, search, ...
+    cramfast_version=str, created_at=float, host=str, rank=int)
+# Read from the result, stored for queries that should not decode JSON or blobs.
+DERIVED = dict(n_tokens=int, mem_shape=list)
+
+_SQL_TYPES = {int: "INTEGER", float: "REAL", bool: "INTEGER", str: "TEXT", list: "TEXT",
+              dict: "TEXT", torch.Tensor: "BLOB"}
+
+
+def _column_kind(hint) -> type:
+    """The Python type a column holds: ``hint`` without Optional and without its parameters."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        hint = rest[0] if len(rest) == 1 else hint
+    kind = typing.get_origin(hint) or hint
+    if kind not in _SQL_TYPES:
+        raise TypeError(f"cramfast.store: no SQL column type for {hint!r} (known: "
+                        f"{', '.join(t.__name__ for t in _SQL_TYPES)})")
+    return kind
+
+
+def _result_columns() -> dict[str, type]:
+    """Every CompressionResult field but those the key holds (model id, n_mem, seed)."""
+    hints = typing.get_type_hints(CompressionResult)
+    columns = {f.name: _column_kind(hints[f.name]) for f in fields(CompressionResult)
+               if f.name not in KEY}
+    clash = set(columns) & (set(PROVENANCE) | set(DERIVED))
+    if clash:
+        raise TypeError(f"cramfast.store: result field(s) {sorted(clash)} clash with the sweep's "
+                        "columns")
+    return columns
+
+
+_KEY_KINDS = {name: _column_kind(hint) for name, hint in typing.get_type_hints(JobKey).items()}
+RESULT_COLUMNS = _result_columns()
+COLUMN_KINDS = dict(_KEY_KINDS, **PROVENANCE, **RESULT_COLUMNS, **DERIVED)
+COLUMNS = list(COLUMN_KINDS)
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, "
-    + ", ".join(f"{n} {t}" for n, t in _COLUMNS)
+    + ", ".join(f"{n} {_SQL_TYPES[k]}{' NOT NULL' if n in KEY else ''}" for n, k in COLUMN_KINDS.items())
     + f", UNIQUE ({', '.join(KEY)}));"
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);"
 )
+# sqlite errors that mean "this process cannot write here", not "this is no results database"
+_CANNOT_WRITE = ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_IOERR", "SQLITE_FULL",
+                 "SQLITE_AUTH", "SQLITE_BUSY", "SQLITE_LOCKED")
 
 
 class Store:
-    """One SQLite results file, opened for reading and appending."""
+    """One SQLite results file, opened for reading and appending. With ``create`` (writing), the
+    file and its folder are made if missing and a committed write is tried at once, so that a
+    database this process cannot write is refused before any work."""
 
     def __init__(self, path, create: bool = True):
         self.path = Path(path)
         if not create and not self.path.is_file():
             raise CramfastError(f"{self.path}: no such results database")
         if create:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise CramfastError(f"{self.path}: cannot create its folder {self.path.parent} "
+                                    f"({exc.strerror or exc})") from None
         try:
             self.conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")
             self._init_schema(create)
+            if create:
+                self._write_probe()
         except sqlite3.DatabaseError as exc:
+            if getattr(exc, "sqlite_errorname", "").startswith(_CANNOT_WRITE):
+                raise CramfastError(f"{self.path}: cannot write the results database ({exc})") from None
             raise CramfastError(f"{self.path}: not a cramfast results database ({exc})") from None
 
     def _init_schema(self, create: bool):
@@ -81,10 +149,72 @@ class Store:
             self.conn.executescript("BEGIN;" + _SCHEMA +
                                     f"INSERT OR IGNORE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');"
                                     "COMMIT;")
-        version = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if version is None or int(version[0]) > SCHEMA_VERSION:
-            raise CramfastError(f"{self.path}: results schema {version and version[0]} is newer than "
-                                f"this cramfast reads ({SCHEMA_VERSION}); upgrade cramfast")
+        version = self._version()
+        if version > SCHEMA_VERSION:
+            raise CramfastError(f"{self.path}: results schema {version} is newer than this cramfast "
+                                f"reads ({SCHEMA_VERSION}); upgrade cramfast")
+        if version < SCHEMA_VERSION or self._missing_columns():
+            self._migrate()
+
+    def _version(self) -> int:
+        row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            raise CramfastError(f"{self.path}: no schema version: not a cramfast results database")
+        return int(row[0])
+
+    def _missing_columns(self) -> list[str]:
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(runs)")}
+        return [name for name in COLUMNS if name not in have]
+
+    def _migrate(self):
+        """Bring an older database up to SCHEMA_VERSION in one transaction: every column it lacks
+        is added (NULL in the rows it holds). Version 1 kept the sweep's record in ``settings``:
+        it moves to ``sweep``, and ``settings`` gets the record's optimizer settings (what the
+        result's own settings hold). Another process may have migrated it meanwhile: both are
+        decided again under the write lock."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            version = self._version()
+            for name in self._missing_columns():
+                self.conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {_SQL_TYPES[COLUMN_KINDS[name]]}")
+            if version < 2:
+                self._move_sweep_records()
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+                              (str(max(version, SCHEMA_VERSION)),))
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise CramfastError(f"{self.path}: cannot upgrade the results database to schema "
+                                f"{SCHEMA_VERSION} ({exc})") from None
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _move_sweep_records(self):
+        moved = []
+        for row_id, text in self.conn.execute("SELECT id, settings FROM runs").fetchall():
+            record = json.loads(text) if text else None
+            if isinstance(record, dict) and ("optim" in record or "identity" in record):
+                optim = record.get("optim")
+                moved.append((text, None if optim is None else json.dumps(optim, sort_keys=True), row_id))
+        self.conn.executemany("UPDATE runs SET sweep = ?, settings = ? WHERE id = ?", moved)
+
+    def _write_probe(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('opened_for_writing_at', ?)",
+                              (repr(time.time()),))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback(self):
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the transaction is gone with the failure that got us here
 
     def close(self):
         self.conn.close()
@@ -96,18 +226,23 @@ class Store:
         self.close()
 
     def add(self, row: dict) -> bool:
-        """Insert one finished job in its own transaction; False if its key is already stored."""
+        """Insert one finished job in its own transaction; False if its key is already stored.
+        An sqlite failure is one line naming this database; the rows committed before it stay."""
         names = [c for c in COLUMNS if c in row]
         missing = [k for k in KEY if k not in row]
         if missing:
             raise ValueError(f"row lacks key column(s) {missing}")
         sql = f"INSERT OR IGNORE INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
-        self.conn.execute("BEGIN IMMEDIATE")
         try:
+            self.conn.execute("BEGIN IMMEDIATE")
             cur = self.conn.execute(sql, [row[c] for c in names])
             self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise CramfastError(f"{self.path}: cannot store a finished job ({exc}); the rows "
+                                "stored before it stay") from None
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            self._rollback()
             raise
         return cur.rowcount == 1
 
@@ -148,27 +283,33 @@ def blob_to_mem(blob: bytes) -> torch.Tensor:
     return st_load(bytes(blob))["mem"]
 
 
+def _sql_value(value, kind: type):
+    if value is None:
+        return None
+    if kind in (list, dict):
+        return json.dumps(value, sort_keys=True)
+    if kind is bool:
+        return int(bool(value))
+    if kind is torch.Tensor:
+        return mem_to_blob(value)
+    return value
+
+
 def result_row(result, *, key: dict, origin: str = "grid", model_info: dict | None = None,
                source_label: str | None = None, init_from: str | None = None,
-               settings: dict | None = None, rank: int = 0) -> dict:
-    """A ``runs`` row from a CompressionResult and its job identity ``key`` (the KEY columns)."""
+               sweep: dict | None = None, rank: int = 0) -> dict:
+    """A ``runs`` row from a CompressionResult, its job identity ``key`` (the KEY columns) and
+    what the sweep records beside it (``sweep``: its record of the run's settings)."""
     from cramfast import __version__
     info = model_info or {}
-    return dict(
-        key, origin=origin, model_label=info.get("label"), source_label=source_label,
+    provenance = dict(
+        origin=origin, model_label=info.get("label"), source_label=source_label,
         hidden_size=info.get("hidden_size"), vocab_size=info.get("vocab_size"),
-        max_cap=info.get("max_cap"), context=info.get("context"),
-        n_tokens=len(result.token_ids), token_ids=json.dumps(result.token_ids),
-        decoded_ids=json.dumps(result.decoded_ids), text=result.text,
-        steps=result.steps, best_step=result.best_step, stop_reason=result.stop_reason,
-        accuracy=result.accuracy, accuracy_without_mem=result.accuracy_without_mem,
-        exact=int(bool(result.exact)), ce_without_mem=result.ce_without_mem,
-        ce_with_mem=result.ce_with_mem, info_gain_nats=result.info_gain_nats,
-        info_gain_bits=result.info_gain_bits, token_gain=result.token_gain,
-        seconds=result.seconds, error=result.error, mem=mem_to_blob(result.mem),
-        mem_shape=json.dumps(list(result.mem.shape)), init_from=init_from,
-        settings=json.dumps(settings if settings is not None else result.settings, sort_keys=True),
+        max_cap=info.get("max_cap"), context=info.get("context"), init_from=init_from, sweep=sweep,
         cramfast_version=__version__, created_at=time.time(), host=socket.gethostname(), rank=rank)
+    values = dict({name: getattr(result, name) for name in RESULT_COLUMNS}, **provenance,
+                  n_tokens=len(result.token_ids), mem_shape=list(result.mem.shape))
+    return dict(key, **{name: _sql_value(v, COLUMN_KINDS[name]) for name, v in values.items()})
 
 
 # ---------------------------------------------------------------------------------------------

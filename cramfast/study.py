@@ -17,16 +17,21 @@ import sys
 import time
 from pathlib import Path
 
+from cramfast import clitools
+from cramfast.errors import CramfastError
 from cramfast.presets import PRESETS
 from cramfast.settings import PER_TEXT, parse_settings, preset_settings, split
-from cramfast.report import write_csv
-from cramfast.errors import CramfastError
+from cramfast.tables import markdown_table, write_csv
 
 # The default candidates. A candidate is settings joined by "+", each key=value of
 # the per-text settings (settings.PER_TEXT), optionally after a preset's name (else over "paper"); lr
 # may be given as a multiple of std(E) ("0.2std").
 CANDIDATES = ("paper", "lr=0.2std", "lr=0.5std", "lr=0.5std+decay_steps=300",
               "lr=0.2std+stall_steps=100", "lr=0.5std+decay_steps=300+stall_steps=100")
+
+# a bad setting's error names the flag that sets it: a candidate's, or the study's budget
+SETTING_FLAGS = dict({name: "--candidates" for name in PER_TEXT},
+                     max_steps="--max-steps", patience="--patience")
 
 
 def parse_candidate(spec: str) -> dict:
@@ -90,14 +95,28 @@ def summarize(length, n_mem, name, results, batch_seconds):
 
 
 def markdown(rows) -> str:
+    """The study's rows as a markdown table, one column per key of the first row."""
     cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
+    return markdown_table(cols, [[_fmt(r[c]) for c in cols] for r in rows])
 
 
 def _fmt(v):
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def capacity_lines(rows) -> list[str]:
+    """Per (n_mem, candidate): the paper's capacity (largest L with mean accuracy >= 0.99),
+    only over the lengths this study tried and within its step budget: a lower bound."""
+    from cramfast.metrics import capacity
+    out = []
+    for n_mem, name in dict.fromkeys((r["n_mem"], r["candidate"]) for r in rows):
+        mine = [r for r in rows if (r["n_mem"], r["candidate"]) == (n_mem, name)]
+        cap = capacity((r["length"], r["mean_accuracy"]) for r in mine)
+        lengths = [r["length"] for r in mine]
+        found = cap if cap else f"< {min(lengths)}"
+        out.append(f"capacity, m={n_mem}, {name}: {found} (largest L with mean accuracy >= 0.99 "
+                   f"among L = {','.join(map(str, lengths))}; a lower bound)")
+    return out
 
 
 def plot(rows, path: Path):
@@ -119,7 +138,7 @@ def plot(rows, path: Path):
     fig.savefig(path, dpi=120)
 
 
-def main(argv=None) -> int:
+def _parser():
     p = argparse.ArgumentParser(prog="python -m cramfast.study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", choices=["optimizer"])
@@ -135,13 +154,17 @@ def main(argv=None) -> int:
     p.add_argument("--patience", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/study")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    return clitools.run("cramfast", lambda: _study_and_write(args), flags=SETTING_FLAGS)
+
+
+def _study_and_write(args) -> int:
     texts = []
-    try:
-        rows = _run(args, texts)
-    except CramfastError as exc:
-        print(f"cramfast: error: {exc}", file=sys.stderr)
-        return 2
+    rows = _sample_texts_and_study(args, texts)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown(rows)
@@ -156,22 +179,9 @@ def main(argv=None) -> int:
     return 0
 
 
-def capacity_lines(rows) -> list[str]:
-    """Per (n_mem, candidate): the paper's capacity (largest L with mean accuracy >= 0.99),
-    only over the lengths this study tried and within its step budget: a lower bound."""
-    from cramfast.metrics import capacity
-    out = []
-    for n_mem, name in dict.fromkeys((r["n_mem"], r["candidate"]) for r in rows):
-        mine = [r for r in rows if (r["n_mem"], r["candidate"]) == (n_mem, name)]
-        cap = capacity((r["length"], r["mean_accuracy"]) for r in mine)
-        lengths = [r["length"] for r in mine]
-        found = cap if cap else f"< {min(lengths)}"
-        out.append(f"capacity, m={n_mem}, {name}: {found} (largest L with mean accuracy >= 0.99 "
-                   f"among L = {','.join(map(str, lengths))}; a lower bound)")
-    return out
-
-
-def _run(args, texts_out):
+def _sample_texts_and_study(args, texts_out):
+    """The study the flags ask for: passages sampled from --file at each length, every
+    candidate run on them."""
     import cramfast
     from cramfast import sources
     candidates = {n: parse_candidate(n) for n in args.candidates.split(",") if n}

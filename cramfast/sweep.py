@@ -5,23 +5,11 @@
     torchrun --nproc-per-node 4 -m cramfast.sweep ...                        # ranks share the jobs
     python -m cramfast.report runs.db --out report/
 
-The grid is models x sources x lengths x n_mem x samples x seeds. A job is one (model, source,
-sample, length, n_mem, seed, settings) and is computed once: every finished job is one row of
-the store (cramfast.store), written as soon as it finishes; rerunning the same command skips the
-stored ones, so a sweep killed at any moment resumes where it was.
-
-Texts. Sample i of a source is one text whatever the grid: for a file or a folder of .txt files
-(Gutenberg header/footer stripped), the token stream that starts at the i-th paragraph of a
-seeded shuffle of the paragraph starts (starts with >= 16,000 characters after them in their book
-where there are any; the stream continues from the book's start at its end); the job of length L
-takes the first L tokens (``chunking = "prefix"``, the default), or, with ``chunking = "paper"``,
-the paper's chunking: a span of text from that start is split into sentences, its second half is
-kept and the first L tokens of that are used. ``random``: the paper's random-word text, 5 L words
-drawn uniformly from wordfreq's 100,000 most frequent English words (or ``--vocab-file``),
-tokenized and cut to L; the words of sample i come from a generator seeded with
-(sample seed, i), so the text of length L is a prefix of the text of length 2 L. ``pg19[:split]``
-loads PG-19 through the ``datasets`` package (offline: from its cache). The sampling seed
-(``--sample-seed``) and chunking are part of the source's identity, stored in column ``source``.
+The grid is models x sources x lengths x n_mem x samples x seeds (cramfast.grid). A job is one
+(model, source, sample, length, n_mem, seed, settings) and is computed once: every finished job is
+one row of the store (cramfast.store), written as soon as it finishes; rerunning the same command
+skips the stored ones, so a sweep killed at any moment resumes where it was. Sample i of a source
+is one text whatever the grid, its lengths prefixes of each other (cramfast.sources.open_source).
 
 Modes beyond the paper's fixed grid:
   --search capacity   per text, the largest lossless L (teacher-forced accuracy 1.0) by doubling
@@ -34,375 +22,26 @@ Modes beyond the paper's fixed grid:
 Scale-out: under torchrun (RANK / WORLD_SIZE set) rank r takes every WORLD_SIZE-th job (text, in
 the search and warm-start modes) of the deterministic job list and writes ``DB.rank{r}.db``;
 every rank skips jobs stored in the DB or any of its shards; ``cramfast.report DB`` merges them.
-Bad input: one line on stderr, exit code 2, nothing stored is touched.
+Bad input, and a database that cannot be written: one line on stderr, exit code 2, checked before
+any work; nothing stored is touched.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
-import random
-import re
 import sys
 import time
-import tomllib
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from cramfast import sources, store
-from cramfast.settings import RESULT_SETTINGS, defaults, parse_settings, preset_settings, split
+from cramfast import clitools, store
 from cramfast.errors import CramfastError
+from cramfast.grid import Grid, SweepJobs, build_grid, shipped_grids, text_of
+from cramfast.store import JobKey
 
-GRIDS_DIR = Path(__file__).with_name("grids")
-PAPER_LENGTHS = (8, 16, 32, 64, 80, 96, 128, 160, 192, 256, 384, 512, 768, 1024, 1280, 1568, 2048)
-DEFAULTS = dict(models=None, sources=None, lengths="8,16,32", n_mem="1", samples=4, seeds="0",
-                db="sweep.db", preset="paper", dtype=None, backend=None, max_steps=None, lr=None, set=None,
-                patience=None, max_slots=None, chunking="prefix", sample_seed=0, vocab_file=None,
-                search=None, search_tol=1, warm_start=False)
-CONFIG_KEYS = set(DEFAULTS) | {"model", "source"}
-HASHED_SETTINGS = RESULT_SETTINGS   # what a result depends on (batch size, sync do not)
-TAIL_CHARS = 16_000   # a passage starts where at least this much of its book follows, if it can
-TOKEN_MARGIN = 8      # tokens beyond L that a window must yield, so that the cut is stable
-
-
-# ---------------------------------------------------------------------------------------------
-# the grid
-
-
-@dataclass
-class Grid:
-    models: list[str]
-    sources: list[str]
-    lengths: list[int]
-    n_mem: list[int]
-    samples: int
-    seeds: list[int]
-    db: str = "sweep.db"
-    preset: str = "paper"
-    optim: dict = field(default_factory=dict)     # settings overrides (None-free)
-    dtype: str | None = None
-    backend: str | None = None
-    chunking: str = "prefix"
-    sample_seed: int = 0
-    vocab_file: str | None = None
-    search: str | None = None                     # None | "capacity"
-    search_tol: int = 1
-    lengths_given: bool = True
-    warm_start: bool = False
-
-    def settings(self) -> dict:
-        """The full optimization settings the jobs run with (preset + overrides)."""
-        text, batch = split(preset_settings(self.preset, **self.optim))
-        return dict(text.to_dict(), **batch.to_dict())
-
-    def identity(self) -> dict:
-        """What the results depend on (not batching or sync knobs): hashed into the job key.
-        Only the settings that differ from the published protocol (OptimSettings' defaults)
-        enter it, so a setting added later, off by default, leaves stored keys as they are."""
-        from cramfast.models import parse_dtype
-        optim, published = self.settings(), defaults()
-        changed = {k: optim[k] for k in HASHED_SETTINGS if optim[k] != published[k]}
-        return dict(changed, dtype=str(parse_dtype(self.dtype)), warm_start=self.warm_start)
-
-    def settings_hash(self) -> str:
-        text = json.dumps(self.identity(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-    def settings_record(self) -> dict:
-        return dict(optim=self.settings(), preset=self.preset, identity=self.identity(),
-                    backend=self.backend, chunking=self.chunking, sample_seed=self.sample_seed,
-                    search=self.search, search_tol=self.search_tol)
-
-
-def _parser():
-    p = argparse.ArgumentParser(prog="python -m cramfast.sweep", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="grid TOML file, or the name of a shipped grid "
-                   f"({', '.join(sorted(p.stem for p in GRIDS_DIR.glob('*.toml')))}); flags override it")
-    p.add_argument("--model", action="append", dest="models",
-                   help="HF folder, cached HF id, or smollm2-135m-q4 (the default); repeatable")
-    p.add_argument("--source", action="append", dest="sources",
-                   help="a text file, a folder of .txt files, 'random', or 'pg19[:split]'; repeatable")
-    p.add_argument("--lengths", help="text lengths in tokens, e.g. 8,16,32 (default 8,16,32)")
-    p.add_argument("--n-mem", help="numbers of mem vectors, e.g. 1,2 (default 1)")
-    p.add_argument("--samples", type=int, help="texts per source (default 4)")
-    p.add_argument("--seeds", help="mem-init seeds, e.g. 0,1 (default 0)")
-    p.add_argument("--db", help="SQLite results file (default sweep.db)")
-    p.add_argument("--preset", help="optimization settings: paper (default) or fast")
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--patience", type=int)
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="any setting that changes results (the per-text ones and fill_slots), "
-                        "e.g. --set stall_steps=100 (repeatable; in TOML: "
-                        "set = [\"stall_steps=100\"])")
-    p.add_argument("--max-slots", type=int, help="texts optimized at once (not part of the job key)")
-    p.add_argument("--dtype", help="model weights: fp32 (default), bf16, fp16, fp64")
-    p.add_argument("--backend", help="kernels: auto | triton | torch")
-    p.add_argument("--chunking", choices=["prefix", "paper"], help="how passages are cut (see above)")
-    p.add_argument("--sample-seed", type=int, help="seed of the text sampling (default 0)")
-    p.add_argument("--vocab-file", help="word list for 'random' (one word a line; default wordfreq)")
-    p.add_argument("--search", choices=["capacity"], help="per text, the largest lossless length")
-    p.add_argument("--search-tol", type=int, help="bisection stops when hi - lo <= this (default 1)")
-    p.add_argument("--warm-start", action="store_true", default=None,
-                   help="start each length from the previous length's mem (not the paper's protocol)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar: a few log lines")
-    return p
-
-
-def _int_list(value, name) -> list[int]:
-    if isinstance(value, int):
-        return [value]
-    if isinstance(value, str):
-        value = [v for v in re.split(r"[,\s]+", value.strip()) if v]
-    try:
-        return [int(v) for v in value]
-    except (TypeError, ValueError):
-        raise CramfastError(f"{name}: expected integers like 8,16,32, got {value!r}") from None
-
-
-def load_config(name) -> dict:
-    """A grid TOML file (or a shipped grid's name) as a dict of known keys."""
-    path = Path(name)
-    if not path.is_file() and (GRIDS_DIR / f"{name}.toml").is_file():
-        path = GRIDS_DIR / f"{name}.toml"
-    if not path.is_file():
-        raise CramfastError(f"{name}: no such grid file (shipped grids: "
-                            f"{', '.join(sorted(p.stem for p in GRIDS_DIR.glob('*.toml')))})")
-    try:
-        config = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise CramfastError(f"{path}: bad TOML: {exc}") from None
-    unknown = sorted(set(config) - CONFIG_KEYS)
-    if unknown:
-        raise CramfastError(f"{path}: unknown key(s) {', '.join(unknown)}; known: "
-                            f"{', '.join(sorted(CONFIG_KEYS))}")
-    for one, many in (("model", "models"), ("source", "sources")):
-        if one in config:
-            config.setdefault(many, config.pop(one))
-        if isinstance(config.get(many), str):
-            config[many] = [config[many]]
-    return config
-
-
-def build_grid(args) -> Grid:
-    """Flags over the config file over the defaults; every value checked."""
-    try:
-        return _build_grid(args)
-    except CramfastError:
-        raise
-    except (TypeError, ValueError) as exc:  # a TOML value of the wrong type
-        raise CramfastError(f"bad grid value: {exc}") from None
-
-
-def _build_grid(args) -> Grid:
-    config = load_config(args.config) if args.config else {}
-    merged = dict(DEFAULTS)
-    merged.update(config)
-    flags = {k: v for k, v in vars(args).items() if v is not None and k in DEFAULTS}
-    merged.update(flags)
-    lengths_given = "lengths" in config or "lengths" in flags
-    from cramfast.models import DEFAULT_MODEL
-    models = [str(m) for m in (merged["models"] or [DEFAULT_MODEL])]
-    if not merged["sources"]:
-        raise CramfastError("no source: pass --source (a text file, a folder of .txt files, "
-                            "'random' or 'pg19')")
-    grid = Grid(
-        models=list(dict.fromkeys(models)), sources=list(dict.fromkeys(map(str, merged["sources"]))),
-        lengths=sorted(set(_int_list(merged["lengths"], "lengths"))),
-        n_mem=sorted(set(_int_list(merged["n_mem"], "n_mem"))),
-        samples=int(merged["samples"]), seeds=sorted(set(_int_list(merged["seeds"], "seeds"))),
-        db=str(merged["db"]), preset=merged["preset"], dtype=merged["dtype"], backend=merged["backend"],
-        optim=dict({k: merged[k] for k in ("max_steps", "lr", "patience", "max_slots")
-                    if merged[k] is not None}, **parse_settings(merged["set"] or [])),
-        chunking=merged["chunking"], sample_seed=int(merged["sample_seed"]),
-        vocab_file=merged["vocab_file"], search=merged["search"], search_tol=int(merged["search_tol"]),
-        lengths_given=lengths_given, warm_start=bool(merged["warm_start"]))
-    if not grid.lengths or not grid.n_mem or not grid.seeds or grid.samples < 1:
-        raise CramfastError("empty grid: lengths, n_mem and seeds need at least one value each "
-                            "and samples must be >= 1")
-    if min(grid.lengths) < 2:
-        raise CramfastError(f"lengths must be >= 2 tokens, got {min(grid.lengths)}")
-    if min(grid.n_mem) < 1:
-        raise CramfastError(f"n_mem must be >= 1, got {min(grid.n_mem)}")
-    if grid.chunking not in ("prefix", "paper"):
-        raise CramfastError(f"chunking must be 'prefix' or 'paper', got {grid.chunking!r}")
-    if grid.search not in (None, "capacity"):
-        raise CramfastError(f"search must be 'capacity', got {grid.search!r}")
-    if grid.search and grid.warm_start:
-        raise CramfastError("--search capacity and --warm-start do not combine (yet)")
-    if grid.search_tol < 1:
-        raise CramfastError("search_tol must be >= 1")
-    grid.settings()  # unknown preset, bad lr/max_steps: now, before any work
-    return grid
-
-
-# ---------------------------------------------------------------------------------------------
-# text sources
-
-
-class FileSource:
-    """Texts from books (files, a folder, or PG-19 records): sample i is the token stream from
-    the i-th start of a seeded shuffle of paragraph starts."""
-
-    def __init__(self, canonical: str, label: str, books: list[str], chunking: str, sample_seed: int):
-        self.canonical, self.label, self.chunking = canonical, label, chunking
-        self.books = [sources.paragraphs(b) for b in books]
-        starts, fallback = [], []
-        for b, paras in enumerate(self.books):
-            tail = 0
-            for p in range(len(paras) - 1, -1, -1):
-                tail += len(paras[p]) + 2
-                (starts if tail >= TAIL_CHARS else fallback).append((b, p))
-        self.starts = sorted(starts) or sorted(fallback)
-        random.Random(f"passages:{sample_seed}").shuffle(self.starts)
-
-    def check(self, samples: int):
-        if samples > len(self.starts):
-            raise CramfastError(f"{self.label}: yields {len(self.starts)} distinct passages, "
-                                f"{samples} samples asked for")
-
-    def stream(self, sample: int, chars: int) -> str:
-        """At least ``chars`` characters of sample ``sample``'s text (wrapping at its book's end)."""
-        b, p = self.starts[sample]
-        paras, parts, n = self.books[b], [], 0
-        while n < chars:
-            parts.append(paras[p])
-            n += len(paras[p]) + 2
-            p = (p + 1) % len(paras)
-        return "\n\n".join(parts)
-
-    def tokens(self, tokenizer, sample: int, length: int) -> list[int]:
-        chars = 6 * length + 64
-        while True:
-            if self.chunking == "paper":
-                ids = _paper_chunk(tokenizer, self.stream(sample, max(chars, 24_000)))
-            else:
-                ids = tokenizer(self.stream(sample, chars))["input_ids"]
-            if len(ids) >= length + TOKEN_MARGIN:
-                return ids[:length]
-            chars *= 2
-
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"'\u201d\u2019)]*\s+")
-
-
-def _paper_chunk(tokenizer, span: str) -> list[int]:
-    """The paper's chunking: sentence-split a span, keep its second half."""
-    sentences = [s for s in _SENTENCE_END.split(span.replace("\n\n", " ")) if s.strip()]
-    return tokenizer(" ".join(sentences[len(sentences) // 2:]))["input_ids"]
-
-
-class RandomSource:
-    """The paper's random-word texts: 5 L words, uniform over the vocabulary, cut to L tokens."""
-
-    def __init__(self, vocab: list[str], vocab_id: str, sample_seed: int):
-        self.vocab, self.sample_seed = vocab, sample_seed
-        self.canonical = f"random:{vocab_id}?sample_seed={sample_seed}"
-        self.label = "random"
-
-    def check(self, samples: int):
-        pass
-
-    def tokens(self, tokenizer, sample: int, length: int) -> list[int]:
-        text = sources.random_word_text(5 * length, f"{self.sample_seed}:{sample}", self.vocab)
-        return tokenizer(text)["input_ids"][:length]
-
-
-def open_source(spec: str, chunking: str = "prefix", sample_seed: int = 0, vocab_file=None):
-    opts = f"?chunking={chunking}&sample_seed={sample_seed}"
-    if spec == "random":
-        if vocab_file:
-            try:
-                vocab = [w.strip() for w in Path(vocab_file).read_text(encoding="utf-8").splitlines()]
-            except (OSError, UnicodeDecodeError) as exc:
-                raise CramfastError(f"{vocab_file}: cannot read the word list ({exc})") from None
-            vocab, name = [w for w in vocab if w], "vocab"
-        else:
-            vocab, name = _wordfreq_vocab(), "wordfreq-en-100k"
-        if not vocab:
-            raise CramfastError(f"{vocab_file}: the word list is empty")
-        digest = hashlib.sha256("\n".join(vocab).encode()).hexdigest()[:12]
-        return RandomSource(vocab, f"{name}-{digest}", sample_seed)
-    if spec == "pg19" or spec.startswith("pg19:"):
-        split = spec.partition(":")[2] or "test"
-        return FileSource(f"pg19:{split}{opts}", "pg19", _pg19_books(split), chunking, sample_seed)
-    path = Path(spec)
-    if not path.exists():
-        raise CramfastError(f"{spec}: no such file or directory (a source is a text file, a folder "
-                            "of .txt files, 'random' or 'pg19[:split]')")
-    files = sources.text_files(path)
-    books = [sources.read_text_file(f) for f in files]
-    kind = "dir" if path.is_dir() else "file"
-    return FileSource(f"{kind}:{path.resolve()}{opts}", path.name, books, chunking, sample_seed)
-
-
-def _wordfreq_vocab() -> list[str]:
-    try:
-        from wordfreq import top_n_list
-    except ImportError:
-        raise CramfastError("source 'random' needs the wordfreq package (pip install wordfreq) "
-                            "or --vocab-file") from None
-    return top_n_list("en", 100_000)
-
-
-def _pg19_books(split: str) -> list[str]:
-    try:
-        import datasets
-    except ImportError:
-        raise CramfastError("source 'pg19' needs the datasets package (pip install datasets) and "
-                            "a reachable hub or its cache; or pass a local copy as a folder of "
-                            ".txt files") from None
-    try:
-        records = datasets.load_dataset("deepmind/pg19", split=split)
-        return [r["text"] for r in records]
-    except Exception as exc:  # noqa: BLE001 - any hub/cache failure becomes one line
-        raise CramfastError(f"cannot load PG-19 ({split}) through datasets: "
-                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# models and jobs
-
-
-@dataclass(frozen=True, order=True)
-class Job:
-    """One job's identity: the store's KEY, in order."""
-    model: str
-    source: str
-    sample: int
-    length: int
-    n_mem: int
-    seed: int
-    settings_hash: str
-
-    @property
-    def key(self) -> tuple:
-        return astuple(self)
-
-    def as_dict(self) -> dict:
-        return dict(zip(store.KEY, self.key))
-
-
-def model_id(name: str) -> str:
-    """A model's identity in the store: a folder's absolute path, else the name as given."""
-    return str(Path(name).resolve()) if Path(name).is_dir() else name
-
-
-def model_context(name: str) -> int | None:
-    """The model's context length from its config alone (the weights are loaded later)."""
-    from cramfast import models
-    path = models.embedded_model_path() if name == models.DEFAULT_MODEL else models.local_path(name)
-    from transformers import AutoConfig
-    try:
-        cfg = AutoConfig.from_pretrained(path)
-    except Exception as exc:  # noqa: BLE001
-        raise CramfastError(f"cannot read model {name!r}: {str(exc).splitlines()[0]}") from None
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        if getattr(cfg, key, None):
-            return int(getattr(cfg, key))
-    return None
+# the flags of this program that set a setting (clitools names them in a bad setting's error)
+SETTING_FLAGS = {"max_steps": "--max-steps", "lr": "--lr", "patience": "--patience",
+                 "max_slots": "--max-slots"}
 
 
 def rank_world() -> tuple[int, int]:
@@ -413,48 +52,6 @@ def rank_world() -> tuple[int, int]:
     if world < 1 or not 0 <= rank < world:
         raise CramfastError(f"bad RANK={rank} / WORLD_SIZE={world}")
     return rank, world
-
-
-class Plan:
-    """Everything checked and enumerated before any work: sources opened, models resolved,
-    the deterministic job list (jobs past a model's context left out)."""
-
-    def __init__(self, grid: Grid):
-        self.grid = grid
-        self.sources = {}
-        for spec in grid.sources:
-            src = open_source(spec, grid.chunking, grid.sample_seed, grid.vocab_file)
-            src.check(grid.samples)
-            self.sources[src.canonical] = src
-        self.models = {model_id(m): m for m in grid.models}
-        self.contexts = {mid: model_context(name) for mid, name in self.models.items()}
-        self.hash = grid.settings_hash()
-        self.skipped = 0
-        self.jobs: list[Job] = []
-        for mid in self.models:
-            for n_mem in grid.n_mem:
-                for seed in grid.seeds:
-                    for canonical in self.sources:
-                        for sample in range(grid.samples):
-                            for length in grid.lengths:
-                                if self.fits(mid, length, n_mem):
-                                    self.jobs.append(Job(mid, canonical, sample, length, n_mem,
-                                                         seed, self.hash))
-                                else:
-                                    self.skipped += 1
-        if not self.jobs and not grid.search:
-            raise CramfastError("empty grid: every length + n_mem exceeds the models' context")
-
-    def fits(self, mid: str, length: int, n_mem: int) -> bool:
-        context = self.contexts[mid]
-        return context is None or length + n_mem <= context
-
-    def texts(self) -> list[tuple]:
-        """(model id, source, sample, n_mem, seed): the unit of the search and warm-start modes."""
-        return list(dict.fromkeys((j.model, j.source, j.sample, j.n_mem, j.seed) for j in self.jobs)) \
-            if not self.grid.search else [
-                (mid, src, sample, n_mem, seed) for mid in self.models for n_mem in self.grid.n_mem
-                for seed in self.grid.seeds for src in self.sources for sample in range(self.grid.samples)]
 
 
 def share(items: list, rank: int, world: int) -> list:
@@ -523,15 +120,16 @@ def run_sweep(grid: Grid, quiet: bool = False, compress_iter=None, rank: int | N
     if rank is None:
         rank, world = rank_world()
     world = world or 1
-    plan = Plan(grid)
     db = store.shard_path(grid.db, rank) if world > 1 else Path(grid.db)
-    stored = store.family_key_values(grid.db, "accuracy")
-    out = store.Store(db)  # created now: a bad --db fails before any work
-    summary = Summary(db=str(db), skipped_context=0 if grid.search else plan.skipped,
-                      mode="search" if grid.search else "warm" if grid.warm_start else "grid")
-    runner = _Runner(grid, plan, out, stored, quiet, rank, world, compress_iter, summary)
+    out = store.Store(db)  # opened with a committed write: a --db that cannot be written fails now
+    runner = None
     start = time.perf_counter()
     try:
+        sweep_jobs = SweepJobs(grid)
+        stored = store.family_key_values(grid.db, "accuracy")
+        summary = Summary(db=str(db), skipped_context=0 if grid.search else sweep_jobs.skipped,
+                          mode="search" if grid.search else "warm" if grid.warm_start else "grid")
+        runner = _RankRunner(grid, sweep_jobs, out, stored, quiet, rank, world, compress_iter, summary)
         if grid.search:
             runner.search()
         elif grid.warm_start:
@@ -539,25 +137,29 @@ def run_sweep(grid: Grid, quiet: bool = False, compress_iter=None, rank: int | N
         else:
             runner.grid_jobs()
     finally:
-        runner.progress and runner.progress.close()
+        if runner and runner.progress:
+            runner.progress.close()
         out.close()
-        summary.seconds = time.perf_counter() - start
+    summary.seconds = time.perf_counter() - start
     return summary
 
 
-class _Runner:
-    def __init__(self, grid, plan, out, stored, quiet, rank, world, compress_iter, summary):
-        self.grid, self.plan, self.out, self.stored = grid, plan, out, stored
+class _RankRunner:
+    """Computes this rank's share of a sweep in one of the three modes (a method each), storing
+    every finished job the moment it is yielded."""
+
+    def __init__(self, grid, sweep_jobs, out, stored, quiet, rank, world, compress_iter, summary):
+        self.grid, self.sweep_jobs, self.out, self.stored = grid, sweep_jobs, out, stored
         self.quiet, self.rank, self.world = quiet, rank, world
         self.compress_iter, self.summary = compress_iter, summary
         self.progress = None
         self.record = grid.settings_record()
         self.loaded = None          # (model id, LoadedModel) of the model in memory
 
-    # -- the three modes ---------------------------------------------------------------------
+    # -- the three modes: the grid's jobs, warm-started lengths, the capacity search ----------
 
     def grid_jobs(self):
-        mine = share(self.plan.jobs, self.rank, self.world)
+        mine = share(self.sweep_jobs.jobs, self.rank, self.world)
         todo = [j for j in mine if j.key not in self.stored]
         self._start(len(mine), len(mine) - len(todo))
         for (mid, n_mem, seed), jobs in _groups(todo, lambda j: (j.model, j.n_mem, j.seed)):
@@ -565,8 +167,8 @@ class _Runner:
             self._compress(lm, jobs, n_mem, seed, origin="grid")
 
     def warm(self):
-        units = set(share(self.plan.texts(), self.rank, self.world))
-        jobs = [j for j in self.plan.jobs if (j.model, j.source, j.sample, j.n_mem, j.seed) in units]
+        units = set(share(self.sweep_jobs.texts(), self.rank, self.world))
+        jobs = [j for j in self.sweep_jobs.jobs if text_of(j) in units]
         todo = [j for j in jobs if j.key not in self.stored]
         self._start(len(jobs), len(jobs) - len(todo))
         for (mid, n_mem, seed), group in _groups(todo, lambda j: (j.model, j.n_mem, j.seed)):
@@ -577,11 +179,11 @@ class _Runner:
                     self._compress(lm, round_jobs, n_mem, seed, origin="warm", warm=True)
 
     def search(self):
-        units = share(self.plan.texts(), self.rank, self.world)
+        units = share(self.sweep_jobs.texts(), self.rank, self.world)
         self._start(len(units), 0, unit="text")
         lo_len = min(self.grid.lengths) if self.grid.lengths_given else 8
         for (mid, n_mem, seed), group in _groups(units, lambda u: (u[0], u[3], u[4])):
-            cap = self.plan.contexts[mid] - n_mem if self.plan.contexts[mid] else None
+            cap = self.sweep_jobs.contexts[mid] - n_mem if self.sweep_jobs.contexts[mid] else None
             if self.grid.lengths_given:
                 cap = min(cap, max(self.grid.lengths)) if cap else max(self.grid.lengths)
             if cap is None:
@@ -595,7 +197,8 @@ class _Runner:
                     if length is None:
                         finished.append(unit)
                     else:
-                        probes.append(Job(mid, unit[1], unit[2], length, n_mem, seed, self.plan.hash))
+                        probes.append(JobKey(mid, unit[1], unit[2], length, n_mem, seed,
+                                             self.sweep_jobs.hash))
                 for unit in finished:
                     self.summary.search[unit] = state.pop(unit)[0]
                     self.progress.update(1, 0)
@@ -605,9 +208,8 @@ class _Runner:
                     lm = lm or self._load(mid)
                     self._compress(lm, todo, n_mem, seed, origin="search", count=False)
                 for job in probes:
-                    unit = (job.model, job.source, job.sample, job.n_mem, job.seed)
                     lossless = self.stored[job.key][0] >= 1.0
-                    state[unit][0 if lossless else 1] = job.length
+                    state[text_of(job)][0 if lossless else 1] = job.length
 
     # -- shared machinery --------------------------------------------------------------------
 
@@ -615,7 +217,7 @@ class _Runner:
         self.summary.total, self.summary.already = total, done
         self.progress = Progress(total, done, self.quiet, self.rank, self.world, unit)
         if self.summary.skipped_context:
-            self.progress.log(f"{self.plan.skipped} job(s) left out: length + n_mem past the "
+            self.progress.log(f"{self.sweep_jobs.skipped} job(s) left out: length + n_mem past the "
                               "model's context")
 
     def _load(self, mid):
@@ -629,7 +231,7 @@ class _Runner:
             import torch
             if torch.cuda.is_available():
                 device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
-        lm = cramfast.load_model(self.plan.models[mid], dtype=self.grid.dtype, device=device)
+        lm = cramfast.load_model(self.sweep_jobs.models[mid], dtype=self.grid.dtype, device=device)
         self.model_info = dict(label=Path(mid).name if Path(mid).is_dir() else mid,
                                hidden_size=lm.hidden_size, vocab_size=lm.vocab_size,
                                max_cap=lm.theoretical_capacity(), context=lm.max_positions)
@@ -637,7 +239,7 @@ class _Runner:
         return lm
 
     def _compress(self, lm, jobs, n_mem, seed, origin, warm=False, count=True):
-        texts = [self.plan.sources[j.source].tokens(lm.tokenizer, j.sample, j.length) for j in jobs]
+        texts = [self.sweep_jobs.tokens(j, lm.tokenizer) for j in jobs]
         kwargs = {}
         inits = [None] * len(jobs)
         if warm:
@@ -650,20 +252,20 @@ class _Runner:
         for index, result in results:
             job = jobs[index]
             row = store.result_row(result, key=job.as_dict(), origin=origin, model_info=self.model_info,
-                                   source_label=self.plan.sources[job.source].label,
+                                   source_label=self.sweep_jobs.sources[job.source].label,
                                    init_from=inits[index][0] if inits[index] else None,
-                                   settings=self.record, rank=self.rank)
+                                   sweep=self.record, rank=self.rank)
             if self.out.add(row):
                 self.summary.ran += 1
             self.stored[job.key] = (result.accuracy,)
             self.progress.update(1 if count else 0, result.n_tokens)
 
-    def _previous(self, job: Job):
+    def _previous(self, job: JobKey):
         """(ref, mem) of the same text's row at the previous grid length, if stored."""
         earlier = [L for L in self.grid.lengths if L < job.length]
         if not earlier:
             return None
-        prev = Job(job.model, job.source, job.sample, earlier[-1], job.n_mem, job.seed, job.settings_hash)
+        prev = replace(job, length=earlier[-1])
         for f in store.family(self.grid.db):
             with store.Store(f, create=False) as s:
                 rows = s.rows(with_mem=True, where=" AND ".join(f"{k} = ?" for k in store.KEY),
@@ -693,30 +295,57 @@ def _groups(items, key):
 # command line
 
 
+def _parser():
+    p = argparse.ArgumentParser(prog="python -m cramfast.sweep", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="grid TOML file, or the name of a shipped grid "
+                   f"({', '.join(shipped_grids())}); flags override it")
+    p.add_argument("--model", action="append", dest="models",
+                   help="HF folder, cached HF id, or smollm2-135m-q4 (the default); repeatable")
+    p.add_argument("--source", action="append", dest="sources",
+                   help="a text file, a folder of .txt files, 'random', or 'pg19[:split]'; repeatable")
+    p.add_argument("--lengths", help="text lengths in tokens, e.g. 8,16,32 (default 8,16,32)")
+    p.add_argument("--n-mem", help="numbers of mem vectors, e.g. 1,2 (default 1)")
+    p.add_argument("--samples", type=int, help="texts per source (default 4)")
+    p.add_argument("--seeds", help="mem-init seeds, e.g. 0,1 (default 0)")
+    p.add_argument("--db", help="SQLite results file (default sweep.db)")
+    p.add_argument("--preset", help="optimization settings: paper (default) or fast")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--patience", type=int)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any setting that changes results (the per-text ones and fill_slots), "
+                        "e.g. --set stall_steps=100 (repeatable; in TOML: "
+                        "set = [\"stall_steps=100\"])")
+    p.add_argument("--max-slots", type=int, help="texts optimized at once (not part of the job key)")
+    p.add_argument("--dtype", help="model weights: fp32 (default), bf16, fp16, fp64")
+    p.add_argument("--backend", help="kernels: auto | triton | torch")
+    p.add_argument("--chunking", choices=["prefix", "paper"], help="how passages are cut "
+                   "(cramfast.sources.FileSource)")
+    p.add_argument("--sample-seed", type=int, help="seed of the text sampling (default 0)")
+    p.add_argument("--vocab-file", help="word list for 'random' (one word a line; default wordfreq)")
+    p.add_argument("--search", choices=["capacity"], help="per text, the largest lossless length")
+    p.add_argument("--search-tol", type=int, help="bisection stops when hi - lo <= this (default 1)")
+    p.add_argument("--warm-start", action="store_true", default=None,
+                   help="start each length from the previous length's mem (not the paper's protocol)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar: a few log lines")
+    return p
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    _quiet_transformers()
-    try:
-        grid = build_grid(args)
-        summary = run_sweep(grid, quiet=args.quiet)
-    except CramfastError as exc:
-        print(f"cramfast.sweep: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("cramfast.sweep: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    return clitools.run("cramfast.sweep", lambda: _sweep_and_report(args), flags=SETTING_FLAGS,
+                        interrupted="interrupted; rerun the same command to resume")
+
+
+def _sweep_and_report(args) -> int:
+    summary = run_sweep(build_grid(args), quiet=args.quiet)
     print(summary.line())
     if summary.search:
         caps = sorted(summary.search.values())
         print(f"cramfast.sweep: largest lossless length per text: median {caps[len(caps) // 2]}, "
               f"min {caps[0]}, max {caps[-1]} ({len(caps)} texts)")
     return 0
-
-
-def _quiet_transformers():
-    from transformers.utils import logging
-    logging.disable_progress_bar()
-    logging.set_verbosity_error()
 
 
 if __name__ == "__main__":

@@ -2,10 +2,13 @@
 published rows matched, four PNGs; and end to end from a real tiny sweep."""
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
 
-from cramfast import report, store, sweep
+from cramfast import grid, report, report_figures, report_groups, store, sweep
+from test_sweep import bound_by_permissions, env, one_line_failure
 
 SETTINGS = json.dumps({"identity": {"lr": 0.01, "warm_start": False}})
 
@@ -19,7 +22,7 @@ def row(sample, length, acc, n_mem=1, origin="grid", gain=None, ce0=None, source
                 accuracy=acc, token_gain=gain if gain is not None else acc * (length - 1) - 1,
                 info_gain_nats=ce0 - ce1, info_gain_bits=(ce0 - ce1) / 0.6931471805599453,
                 ce_without_mem=ce0, ce_with_mem=ce1, exact=int(acc >= 1), steps=10 * length,
-                settings=SETTINGS)
+                sweep=SETTINGS)
 
 
 @pytest.fixture
@@ -56,7 +59,7 @@ def test_table1_follows_the_papers_definitions(db, tmp_path):
     two = by_m[2]
     assert two["capacity"] == 32 and two["utilisation"] == pytest.approx(25.0 / (2 * 787))
     assert two["capacity_rows"] == "runs.rank1.db#2" and two["paper_capacity"] is None
-    for name in report.FIGURES:
+    for name in report_figures.FIGURES:
         assert (out / name).stat().st_size > 5000 and (out / name).read_bytes()[:4] == b"\x89PNG"
     with open(out / "table1.csv") as f:
         rows = list(csv.DictReader(f))
@@ -78,10 +81,10 @@ def test_report_cli_errors_and_output(db, tmp_path, capsys):
 
 
 def test_published_names_match():
-    assert report.published("meta-llama/Llama-3.2-1B")[0] == "Llama-3.2-1B"
-    assert report.published("allenai/OLMo-1B-hf")[0] == "OLMo-1B"
-    assert report.published("facebook/opt-1.3b")[0] == "OPT-1.3B"
-    assert report.published("smollm2-135m-q4") is None
+    assert report_groups.published("meta-llama/Llama-3.2-1B")[0] == "Llama-3.2-1B"
+    assert report_groups.published("allenai/OLMo-1B-hf")[0] == "OLMo-1B"
+    assert report_groups.published("facebook/opt-1.3b")[0] == "OPT-1.3B"
+    assert report_groups.published("smollm2-135m-q4") is None
 
 
 def test_sweep_then_report_end_to_end(trained_path, tmp_path):
@@ -90,15 +93,53 @@ def test_sweep_then_report_end_to_end(trained_path, tmp_path):
                  "numbers one two three four five six seven eight nine ten."]
     src.write_text("\n\n".join(" ".join((sentences[k:] + sentences[:k]) * 2) for k in range(3)))
     db = tmp_path / "e2e.db"
-    grid = sweep.build_grid(sweep._parser().parse_args([
+    g = grid.build_grid(sweep._parser().parse_args([
         "--model", trained_path, "--source", str(src), "--lengths", "8,16", "--n-mem", "1,2",
         "--samples", "2", "--lr", "0.03", "--max-steps", "60", "--db", str(db)]))
-    summary = sweep.run_sweep(grid, quiet=True)
+    summary = sweep.run_sweep(g, quiet=True)
     assert summary.ran == 8 and summary.total == 8
     result = report.make_report([db], tmp_path / "rep")
     assert {r["n_mem"] for r in result["table"]} == {1, 2}
     for r in result["table"]:
         assert r["d"] == 32 and r["V"] == 300 and r["max_cap"] == round(32 * 16 / 8.228818690495881)
         assert r["texts"] == 2 and r["runs"] == 4
-    for name in report.FIGURES:
+    for name in report_figures.FIGURES:
         assert (tmp_path / "rep" / name).is_file()
+
+
+def test_unwritable_out_refused_before_reading(db, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    try:
+        for out in (locked, locked / "sub", blocker / "rep"):
+            # an absent DB: the folder is checked first, so its error is the one reported
+            run = subprocess.run(bound_by_permissions([sys.executable, "-m", "cramfast.report",
+                                                       str(tmp_path / "absent.db"), "--out", str(out)]),
+                                 cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
+            err = one_line_failure(run, "cramfast.report")
+            assert f"{out}: cannot write the report there" in err, err
+    finally:
+        locked.chmod(0o755)
+    assert list(locked.iterdir()) == []
+
+
+def test_tables_keep_their_layout():
+    warm = [dict(model="m", source="s", n_mem=1, length=16, pairs=2, cold_steps=40.0, warm_steps=30.0,
+                 steps_saved=0.25), dict(model="m", source="s", n_mem=1, length=32, pairs=1,
+                                         cold_steps=None, warm_steps=5.0, steps_saved=None)]
+    assert report.warm_start_table(warm) == (
+        "| model | source | m | L | pairs | cold steps | warm steps | saved |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+        "| m | s | 1 | 16 | 2 | 40.0 | 30.0 | 25% |\n"
+        "| m | s | 1 | 32 | 1 | – | 5.0 | –% |")
+    table = report_groups.table_rows(report_groups.groups_of([dict(
+        row(0, 8, 1.0), id=1, ref="r.db#1")]))
+    assert report.markdown_table(table, show_settings=False).splitlines() == [
+        "| model | source | m | d | V | MaxCap | texts | capacity | token gain | CE red. (nats) | "
+        "utilisation | bits/vector | paper capacity | paper gain | paper CE red. |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| EleutherAI/pythia-160m | pg19 | 1 | 768 | 50304 | 787 | 1 | ≥ 8 | – | – | – | – | "
+        "80 | 70.9 | 396 |"]

@@ -3,6 +3,7 @@ import pytest
 
 import cramfast
 from cramfast import study
+from conftest import CORPUS
 from test_compressor import corpus_texts
 
 
@@ -63,3 +64,28 @@ def test_capacity_lines_are_a_lower_bound_over_lengths_tried():
     assert lines[1].startswith("capacity, m=1, fast: 32 ")
     assert lines[2].startswith("capacity, m=2, fast: < 16 ")
     assert all("lower bound" in line for line in lines)
+
+
+def test_markdown_keeps_its_layout():
+    rows = [dict(length=16, candidate="paper", lossless=3, median_steps=12.5, p90_steps=1234.5678),
+            dict(length=32, candidate="fast", lossless=0, median_steps=7.0, p90_steps=0.1)]
+    assert study.markdown(rows) == (
+        "| length | candidate | lossless | median_steps | p90_steps |\n"
+        "|---|---|---|---|---|\n"
+        "| 16 | paper | 3 | 12.5 | 1235 |\n"
+        "| 32 | fast | 0 | 7 | 0.1 |")
+
+
+def test_cli_errors_are_one_line_naming_the_flag(trained_path, tmp_path, capsys):
+    book = tmp_path / "book.txt"
+    book.write_text(CORPUS)
+    for argv, why in (
+            (["--candidates", "lr=abc"], "must be a float (flag --candidates)"),
+            (["--model", trained_path, "--file", str(tmp_path / "none.txt")], "no such file"),
+            (["--max-steps", "-1", "--model", trained_path, "--file", str(book), "--lengths", "8",
+              "--texts", "1", "--n-mem", "1"], "(flag --max-steps)")):
+        argv = ["optimizer", "--file", str(tmp_path / "none.txt"), "--out", str(tmp_path / "o"), *argv]
+        assert study.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("cramfast: error:") and "\n" not in err and why in err, err
+    assert not (tmp_path / "o").exists()

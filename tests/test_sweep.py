@@ -1,6 +1,7 @@
 """cramfast.sweep: grids from flags and TOML, text sources, resume after kill -9, torchrun
 shards, capacity search and warm start (the last two with a stand-in compressor: fast)."""
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cramfast import store, sweep
+from cramfast import grid, sources, store, sweep
 from cramfast.errors import CramfastError
 from cramfast.metrics import make_result
 from conftest import CORPUS
@@ -31,7 +32,7 @@ def corpus_file(tmp_path_factory):
 
 
 def grid_args(*extra):
-    return sweep.build_grid(sweep._parser().parse_args(list(extra)))
+    return grid.build_grid(sweep._parser().parse_args(list(extra)))
 
 
 def rows_of(db):
@@ -40,6 +41,22 @@ def rows_of(db):
 
 def env():
     return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def bound_by_permissions(command: list) -> list:
+    """``command`` run so that file permission bits bind it: as root, without the capabilities
+    that override them (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), through setpriv."""
+    if os.geteuid() != 0:
+        return command
+    if shutil.which("setpriv") is None:
+        pytest.skip("root without setpriv: permission bits cannot be made to bind this process")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
+
+
+def one_line_failure(run, prog):
+    err = run.stderr.strip()
+    assert run.returncode == 2 and err.startswith(f"{prog}: error:") and "\n" not in err, run.stderr
+    return err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,33 +85,33 @@ def test_grid_from_toml_and_flags(tmp_path):
     assert grid_args("--config", str(cfg), "--preset", "paper",
                      "--set", "focal_gamma=0").settings_hash() == paper.settings_hash()
     assert g.identity()["focal_gamma"] == 1.0
-    for shipped in sorted(sweep.GRIDS_DIR.glob("*.toml")):
+    for shipped in sorted(grid.GRIDS_DIR.glob("*.toml")):
         g = grid_args("--config", shipped.stem, "--source", "random")
         assert g.lengths and g.n_mem and g.samples >= 1
-    paper = sweep.load_config("paper-pg19")
-    assert tuple(paper["lengths"]) == sweep.PAPER_LENGTHS
+    paper = grid.load_config("paper-pg19")
+    assert tuple(paper["lengths"]) == grid.PAPER_LENGTHS
 
 
 def test_sources_seeded_prefix_stable(corpus_file, trained_path, tmp_path):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(trained_path)
-    src = sweep.open_source(str(corpus_file))
+    src = sources.open_source(str(corpus_file))
     assert src.canonical.startswith("file:/") and "sample_seed=0" in src.canonical
     texts = [src.tokens(tok, i, 40) for i in range(4)]
     assert len({tuple(t) for t in texts}) == 4                       # distinct starts
     for i in range(4):
         assert src.tokens(tok, i, 12) == texts[i][:12]              # L is a prefix of 2L
         assert "GUTENBERG" not in tok.decode(texts[i])
-    assert sweep.open_source(str(corpus_file)).tokens(tok, 2, 40) == texts[2]       # seeded
-    other = sweep.open_source(str(corpus_file), sample_seed=1)
+    assert sources.open_source(str(corpus_file)).tokens(tok, 2, 40) == texts[2]       # seeded
+    other = sources.open_source(str(corpus_file), sample_seed=1)
     assert [other.tokens(tok, i, 40) for i in range(4)] != texts
     with pytest.raises(CramfastError, match="4 distinct passages, 5 samples"):
         src.check(5)
-    paper = sweep.open_source(str(corpus_file), chunking="paper")
+    paper = sources.open_source(str(corpus_file), chunking="paper")
     assert len(paper.tokens(tok, 0, 30)) == 30 and "chunking=paper" in paper.canonical
     vocab = tmp_path / "words.txt"
     vocab.write_text("cat\ndog\nsky\nmat\nfox\n")
-    rnd = sweep.open_source("random", vocab_file=str(vocab))
+    rnd = sources.open_source("random", vocab_file=str(vocab))
     ids = rnd.tokens(tok, 0, 20)
     assert len(ids) == 20 and rnd.tokens(tok, 0, 10) == ids[:10] and rnd.tokens(tok, 1, 20) != ids
     assert set(tok.decode(ids).split()) <= {"cat", "dog", "sky", "mat", "fox"}
@@ -103,7 +120,7 @@ def test_sources_seeded_prefix_stable(corpus_file, trained_path, tmp_path):
 def test_random_source_uses_wordfreq_top_100k(trained_path):
     pytest.importorskip("wordfreq")
     from transformers import AutoTokenizer
-    src = sweep.open_source("random", sample_seed=3)
+    src = sources.open_source("random", sample_seed=3)
     assert len(src.vocab) == 100_000 and src.canonical.startswith("random:wordfreq-en-100k-")
     assert src.canonical.endswith("?sample_seed=3")
     ids = src.tokens(AutoTokenizer.from_pretrained(trained_path), 0, 16)
@@ -181,7 +198,7 @@ def test_search_capacity_doubling_then_bisection(trained_path, corpus_file, tmp_
     summary = sweep.run_sweep(g, quiet=True, compress_iter=fake)
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(trained_path)
-    src = sweep.open_source(str(corpus_file))
+    src = sources.open_source(str(corpus_file))
     expected = {i: cap(src.tokens(tok, i, 3)) for i in range(3)}
     found = {unit[2]: L for unit, L in summary.search.items()}
     assert found == expected
@@ -296,3 +313,71 @@ def test_sweep_keeps_one_model_in_memory(tiny_models, corpus_file, tmp_path):
     sweep.run_sweep(g, quiet=True, compress_iter=fake)
     assert len(fake.calls) == 2 and len(rows_of(tmp_path / "two.db")) == 2
     assert [key[0] for key in models._loaded] == [names[1]]     # the first one was let go
+
+
+# ---------------------------------------------------------------------------------------------
+# a database that cannot be written: refused before any work; a failed store: one line
+
+
+def test_unwritable_db_refused_before_any_work(trained_path, corpus_file, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    stored = kept / "stored.db"
+    with store.Store(stored) as s:
+        s.add(dict(model="m", source="s", sample=0, length=8, n_mem=1, seed=0, settings_hash="h"))
+    stored.chmod(0o444)        # a read-only results file in a folder that can be written
+    locked.chmod(0o555)
+    grid_flags = ["--model", trained_path, "--source", str(corpus_file), "--lengths", "8",
+                  "--samples", "1", "--max-steps", "20", "--quiet"]
+    try:
+        for db, why in ((locked / "new.db", "cannot write the results database"),
+                        (locked / "sub" / "new.db", "cannot create its folder"),
+                        (stored, "cannot write the results database")):
+            run = subprocess.run(bound_by_permissions([sys.executable, "-m", "cramfast.sweep", *grid_flags,
+                                                       "--db", str(db)]),
+                                 cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
+            err = one_line_failure(run, "cramfast.sweep")           # no "job(s) to run" line before it
+            assert str(db) in err and why in err, err
+    finally:
+        locked.chmod(0o755)
+    assert not (locked / "new.db").exists()
+    assert [r["sample"] for r in store.read_runs([stored])] == [0]  # untouched
+
+
+def test_a_place_no_process_can_write_is_refused(trained_path, corpus_file, tmp_path):
+    run = subprocess.run([sys.executable, "-m", "cramfast.sweep", "--model", trained_path, "--source",
+                          str(corpus_file), "--lengths", "8", "--samples", "1", "--quiet",
+                          "--db", "/proc/cramfast-sweep.db"],
+                         cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
+    assert "/proc/cramfast-sweep.db: cannot write" in one_line_failure(run, "cramfast.sweep")
+
+
+def test_store_failure_mid_sweep_is_one_line_and_keeps_rows(trained_path, corpus_file, tmp_path):
+    db = tmp_path / "refuse.db"
+    with store.Store(db) as s:   # stands in for a disk that fails after the sweep started
+        s.conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON runs WHEN NEW.sample = 1 "
+                       "BEGIN SELECT RAISE(ABORT, 'disk refused the row'); END")
+    run = subprocess.run([sys.executable, "-m", "cramfast.sweep", "--model", trained_path, "--source",
+                          str(corpus_file), "--lengths", "8", "--samples", "2", "--max-slots", "1",
+                          "--lr", "0.03", "--max-steps", "20", "--db", str(db), "--quiet"],
+                         cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
+    err = run.stderr.strip().splitlines()[-1]
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert err.startswith(f"cramfast.sweep: error: {db}: cannot store a finished job (disk refused")
+    assert [r["sample"] for r in rows_of(db)] == [0]              # the job stored before stays
+
+
+def test_ctrl_c_says_how_to_resume(monkeypatch, capsys):
+    def interrupted(grid, quiet=False):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(sweep, "run_sweep", interrupted)
+    assert sweep.main(["--source", "random", "--quiet"]) == 130
+    assert capsys.readouterr().err.strip() == \
+        "cramfast.sweep: interrupted; rerun the same command to resume"
+
+
+def test_bad_setting_names_its_flag(capsys):
+    err = one_line_error(capsys, ["--source", "random", "--lr", "-1", "--quiet"])
+    assert err.endswith("(flag --lr)"), err

@@ -1,0 +1,157 @@
+"""The figures of ``cramfast.report``, each a PNG beside a CSV of its plotted points (with the
+refs "FILE#id" of the rows behind each): Fig 1 capacity and token gain per model, Fig 3 CE with vs
+without mem, Fig 4 capacity vs number of mem vectors, Fig 5 theoretical vs measured capacity."""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from cramfast.report_groups import PAPER_FIG4, THRESHOLD, Group, mean_of, published
+from cramfast.tables import write_csv
+
+FIGURES = ("fig1_capacity.png", "fig3_ce.png", "fig4_capacity_vs_nmem.png", "fig5_theory_vs_measured.png")
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _no_data(ax, what):
+    ax.text(0.5, 0.5, f"no {what} in the store", ha="center", va="center", transform=ax.transAxes)
+
+
+def _save(plt, fig, path: Path, points: list[dict], columns: list[str]):
+    """The figure as ``path`` (PNG) and its plotted points beside it (the same name, .csv)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    write_csv(path.with_suffix(".csv"), points, columns)
+
+
+def fig1(table: list[dict], out: Path):
+    plt = _plt()
+    rows = [r for r in table if r["n_mem"] == 1]
+    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(rows) + 2), 4))
+    points = []
+    if rows:
+        labels = [f"{r['model']}\n{r['source']}" + (f"\n{r['settings']}" if len({x['settings'] for x in rows}) > 1 else "")
+                  for r in rows]
+        caps = [r["capacity"] or 0 for r in rows]
+        gains = [r["token_gain"] or 0 for r in rows]
+        x = range(len(rows))
+        ax.bar([i - 0.2 for i in x], caps, 0.4, label="capacity (mean acc ≥ 0.99)")
+        ax.bar([i + 0.2 for i in x], gains, 0.4, label="token gain (runs with acc ≤ 0.99)")
+        for i, r in enumerate(rows):
+            if r["paper_capacity"]:
+                ax.plot(i - 0.2, r["paper_capacity"], "k_", markersize=18,
+                        label="paper capacity" if i == 0 or not any(rr["paper_capacity"] for rr in rows[:i]) else None)
+            points.append(dict(model=r["model"], source=r["source"], settings=r["settings"],
+                               capacity=r["capacity"], token_gain=r["token_gain"],
+                               paper_capacity=r["paper_capacity"], capacity_rows=r["capacity_rows"],
+                               gain_rows=r["gain_rows"]))
+        ax.set_xticks(list(x), labels, fontsize=8)
+        ax.legend(fontsize=8)
+    else:
+        _no_data(ax, "one-vector runs")
+    ax.set_ylabel("tokens")
+    ax.set_title("Fig 1: tokens crammed into one vector")
+    _save(plt, fig, out / FIGURES[0], points, ["model", "source", "settings", "capacity", "token_gain",
+                                               "paper_capacity", "capacity_rows", "gain_rows"])
+
+
+def fig3(groups: list[Group], out: Path, threshold=THRESHOLD):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    points = []
+    one = [g for g in groups if g.n_mem == 1]
+    for i, g in enumerate(one):
+        color = f"C{i % 10}"
+        label = f"{g.model_label} / {g.source_label}"
+        xs = [r["ce_without_mem"] for r in g.rows]
+        ys = [r["ce_with_mem"] for r in g.rows]
+        ax.scatter(xs, ys, s=12, color=color, alpha=0.7, label=label)
+        lossy = g.gain_rows(threshold)
+        b = mean_of([r["ce_with_mem"] - r["ce_without_mem"] for r in lossy])
+        if b is not None:
+            x_hi = max(xs)
+            ax.plot([-b, max(x_hi, -b)], [0, max(x_hi, -b) + b], "-", color=color, lw=1,
+                    label=f"y = x + b, b = {b:.1f}")
+            ax.axvline(-b, color=color, ls="--", lw=0.8)
+        for r in g.rows:
+            points.append(dict(model=g.model_label, source=g.source_label, ref=r["ref"], length=r["length"],
+                               ce_without_mem=r["ce_without_mem"], ce_with_mem=r["ce_with_mem"],
+                               accuracy=r["accuracy"], fit_b=b))
+    if one:
+        ax.legend(fontsize=7)
+    else:
+        _no_data(ax, "one-vector runs")
+    ax.set_xlabel("CE of the text without mem (nats, summed)")
+    ax.set_ylabel("CE with mem (nats, summed)")
+    ax.set_title("Fig 3: CE with vs without mem\n(solid: y = x + b fit on runs with acc ≤ 0.99; "
+                 "dashed: lossless threshold x = -b)", fontsize=9)
+    _save(plt, fig, out / FIGURES[1], points, ["model", "source", "ref", "length", "ce_without_mem",
+                                               "ce_with_mem", "accuracy", "fit_b"])
+
+
+def fig4(table: list[dict], out: Path):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    series = defaultdict(list)
+    for r in table:
+        if r["capacity"] is not None:
+            series[(r["model"], r["source"], r["settings"])].append(r)
+    points = []
+    for i, ((model, source, settings), rows) in enumerate(sorted(series.items())):
+        rows = sorted(rows, key=lambda r: r["n_mem"])
+        ax.plot([r["n_mem"] for r in rows], [r["capacity"] for r in rows], "o-", color=f"C{i % 10}",
+                label=f"{model} / {source}")
+        points += [dict(model=model, source=source, settings=settings, n_mem=r["n_mem"],
+                        capacity=r["capacity"], rows=r["capacity_rows"]) for r in rows]
+        pub = published(model)
+        if pub and pub[0] in PAPER_FIG4 and not source.startswith("random"):
+            ref = PAPER_FIG4[pub[0]]
+            ax.plot(list(ref), list(ref.values()), "x--", color=f"C{i % 10}", label=f"{pub[0]} (paper)")
+    if series:
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log", base=2)
+        ax.legend(fontsize=7)
+    else:
+        _no_data(ax, "capacities")
+    ax.set(xlabel="mem vectors m", ylabel="capacity (tokens)",
+           title="Fig 4: capacity vs number of mem vectors")
+    _save(plt, fig, out / FIGURES[2], points, ["model", "source", "settings", "n_mem", "capacity",
+                                               "rows"])
+
+
+def fig5(table: list[dict], out: Path):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    rows = [r for r in table if r["max_cap"] and (r["capacity"] or r["token_gain"])]
+    points = []
+    for i, r in enumerate(rows):
+        theory = r["max_cap"] * r["n_mem"]
+        color = f"C{i % 10}"
+        if r["capacity"]:
+            ax.scatter(theory, r["capacity"], color=color, marker="o",
+                       label=f"{r['model']} / {r['source']} / m={r['n_mem']}")
+        if r["token_gain"]:
+            ax.scatter(theory, r["token_gain"], color=color, marker="^", facecolors="none")
+        points.append(dict(model=r["model"], source=r["source"], n_mem=r["n_mem"], theoretical=theory,
+                           capacity=r["capacity"], token_gain=r["token_gain"],
+                           capacity_rows=r["capacity_rows"], gain_rows=r["gain_rows"]))
+    if rows:
+        hi = max(max(p["theoretical"], p["capacity"] or 0, p["token_gain"] or 0) for p in points) * 1.3
+        ax.plot([1, hi], [1, hi], "k:", lw=1, label="measured = theoretical")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    else:
+        _no_data(ax, "capacities")
+    ax.set(xlabel="theoretical capacity MaxCap · m = round(d·16/log2 V) · m",
+           ylabel="measured tokens (o: capacity, △: token gain)",
+           title="Fig 5: theoretical vs measured capacity")
+    _save(plt, fig, out / FIGURES[3], points, ["model", "source", "n_mem", "theoretical", "capacity",
+                                               "token_gain", "capacity_rows", "gain_rows"])
