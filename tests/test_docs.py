@@ -1,0 +1,118 @@
+"""The docs stay true to the code and to themselves: the settings table of docs/algorithm.md is
+what docs/settings_table.py generates from settings.py now, and every relative link in
+README.md and docs/**/*.md reaches an existing file or folder (and, with a #fragment into a
+markdown file, one of its headings)."""
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+REGENERATE = ".venv/bin/python docs/settings_table.py --write"
+
+
+def _settings_table():
+    spec = importlib.util.spec_from_file_location("settings_table", ROOT / "docs" / "settings_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_settings_table_is_current():
+    table = _settings_table()
+    text = (ROOT / "docs" / "algorithm.md").read_text(encoding="utf-8")
+    assert table.BEGIN in text and table.END in text, (
+        f"docs/algorithm.md lost the settings table's markers; restore them and run {REGENERATE}")
+    assert table.current_section(text) == table.section(), (
+        f"docs/algorithm.md's settings table differs from settings.py's declarations; "
+        f"regenerate it: {REGENERATE}")
+
+
+def test_settings_table_has_a_row_per_setting_and_preset_column():
+    from dataclasses import fields
+
+    from cramfast.presets import PRESETS
+    from cramfast.settings import BatchSettings, TextSettings
+    rows = _settings_table().render().splitlines()
+    names = [f.name for cls in (TextSettings, BatchSettings) for f in fields(cls)]
+    assert [row.split(" | ")[0].strip("| `") for row in rows[2:]] == names
+    header = rows[0]
+    assert all(f"`{name}`" in header for name in PRESETS)
+
+
+# ---------------------------------------------------------------------------------------------
+# links
+
+FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.S | re.M)
+CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1", re.S)
+INLINE_LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+REFERENCE = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s|$)", re.M)
+SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
+HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$", re.M)
+
+
+def _markdown_files() -> list[Path]:
+    return [ROOT / "README.md"] + sorted((ROOT / "docs").rglob("*.md"))
+
+
+def _prose(text: str) -> str:
+    """The text without fenced code blocks and code spans (their brackets are not links)."""
+    return CODE_SPAN.sub("", FENCE.sub("", text))
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: its text, lower case, punctuation dropped, spaces as -."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)
+    text = text.replace("`", "").replace("*", "").lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    seen: dict[str, int] = {}
+    out = set()
+    for heading in HEADING.findall(FENCE.sub("", path.read_text(encoding="utf-8"))):
+        slug = _slug(heading)
+        out.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+        seen[slug] = seen.get(slug, 0) + 1
+    return out
+
+
+def links(path: Path) -> list[str]:
+    prose = _prose(path.read_text(encoding="utf-8"))
+    return INLINE_LINK.findall(prose) + REFERENCE.findall(prose)
+
+
+def broken_links(path: Path) -> list[str]:
+    broken = []
+    for target in links(path):
+        if SCHEME.match(target):
+            continue
+        file_part, _, fragment = target.partition("#")
+        dest = (path.parent / unquote(file_part)).resolve() if file_part else path
+        if not dest.exists():
+            broken.append(f"{target} (no such file or folder)")
+        elif fragment and dest.suffix == ".md" and unquote(fragment) not in anchors(dest):
+            broken.append(f"{target} (no heading #{fragment} in {file_part})")
+    return broken
+
+
+@pytest.mark.parametrize("path", _markdown_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_resolve(path):
+    assert broken_links(path) == []
+
+
+def test_link_checker_sees_links_and_headings(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.md").write_text("# A `code` heading = 1\n\n## Twice\n\n## Twice\n")
+    page = tmp_path / "a.md"
+    page.write_text("[ok](sub/b.md#a-code-heading--1) [twice](sub/b.md#twice-1) [gone](nope.md)\n"
+                    "[bad anchor](sub/b.md#missing) ![img](sub) [web](https://example.org)\n"
+                    "`[not a link](nowhere.md)`\n```\n[nor this](nowhere.md)\n```\n"
+                    "[ref]: sub/missing.md\n")
+    assert broken_links(page) == ["nope.md (no such file or folder)",
+                                  "sub/b.md#missing (no heading #missing in sub/b.md)",
+                                  "sub/missing.md (no such file or folder)"]
