@@ -43,7 +43,7 @@ def start_batch(lm: LoadedModel, token_lists: list[list[int]], settings: TextSet
     """One slot per text, each started as compress starts attempt 0 (settings resolved for the
     model and the text's length, the seeded start and restart draws), padded to ``length``
     (default: the longest text)."""
-    resolved = [settings.for_model(lm.embedding_std()).for_text(len(ids)) for ids in token_lists]
+    resolved = [settings.for_model(lm.embedding_std(), torch.finfo(lm.dtype).bits).for_text(len(ids)) for ids in token_lists]
     starts = [attempt_start(lm, ids, n_mem, seed, s) for ids, s in zip(token_lists, resolved)]
     n_draws = max((0 if draws is None else len(draws)) for _, draws in starts)
     state = SlotState(len(token_lists), n_mem, lm.hidden_size, mem_dtype(lm), lm.device, n_draws)

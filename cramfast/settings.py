@@ -134,6 +134,10 @@ class TextSettings:
         "margin is reached, not waited for. A margin lets a mem survive the other rounding of "
         "greedy decoding (KV cache, other kernels, other batch shapes, 16-bit weights).",
         at_least=0, slot="float")
+    margin_16bit: float = _setting(
+        0.0, "> 0: the margin for a model whose weights are bf16 or fp16, in place of margin "
+        "(their logits round about 2^13 times coarser than fp32's).", at_least=0,
+        replaces="margin")
     stall_steps: int = _setting(
         0, "When an attempt's accuracy has not improved for this many updates (0: off), start a "
         "new attempt with fresh moments and schedule (see restart). The stop rule (best mem, "
@@ -158,9 +162,15 @@ class TextSettings:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def for_model(self, embedding_std: float) -> "TextSettings":
-        """lr_std resolved into lr for a model with this std(E) (both stay recorded)."""
-        return self if self.lr_std == 0 else replace(self, lr=self.lr_std * embedding_std)
+    def for_model(self, embedding_std: float, bits: int = 32) -> "TextSettings":
+        """The per-model settings resolved for a model with this std(E) and ``bits`` of weight
+        precision: lr_std into lr, margin_16bit into margin (both forms stay recorded)."""
+        resolved = {}
+        if self.lr_std > 0:
+            resolved["lr"] = self.lr_std * embedding_std
+        if bits <= 16 and self.margin_16bit > 0:
+            resolved["margin"] = self.margin_16bit
+        return replace(self, **resolved) if resolved else self
 
     def for_text(self, n_tokens: int) -> "TextSettings":
         """The per-token settings resolved into their absolute forms for a text of ``n_tokens``
