@@ -33,7 +33,8 @@ from cramfast.models import LoadedModel, load_model
 from cramfast.optim import SlotState
 from cramfast.scheduler import Scheduler
 from cramfast.settings import BatchSettings, StopReason, preset_settings, split
-from cramfast.step import make_stepper, pad_batch, use_cuda_graphs
+from cramfast.sizing import size_batch
+from cramfast.step import GraphedSteps, make_stepper, pad_batch, use_cuda_graphs
 
 
 def compress(texts, model=None, n_mem: int = 1, max_length: int | None = None, seed: int = 0,
@@ -62,6 +63,8 @@ def compress_iter(texts, model=None, n_mem: int = 1, max_length: int | None = No
     lm = load_model(model)
     text_settings, batch = split(preset_settings(preset, **settings))
     jobs = make_jobs(lm, texts, n_mem, max_length, seed, text_settings, per_text, init_mems)
+    batch = size_batch(lm, batch, [job.token_ids for job in jobs], n_mem, jobs[0].settings,
+                       backend)
     record = dict(batch.to_dict(), cuda_graphs=use_cuda_graphs(lm, batch, backend))
     return _results_as_they_finish(lm, jobs, n_mem, batch, backend, hooks or Hooks(), record)
 
@@ -109,13 +112,14 @@ def optimize(lm: LoadedModel, jobs: list[Job], n_mem: int, batch: BatchSettings,
                 attempt.job.started = time.perf_counter()
                 attempt.job.first_evaluation = sched.evaluations()
         occupied = [s for s, j in enumerate(plan.slot_jobs) if j >= 0]
-        rows = torch.tensor(occupied, device=lm.device)
-        ids, targets = pad_batch([attempts[plan.slot_jobs[s]].job.token_ids for s in occupied],
-                                 plan.padded_length, lm.device)
+        idle = idle_rows(occupied, batch.max_slots) if isinstance(stepper, GraphedSteps) else []
+        rows = torch.tensor(occupied + idle, device=lm.device)
+        ids, targets = pad_batch([attempts[plan.slot_jobs[s]].job.token_ids for s in occupied]
+                                 + [[0]] * len(idle), plan.padded_length, lm.device)
         started = time.perf_counter()
         history = torch.stack(stepper.steps(rows, ids, targets, batch.sync_every))
         report = torch.full((batch.sync_every, batch.max_slots), -1, dtype=torch.long)
-        report[:, occupied] = history.cpu()        # the one host sync per sync_every steps
+        report[:, occupied] = history[:, :len(occupied)].cpu()   # the one host sync per sync_every
         if hooks.on_timing:
             hooks.on_timing(Timing("steps", time.perf_counter() - started, len(occupied),
                                    batch.sync_every))
@@ -125,6 +129,16 @@ def optimize(lm: LoadedModel, jobs: list[Job], n_mem: int, batch: BatchSettings,
             done, next_id = verify_decodes(lm, sched, attempts, done, next_id)
         if done:
             yield done
+
+
+def idle_rows(occupied: list[int], max_slots: int) -> list[int]:
+    """Free slots that round a graphed batch up to a power of two of rows (at most max_slots):
+    a CUDA graph is captured per batch shape, and texts finishing one by one would otherwise
+    make a new shape at nearly every sync. The padding rows are inactive: stepping them changes
+    nothing, and their counts are not reported."""
+    target = min(max_slots, 1 << max(len(occupied) - 1, 0).bit_length())
+    taken = set(occupied)
+    return [s for s in range(max_slots) if s not in taken][:target - len(occupied)]
 
 
 def _add_attempt(sched, attempts: dict, attempt_id: int, attempt: Attempt):

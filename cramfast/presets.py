@@ -7,11 +7,12 @@ reproducing Table 1.
 attempt starts from the mean of its input embeddings at 20 times the random init's norm; LAMB
 (lr 0.2 of each mem vector's norm) cosine-decayed to a tenth over 7 updates per predicted token;
 the focal objective (gamma 1); a stall restart after 10 updates per predicted token without a
-better accuracy; parallel attempts in up to 4 idle slots at the tail of a run (sized for a CPU).
+better accuracy; parallel attempts in idle slots at the tail of a run (sized to the device: 4
+on a CPU, every slot on CUDA).
 """
 PRESETS = {
     "paper": {},
     "fast": dict(optimizer="lamb", lr=0.2, decay_steps_per_token=7.0, final_lr_ratio=0.1,
-                 focal_gamma=1.0, stall_steps_per_token=10.0, fill_slots=4, init="text_mean",
+                 focal_gamma=1.0, stall_steps_per_token=10.0, fill_slots=-1, init="text_mean",
                  init_scale=20.0),
 }

@@ -196,17 +196,22 @@ class BatchSettings:
         0, "Parallel attempts: when nothing is queued and fewer than this many slots are busy, "
         "the idle slots run extra attempts of running texts (other seeded starts, within what "
         "is left of the text's max_steps); a text ends with its first lossless attempt (0: "
-        "off). Idle slots are nearly free where a small batch is bound by reading the weights.",
-        at_least=0)
+        "off; -1: sized to the device, 4 on a CPU, max_slots on CUDA). Idle slots are nearly "
+        "free where a small batch is bound by reading the weights.", at_least=-1)
     sync_every: int = _setting(16, "Updates between host syncs (the stop rules run on the "
                                "device).", at_least=1, result=False)
     cuda_graphs: bool = _setting(
         True, "On CUDA with the Triton ops, replay each batch shape's step as a CUDA graph (the "
         "same kernels on the same memory, so the same results; off: launch every kernel "
         "eagerly).", result=False)
-    max_slots: int = _setting(32, "Texts optimized at once.", at_least=1, result=False)
-    token_budget: int = _setting(16384, "At most this many (padded length + n_mem) summed over "
-                                 "the slots of one step.", at_least=1, result=False)
+    max_slots: int = _setting(
+        0, "Texts (attempts) optimized at once (0: sized to the device: 32 on a CPU; on CUDA "
+        "every text at once, at least 64 slots, as far as half the free memory holds them, "
+        "measured by one calibration step).", at_least=0, result=False)
+    token_budget: int = _setting(
+        0, "At most this many (padded length + n_mem) summed over the slots of one step (0: "
+        "sized to the device: 16384 on a CPU, max_slots times the longest text on CUDA).",
+        at_least=0, result=False)
     policy: str = _setting("bucketed", "How the scheduler fills free slots: `fifo` (arrival "
                            "order) or `bucketed` (least padding first, with a starvation "
                            "guard).", choices=("fifo", "bucketed"), result=False)

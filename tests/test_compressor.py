@@ -513,3 +513,31 @@ def test_compress_with_cuda_graphs_is_lossless_as_eager(trained_path):
     eager = cramfast.compress(texts, cuda_graphs=False, **kw)
     assert all(g.exact and g.accuracy == 1.0 for g in graphed)
     assert [g.stop_reason for g in graphed] == [e.stop_reason for e in eager]
+
+
+def test_batch_sizes_left_to_the_device(tiny_models, monkeypatch):
+    """max_slots 0, token_budget 0 and fill_slots -1 are sized to the device: fixed on a CPU
+    (and recorded in every result); on CUDA every text at once (at least CUDA_MIN_SLOTS), as
+    far as half the free memory holds them at the measured bytes per token."""
+    from cramfast import sizing
+    lm = cramfast.load_model(tiny_models["llama"], dtype=torch.float64)
+    [res] = cramfast.compress([[3, 50, 7, 9]], model=lm, max_steps=2)     # preset fast
+    assert {k: res.settings[k] for k in sizing.CPU} == sizing.CPU
+    [own] = cramfast.compress([[3, 50, 7, 9]], model=lm, max_steps=2, max_slots=5, fill_slots=2)
+    assert (own.settings["max_slots"], own.settings["fill_slots"]) == (5, 2)
+    assert own.settings["token_budget"] == sizing.CPU["token_budget"]
+    texts = [[1] * 20] * 300
+    monkeypatch.setattr(sizing, "bytes_per_token", lambda *a: 1000.0)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 ** 9, 2 * 10 ** 9))
+    assert sizing.cuda_slots(lm, texts, 1, None) == 300                # all texts fit
+    assert sizing.cuda_slots(lm, texts[:3], 1, None) == sizing.CUDA_MIN_SLOTS
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 ** 7, 2 * 10 ** 9))
+    assert sizing.cuda_slots(lm, texts, 1, None) == 10 ** 7 // 2 // (1000 * 21)   # memory-bound
+
+
+def test_graphed_batches_are_padded_to_few_shapes():
+    from cramfast.compressor import idle_rows
+    for occupied, slots in (([0, 3, 5], 8), ([1], 8), (list(range(5)), 6), ([2, 4, 6, 7, 1], 8)):
+        rows = occupied + idle_rows(occupied, slots)
+        assert len(set(rows)) == len(rows) and all(0 <= r < slots for r in rows)
+        assert len(rows) == min(slots, 1 << (len(occupied) - 1).bit_length())

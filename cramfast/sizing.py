@@ -1,0 +1,85 @@
+"""Batch sizes from the device, for the batch settings left to it (max_slots 0, token_budget 0,
+fill_slots -1).
+
+On a CPU a step costs about its share per text, so the defaults are small and fixed. On a GPU a
+step of a small model is bound by launches and by reading the weights until the batch holds
+thousands of tokens, so every text should be in the batch at once, and idle slots at the tail
+of a run are nearly free for parallel attempts: as many slots as the texts need, as far as half
+the free memory holds them, measured by one calibration step.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+
+import torch
+
+from cramfast.models import LoadedModel
+from cramfast.optim import SlotState
+from cramfast.settings import BatchSettings
+
+CPU = dict(max_slots=32, token_budget=16384, fill_slots=4)
+CUDA_MEMORY_FRACTION = 0.5     # of the free memory, for the batch's activations
+CUDA_MIN_SLOTS = 64            # fewer texts than this still get this many (parallel attempts)
+CUDA_MAX_SLOTS = 1024
+CALIBRATION_TEXTS = 8
+
+_announced: set = set()
+
+
+def size_batch(lm: LoadedModel, batch: BatchSettings, token_lists: list[list[int]], n_mem: int,
+               settings, backend=None) -> BatchSettings:
+    """``batch`` with its automatic sizes resolved for ``lm``'s device and these texts;
+    ``settings`` (a TextSettings) is what the calibration step runs with."""
+    auto = {k for k, v in (("max_slots", batch.max_slots), ("token_budget", batch.token_budget))
+            if v == 0} | ({"fill_slots"} if batch.fill_slots < 0 else set())
+    if not auto:
+        return batch
+    longest = max(len(ids) for ids in token_lists) + n_mem
+    if lm.device.type == "cuda":
+        slots = batch.max_slots or cuda_slots(lm, token_lists, n_mem, settings, backend)
+        sizes = dict(max_slots=slots, token_budget=slots * longest, fill_slots=slots)
+    else:
+        sizes = dict(CPU)
+    resolved = replace(batch, **{k: sizes[k] for k in auto})
+    _announce(lm, resolved, auto)
+    return resolved
+
+
+def cuda_slots(lm: LoadedModel, token_lists, n_mem: int, settings, backend=None) -> int:
+    """As many slots as the texts use (at least CUDA_MIN_SLOTS), as far as CUDA_MEMORY_FRACTION
+    of the free memory holds them at the measured bytes per token."""
+    longest = max(len(ids) for ids in token_lists) + n_mem
+    per_token = bytes_per_token(lm, token_lists[:CALIBRATION_TEXTS], n_mem, settings, backend)
+    free, _ = torch.cuda.mem_get_info(lm.device)
+    fits = int(CUDA_MEMORY_FRACTION * free // max(per_token * longest, 1))
+    return max(1, min(fits, CUDA_MAX_SLOTS, max(len(token_lists), CUDA_MIN_SLOTS)))
+
+
+def bytes_per_token(lm: LoadedModel, token_lists, n_mem: int, settings, backend=None) -> float:
+    """Peak memory of one real step (forward, backward, update) of these texts on a throwaway
+    state, per token of the padded batch."""
+    from cramfast.inits import mem_dtype
+    from cramfast.step import pad_batch, step
+    length = max(len(ids) for ids in token_lists)
+    state = SlotState(len(token_lists), n_mem, lm.hidden_size, mem_dtype(lm), lm.device)
+    for slot, ids in enumerate(token_lists):
+        state.start(slot, torch.zeros(n_mem, lm.hidden_size), len(ids) - 1, settings)
+    ids, targets = pad_batch(token_lists, length, lm.device)
+    torch.cuda.synchronize(lm.device)
+    torch.cuda.reset_peak_memory_stats(lm.device)
+    before = torch.cuda.memory_allocated(lm.device)
+    step(lm, state, torch.arange(len(token_lists), device=lm.device), ids, targets, backend)
+    torch.cuda.synchronize(lm.device)
+    peak = torch.cuda.max_memory_allocated(lm.device) - before
+    return peak / (len(token_lists) * (length + n_mem))
+
+
+def _announce(lm: LoadedModel, batch: BatchSettings, auto: set) -> None:
+    """Say once per model, device and choice what was chosen (it is also in every result)."""
+    chosen = tuple(sorted((k, getattr(batch, k)) for k in auto))
+    key = (lm.name, str(lm.device), chosen)
+    if lm.device.type == "cuda" and key not in _announced:
+        _announced.add(key)
+        print(f"cramfast: batch sized for {lm.device}: "
+              + ", ".join(f"{k}={v}" for k, v in chosen), file=sys.stderr)
