@@ -65,6 +65,7 @@ PLAN_BLOCK_N = 64
 INTERPRET_SMS = 8
 
 
+@functools.lru_cache(maxsize=4096)  # shapes repeat step after step: plan each once
 def plan_vocab_splits(n, v, d, sms):
     """(splits, split_cols): the vocabulary cut into ``splits`` ranges of ``split_cols`` columns
     (the last may be shorter) so that row blocks x splits programs fill ``sms`` SMs.
