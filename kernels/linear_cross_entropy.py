@@ -213,7 +213,9 @@ def linear_cross_entropy_forward(hidden, weight, targets, bias, want_grad, *,
         kernel, meta = _tuned_partials, {}
     else:
         kernel, meta = _partials, dict(INTERPRET_CONFIG if config is None else config)
-    kernel[lambda m: (triton.cdiv(n, m["BLOCK_N"]), splits, m["D_GROUPS"])](
+    # Without the gradient one program per row block and split does it all: group 0 computes
+    # the whole logits tile whatever D_GROUPS is, and the other groups would only add gradient.
+    kernel[lambda m: (triton.cdiv(n, m["BLOCK_N"]), splits, m["D_GROUPS"] if want_grad else 1)](
         hidden, weight, bias if bias is not None else hidden, targets,
         stats[0], stats[1], stats[2], arg, tgt_logit, grad_part,
         n, v, d, hidden.stride(0), weight.stride(0), split_cols, triton.next_power_of_2(n),

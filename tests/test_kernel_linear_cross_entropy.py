@@ -281,10 +281,16 @@ def test_splits_and_feature_groups_match_reference(config, dtype):
                      masked=[0, 5] + list(range(16, 32)))
     assert lce_module.plan_vocab_splits(40, 1100, 300, lce_module.INTERPRET_SMS)[0] == 3
     options = {} if config is None else dict(config=config)
-    if INTERPRET and config is not None:
-        groups = feature_groups(300, config["MAX_ACC"])[0]
-        assert groups == (2 if config["MAX_ACC"] == 160 else 3)
-    assert_forward_matches_reference(case, dtype, **options)
+    if config is not None:
+        assert feature_groups(300, config["MAX_ACC"])[0] == (2 if config["MAX_ACC"] == 160 else 3)
+    loss, argmax, margin, _ = assert_forward_matches_reference(case, dtype, **options)
+    # without the gradient (one program per row block and split, a separately compiled
+    # kernel, maybe another tile): the same statistics up to fp32 rounding
+    hidden, weight, targets, bias, _ = case
+    plain = kernels.linear_cross_entropy_forward(hidden, weight, targets, bias, False, **options)
+    assert plain[3] is None and torch.equal(plain[1], argmax)
+    torch.testing.assert_close(plain[0], loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(plain[2], margin, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("splits", [1, 2, 5])
@@ -407,12 +413,7 @@ def test_feature_groups_cover_d_in_power_of_two_pieces():
             groups, group, a, b = feature_groups(d, max_acc)
             assert groups * group >= d and (groups - 1) * group < d and group % 16 == 0
             assert a & (a - 1) == 0 and (b == 0 or b & (b - 1) == 0) and a + b >= group
-            assert group <= max(max_acc, 16) or groups == triton_cdiv(d, max_acc)
-
-
-def triton_cdiv(a, b):
-    return -(-a // b)
-
+            assert group <= -(-max_acc // 16) * 16  # at most MAX_ACC, rounded up to 16
 
 def test_config_pruning_fits_shared_memory():
     """The autotuner times only configs whose hoisted h and W fit in an SM's shared memory,
