@@ -59,22 +59,24 @@ PARTIAL_BYTES_MAX = 128 << 20
 # units (columns of one row block's walk on one SM) that is a few columns per row block.
 SPLIT_COST_COLS = 4
 # The plan counts programs as if each held 64 rows and all of d, which is what the main 16-bit
-# config (128 rows, two feature groups) amounts to.
+# config (128 rows, two feature groups) amounts to; without the gradient a program does all of
+# d, so 128 rows.
 PLAN_BLOCK_N = 64
 # Under the interpreter there is no device to fill: a nominal SM count that still splits.
 INTERPRET_SMS = 8
 
 
 @functools.lru_cache(maxsize=4096)  # shapes repeat step after step: plan each once
-def plan_vocab_splits(n, v, d, sms):
+def plan_vocab_splits(n, v, d, sms, rows_per_program=PLAN_BLOCK_N):
     """(splits, split_cols): the vocabulary cut into ``splits`` ranges of ``split_cols`` columns
-    (the last may be shorter) so that row blocks x splits programs fill ``sms`` SMs.
+    (the last may be shorter) so that row blocks (of ``rows_per_program`` rows) x splits
+    programs fill ``sms`` SMs.
 
     Estimated time of a plan, in columns walked per SM: waves x split_cols, waves =
     ceil(row blocks x splits / sms) (one resident program per SM: the accumulator takes most
     of the registers), plus SPLIT_COST_COLS per row block and split for the reduction. The
     cheapest plan wins, ties to fewer splits."""
-    row_blocks = triton.cdiv(max(n, 1), PLAN_BLOCK_N)
+    row_blocks = triton.cdiv(max(n, 1), rows_per_program)
     most = max(1, min(triton.cdiv(v, MIN_SPLIT_COLS), PARTIAL_BYTES_MAX // max(n * d * 4, 1)))
     best = None
     for splits in range(1, most + 1):
@@ -190,7 +192,8 @@ def linear_cross_entropy_forward(hidden, weight, targets, bias, want_grad, *,
     targets = targets.contiguous()
     bias = bias.contiguous() if bias is not None else None
 
-    splits, split_cols = plan_vocab_splits(n, v, d, _sm_count(dev))
+    splits, split_cols = plan_vocab_splits(n, v, d, _sm_count(dev),
+                                           PLAN_BLOCK_N if want_grad else 2 * PLAN_BLOCK_N)
     if vocab_splits is not None:
         split_cols = triton.cdiv(triton.cdiv(v, vocab_splits), SPLIT_ALIGN) * SPLIT_ALIGN
         splits = triton.cdiv(v, split_cols)
