@@ -24,6 +24,7 @@
 --json PATH writes every figure above (and the device, versions and targets) as one JSON object.
 """
 import argparse
+import importlib.util
 import itertools
 import json
 import os
@@ -46,9 +47,12 @@ PEAK_SHAPES = (4096, 8192, 16384)
 def run_tests():
     env = dict(os.environ, TRITON_INTERPRET="0")
     tests = sorted(str(p) for p in (ROOT / "tests").glob("test_kernel_*.py"))
-    print(f"== pytest (compiled) {' '.join(Path(t).name for t in tests)}", flush=True)
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
-                          cwd=ROOT, env=env).returncode
+    # Each test shape compiles its own kernels: with pytest-xdist, on 8 processes at once.
+    parallel = ["-n", "8"] if importlib.util.find_spec("xdist") else []
+    print(f"== pytest (compiled) {' '.join(parallel)} {' '.join(Path(t).name for t in tests)}",
+          flush=True)
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           *parallel, *tests], cwd=ROOT, env=env).returncode
 
 
 def bf16_matmul_peak_tflops(torch, do_bench):
