@@ -265,11 +265,14 @@ def assert_forward_matches_reference(case, dtype, **options):
     return loss, argmax, margin, grad
 
 
-# d = 300 in one group (interpreter default), in two groups of 160 = 128 + 32 (the hoisted
-# path with the other group's columns), and in three groups of 112 = 64 + 64 (the K loop over d).
+# d = 300 in one group (the default config), in two groups of 160 = 128 + 32 (the hoisted path
+# with the other group's columns), and in three groups of 112 = 64 + 64 (the K loop over d).
+# Wide tiles for the interpreter's speed; on CUDA tiles whose shared memory fits an SM.
+_TILES = dict(BLOCK_V=128, BLOCK_K=128) if INTERPRET else dict(BLOCK_V=32, BLOCK_K=32)
 FEATURE_CONFIGS = {"one_group": None,
-                   "two_groups": dict(BLOCK_N=16, BLOCK_V=128, BLOCK_K=64, MAX_ACC=160),
-                   "k_loop": dict(BLOCK_N=16, BLOCK_V=128, BLOCK_K=128, MAX_ACC=128)}
+                   "two_groups": dict(BLOCK_N=16, MAX_ACC=160, num_warps=4, num_stages=1,
+                                      **_TILES),
+                   "k_loop": dict(BLOCK_N=16, MAX_ACC=128, num_warps=4, num_stages=1, **_TILES)}
 
 
 @pytest.mark.parametrize("config", FEATURE_CONFIGS.values(), ids=FEATURE_CONFIGS.keys())
