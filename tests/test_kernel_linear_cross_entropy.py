@@ -350,7 +350,8 @@ def test_two_runs_are_bit_identical():
     """No atomics, no order left to scheduling: loss, argmax, margin and gradient repeat
     exactly, with several splits and several feature groups."""
     case = make_case(n=20, d=200, v=1100, dtype=torch.bfloat16, bias=True, masked=[2, 17])
-    for options in (dict(vocab_splits=3), dict(vocab_splits=2, config=FEATURE_CONFIGS["two_groups"])):
+    for options in (dict(vocab_splits=3),
+                    dict(vocab_splits=2, config=FEATURE_CONFIGS["two_groups"])):
         first, second = forward(case, **options), forward(case, **options)
         for a, b in zip(first, second):
             assert torch.equal(a, b)
