@@ -3,8 +3,12 @@
     pytest benchmarks/bench_kernels.py --benchmark-only
 
 linear_cross_entropy, forward + backward (loss.sum().backward(), the gradient reaching
-``hidden``; argmax computed by both, as the op's contract), d = 576, N in {512, 4096},
-V in {49152, 128256}; fp32 on CPU, bf16 on CUDA. Implementations:
+``hidden``; argmax computed by both, as the op's contract), d = 576 (SmolLM2-135M), every 7th
+row masked. CPU: fp32, N in {512, 4096}, V in {49152, 128256}. CUDA: V = 49152, N = 960 (a
+cramming step's rows) and 16384 (a full batch) in bf16 and fp32, and N = 4096 in bf16 (the
+memory target below); on CUDA each case also reports TFLOP/s counting 4 N_scored V d flops
+(logits and gradient products) and its fraction of a bf16 matmul peak measured here
+(torch.mm, 8192^3). Implementations:
   naive   ops.linear_cross_entropy(backend="naive"): full N x V logits, F.cross_entropy, autograd
   torch   ops.linear_cross_entropy(backend="torch"): the chunked fused twin (CPU and CUDA)
   triton  ops.linear_cross_entropy(backend="triton"): CUDA only
@@ -125,14 +129,39 @@ from _common import device, machine, quick, sync  # noqa: E402
 from cramfast import ops  # noqa: E402
 
 DEV = device()
-DTYPE = torch.bfloat16 if DEV.type == "cuda" else torch.float32
+DTYPE = torch.bfloat16 if DEV.type == "cuda" else torch.float32   # mem_embed's
 IMPLS = ("naive", "torch") + (("triton",) if DEV.type == "cuda" else ())
-CASES = [(512, 49152), TARGET_CASE] if quick() else \
-    [(n, v) for n in (512, 4096) for v in (49152, 128256)]
-ROUNDS = 1 if quick() else 3
+if DEV.type == "cuda":
+    CASES = [(960, 49152, "bfloat16"), (*TARGET_CASE, "bfloat16")] if quick() else \
+        [(n, 49152, dt) for dt in ("bfloat16", "float32") for n in (960, 16384)] \
+        + [(*TARGET_CASE, "bfloat16")]
+    ROUNDS = 5 if quick() else 20   # sub-millisecond steps: a median of many
+else:
+    CASES = [(512, 49152, "float32"), (*TARGET_CASE, "float32")] if quick() else \
+        [(n, v, "float32") for n in (512, 4096) for v in (49152, 128256)]
+    ROUNDS = 1 if quick() else 3
 WARMUP = 0 if quick() and DEV.type == "cpu" else 1   # CPU quick mode: the first call is timed
 
-_naive: dict[tuple[int, int], dict] = {}   # (N, V) -> naive figures, for the ratios
+_naive: dict[tuple[int, int, str], dict] = {}   # (N, V, dtype) -> naive figures, for the ratios
+_peak_tflops: list[float] = []
+
+
+def bf16_peak_tflops() -> float:
+    """torch.mm of two 8192^2 bf16 matrices, the best of 10 runs, TFLOP/s (measured once)."""
+    if not _peak_tflops:
+        a = torch.randn(8192, 8192, device=DEV, dtype=torch.bfloat16)
+        b = torch.randn(8192, 8192, device=DEV, dtype=torch.bfloat16)
+        torch.mm(a, b)
+        best = float("inf")
+        for _ in range(10):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            torch.mm(a, b)
+            end.record()
+            end.synchronize()
+            best = min(best, start.elapsed_time(end))
+        _peak_tflops.append(2 * 8192 ** 3 / best / 1e9)
+    return _peak_tflops[0]
 
 
 def _peak_mib(impl, n, v, step, args):
@@ -149,10 +178,10 @@ def _peak_mib(impl, n, v, step, args):
     return probe["peak_bytes"] / 2**20, probe["method"]
 
 
-@pytest.mark.parametrize("n,v,impl", [(n, v, i) for n, v in CASES for i in IMPLS],
-                         ids=[f"N{n}-V{v}-{i}" for n, v in CASES for i in IMPLS])
-def test_linear_cross_entropy(benchmark, n, v, impl):
-    args = _inputs(torch, n, v, DTYPE, DEV)
+@pytest.mark.parametrize("n,v,dtype,impl", [(n, v, dt, i) for n, v, dt in CASES for i in IMPLS],
+                         ids=[f"N{n}-V{v}-{dt}-{i}" for n, v, dt in CASES for i in IMPLS])
+def test_linear_cross_entropy(benchmark, n, v, dtype, impl):
+    args = _inputs(torch, n, v, getattr(torch, dtype), DEV)
     step = _step_fn(ops, impl)
     rounds = []
 
@@ -165,12 +194,17 @@ def test_linear_cross_entropy(benchmark, n, v, impl):
     benchmark.pedantic(timed, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP)
     ms = 1e3 * statistics.median(rounds[WARMUP:] or rounds)
     peak, method = _peak_mib(impl, n, v, step, args)
-    info = dict(op="linear_ce_fwd_bwd", impl=impl, N=n, V=v, d=D, dtype=str(DTYPE).split(".")[-1],
-                ms=round(ms, 2), peak_mib=round(peak, 1), memory_method=method, device=machine())
+    info = dict(op=f"linear_ce_fwd_bwd/{dtype}", impl=impl, N=n, V=v, d=D, dtype=dtype,
+                ms=round(ms, 3), peak_mib=round(peak, 1), memory_method=method, device=machine())
+    if DEV.type == "cuda":
+        scored = int((args[2] != ops.IGNORE_INDEX).sum())
+        tflops = 4 * scored * v * D / ms / 1e9
+        info.update(tflops=round(tflops, 1), peak_fraction=round(tflops / bf16_peak_tflops(), 3),
+                    bf16_peak_tflops=round(bf16_peak_tflops(), 1))
     if impl == "naive":
-        _naive[(n, v)] = info
-    elif (n, v) in _naive:
-        ref = _naive[(n, v)]
+        _naive[(n, v, dtype)] = info
+    elif (n, v, dtype) in _naive:
+        ref = _naive[(n, v, dtype)]
         info["time_vs_naive"] = round(ms / ref["ms"], 3)
         info["mem_vs_naive"] = round(peak / ref["peak_mib"], 3) if ref["peak_mib"] > 0 else None
         if (n, v) == TARGET_CASE and info["mem_vs_naive"] is not None:
@@ -179,7 +213,7 @@ def test_linear_cross_entropy(benchmark, n, v, impl):
     if quick():
         info["note"] = f"quick mode: {ROUNDS} timed round(s) per case"
     benchmark.extra_info.update(info)
-    print(f"\nlinear CE {impl:6s} N={n} V={v}: {ms:.1f} ms, peak {peak:.0f} MiB")
+    print(f"\nlinear CE {impl:6s} N={n} V={v} {dtype}: {ms:.3f} ms, peak {peak:.0f} MiB")
 
 
 @pytest.mark.parametrize("impl", ["mem_embed", "torch_cat"])

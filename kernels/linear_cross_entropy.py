@@ -1,188 +1,234 @@
-"""Fused linear cross-entropy against a frozen LM head: loss, argmax and d loss / d hidden.
+"""Fused linear cross-entropy against a frozen LM head: loss, argmax, margin and d loss / d hidden,
+the N x V logits never stored. Entry point and launch logic; the two kernels are
 
-One program owns BLOCK_N rows and walks the vocabulary twice, BLOCK_V columns at a time; the
-N x V logits never exist, only one [BLOCK_N, BLOCK_V] fp32 tile per program.
+  linear_cross_entropy_partials.py  grid (row blocks x vocabulary splits x feature groups): per
+      row and split the max, sum of exp, argmax, target logit, best other logit and the
+      unnormalised gradient sum_v exp(logit_v - max) * W_v, in one walk of the split;
+  linear_cross_entropy_combine.py   the splits merged in a fixed order into loss = lse - target
+      logit, argmax, margin and grad = softmax @ W - W_target, in hidden's dtype.
 
-  pass 1  logits tile = h @ W_chunk^T (+ b). An online log-sum-exp keeps per row the running
-          max m and sum s of exp(logit - m); when a chunk raises the max the old sum is rescaled
-          by exp(m_old - m_new), so lse = m + log(s) is exact without a second look at the data.
-          The same reduction gives the argmax (a chunk replaces it only on a strictly larger
-          max, so ties go to the lowest index) and the target's logit: loss = lse - logit[t].
-  pass 2  d loss / d logits = softmax - onehot(t) = exp(logit - lse) - onehot, recomputed per
-          tile, then grad_h += P_tile @ W_chunk. The head is frozen, so the P^T @ h product
-          (the weight gradient) is never formed.
+Why split the vocabulary: a cramming step scores ~1k rows, which make only ~15 blocks of 64
+rows; one program per row block walking all of V would leave most of an H200's 132 SMs idle.
+Splitting V gives row blocks x splits programs. The number of splits is chosen from N, V and the
+SM count alone (plan_vocab_splits), so every allocation depends on shapes only and no value is
+read back to the host: a step stays capturable as a CUDA graph. The splits cost one fp32
+[splits, N, d] buffer of partial gradients; the plan caps it (PARTIAL_BYTES_MAX), and it is small
+by construction where it matters: splits > 1 only when row blocks alone cannot fill the device,
+so splits x N stays about SMs x 64 rows.
 
-The gradient of h contracts over V while the logits contract over d. d (2k-8k) is far too wide
-to keep a [BLOCK_N, d] accumulator in registers, so it lives in an fp32 [N, d] buffer that each
-program reads and writes back once per vocabulary chunk (rows are owned by one program, so no
-atomics are needed). All programs walk V in the same order, so the W chunk they need at a
-given moment is shared through L2.
+Why one walk: the gradient's normalisation, exp(max - lse), is a per-row scalar, so each split
+accumulates its gradient relative to its own running max (rescaled when the max rises, as the
+sum of exp is) and the reduction applies the scalar afterwards. Logits and gradient are one
+product each per tile, 4 N V d flops in all when the [rows, d] accumulator fits in registers;
+where it does not, d is cut into feature groups that each recompute the logits (on sm_90 at
+d = 576: two groups of 288 columns, 6 N V d flops, the W tile still loaded once per program for
+both products). The configs and what ptxas reports for them are listed at CONFIGS_16BIT.
+
+Precision: bf16/fp16 products run on the tensor cores with fp32 accumulation, P rounded to W's
+dtype for the second product, as the torch twin rounds it. fp32 inputs use FP32_DOT_PRECISION.
 """
+import functools
 import os
 
 import torch
 import triton
-import triton.language as tl
 
-from cramfast.constants import IGNORE_INDEX as _IGNORE_INDEX
+from .linear_cross_entropy_combine import combine_vocab_splits
+from .linear_cross_entropy_partials import (FEATURE_GROUP_META, feature_groups,
+                                            vocab_split_partials)
 
-IGNORE_INDEX = tl.constexpr(_IGNORE_INDEX)  # jit code may only read constexpr globals
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
+# fp32 inputs: "tf32x3" splits each operand into a tf32 high part and a tf32 remainder and sums
+# three tensor-core products, near fp32's accuracy (losses and argmaxes equal an "ieee" run's
+# within the fp32 tests' 1e-5) at tensor-core speed; "ieee" (no tensor cores, FMA loops) is ~10x
+# slower, plain "tf32" (10-bit mantissa) moves logits by ~1e-3 and can flip near-tied argmaxes.
+# "ieee" stays selectable (fp32_precision=) for the tests that compare against it.
+FP32_DOT_PRECISION = "tf32x3"
+FP32_PRECISIONS = ("tf32x3", "tf32", "ieee")
 
-@triton.jit
-def _logits_tile(h_ptr, w_ptr, b_ptr, rows, row_mask, cols, V, D, stride_h, stride_w,
-                 HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
-    """fp32 logits [BLOCK_N, BLOCK_V]; -inf in columns past V so they vanish from softmax."""
-    acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        dims = d0 + tl.arange(0, BLOCK_D)
-        in_d = dims < D
-        # Masked (ignored) rows are not loaded at all: their logits are junk, never used.
-        h = tl.load(h_ptr + rows[:, None] * stride_h + dims[None, :],
-                    mask=row_mask[:, None] & in_d[None, :], other=0.0)
-        w = tl.load(w_ptr + cols[:, None] * stride_w + dims[None, :],
-                    mask=(cols < V)[:, None] & in_d[None, :], other=0.0)
-        if UPCAST:  # interpreter only: its numpy dot multiplies bf16 as raw uint16 bits
-            h = h.to(tl.float32)
-            w = w.to(tl.float32)
-        # bf16/fp16 operands hit the tensor cores with fp32 accumulation; fp32 operands use
-        # "ieee" so they are not silently rounded to tf32.
-        acc = tl.dot(h, tl.trans(w), acc, input_precision=DOT_PRECISION)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + cols, mask=cols < V, other=0.0).to(tl.float32)[None, :]
-    return tl.where((cols < V)[None, :], acc, float("-inf"))
-
-
-# N (and its bucket) change with every batch shape: specializing on them (N == 1, N % 16) would
-# compile each autotune config again for each, which for tiny shapes costs more than it saves.
-@triton.jit(do_not_specialize=["N", "N_BUCKET"])
-def _linear_cross_entropy_kernel(
-        h_ptr, w_ptr, b_ptr, tgt_ptr, loss_ptr, argmax_ptr, margin_ptr, grad_ptr,
-        N, V, D, stride_h, stride_w, stride_g, N_BUCKET,
-        HAS_BIAS: tl.constexpr, WANT_GRAD: tl.constexpr, UPCAST: tl.constexpr,
-        DOT_PRECISION: tl.constexpr,
-        BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    in_n = rows < N
-    tgt = tl.load(tgt_ptr + rows, mask=in_n, other=IGNORE_INDEX)
-    valid = tgt != IGNORE_INDEX
-    # A block of masked rows (padding, memory positions) costs one load: the wrapper has
-    # already written their loss 0, argmax -1 and zero gradient.
-    if tl.max(valid.to(tl.int32), axis=0) > 0:
-        m_i = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
-        s_i = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        arg_i = tl.zeros((BLOCK_N,), dtype=tl.int64)
-        tgt_logit = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        other_max = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
-        for v0 in range(0, V, BLOCK_V):
-            cols = v0 + tl.arange(0, BLOCK_V)
-            logits = _logits_tile(h_ptr, w_ptr, b_ptr, rows, valid, cols, V, D, stride_h,
-                                  stride_w, HAS_BIAS, UPCAST, DOT_PRECISION,
-                                  BLOCK_N, BLOCK_V, BLOCK_D)
-            c_max, c_arg = tl.max(logits, axis=1, return_indices=True,
-                                  return_indices_tie_break_left=True)
-            arg_i = tl.where(c_max > m_i, v0 + c_arg.to(tl.int64), arg_i)
-            m_new = tl.maximum(m_i, c_max)
-            s_i = s_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(logits - m_new[:, None]), axis=1)
-            m_i = m_new
-            is_tgt = cols[None, :] == tgt[:, None]
-            tgt_logit += tl.sum(tl.where(is_tgt, logits, 0.0), axis=1)
-            other_max = tl.maximum(other_max, tl.max(tl.where(is_tgt, float("-inf"), logits), axis=1))
-        lse = m_i + tl.log(s_i)
-        tl.store(loss_ptr + rows, tl.where(valid, lse - tgt_logit, 0.0), mask=in_n)
-        tl.store(argmax_ptr + rows, tl.where(valid, arg_i, -1), mask=in_n)
-        tl.store(margin_ptr + rows, tl.where(valid, tgt_logit - other_max, 0.0), mask=in_n)
-
-        if WANT_GRAD:
-            w_ty = w_ptr.dtype.element_ty
-            for v0 in range(0, V, BLOCK_V):
-                cols = v0 + tl.arange(0, BLOCK_V)
-                logits = _logits_tile(h_ptr, w_ptr, b_ptr, rows, valid, cols, V, D, stride_h,
-                                      stride_w, HAS_BIAS, UPCAST, DOT_PRECISION,
-                                      BLOCK_N, BLOCK_V, BLOCK_D)
-                p = tl.exp(logits - lse[:, None])
-                p = tl.where(cols[None, :] == tgt[:, None], p - 1.0, p)
-                # The second product runs in W's dtype (tensor cores need equal operand types):
-                # P is rounded to bf16/fp16 as the torch backend does (round-to-nearest on CUDA;
-                # the interpreter truncates, which the tests' bf16 tolerance absorbs).
-                p = p.to(w_ty)
-                if UPCAST:
-                    p = p.to(tl.float32)
-                for d0 in range(0, D, BLOCK_D):
-                    dims = d0 + tl.arange(0, BLOCK_D)
-                    in_d = dims < D
-                    w = tl.load(w_ptr + cols[:, None] * stride_w + dims[None, :],
-                                mask=(cols < V)[:, None] & in_d[None, :], other=0.0)
-                    if UPCAST:
-                        w = w.to(tl.float32)
-                    g_ptrs = grad_ptr + rows[:, None] * stride_g + dims[None, :]
-                    g_mask = valid[:, None] & in_d[None, :]  # masked rows keep their zeros
-                    g = tl.load(g_ptrs, mask=g_mask, other=0.0)
-                    g = tl.dot(p, w, g, input_precision=DOT_PRECISION)
-                    tl.store(g_ptrs, g, mask=g_mask)
+# Splits are whole multiples of this many columns (every config's BLOCK_V divides it, so no
+# tile straddles two splits) and at least MIN_SPLIT_COLS wide, so each program's fixed costs
+# (loading its rows, writing its partials) stay small against its walk.
+SPLIT_ALIGN = 256
+MIN_SPLIT_COLS = 512
+# Cap on the partial-gradient buffer, fp32 [splits, N, d]; one split always fits (it is the
+# fp32 gradient accumulator that any fused kernel needs).
+PARTIAL_BYTES_MAX = 128 << 20
+# One split costs the reduction a write and a read of its [N, d] fp32 partials; in the plan's
+# units (columns of one row block's walk on one SM) that is a few columns per row block.
+SPLIT_COST_COLS = 4
+# The plan counts programs as if each held 64 rows and all of d, which is what the main 16-bit
+# config (128 rows, two feature groups) amounts to; without the gradient a program does all of
+# d, so 128 rows.
+PLAN_BLOCK_N = 64
+# Under the interpreter there is no device to fill: a nominal SM count that still splits.
+INTERPRET_SMS = 8
 
 
-# The interpreter runs programs one by one in numpy, paying per op and per element of the
-# [BLOCK_V, BLOCK_D] pointer tiles: one fixed config of wide blocks, clipped to the problem.
-INTERPRET_BLOCKS = dict(BLOCK_N=16, BLOCK_V=512, BLOCK_D=128)
+@functools.lru_cache(maxsize=4096)  # shapes repeat step after step: plan each once
+def plan_vocab_splits(n, v, d, sms, rows_per_program=PLAN_BLOCK_N):
+    """(splits, split_cols): the vocabulary cut into ``splits`` ranges of ``split_cols`` columns
+    (the last may be shorter) so that row blocks (of ``rows_per_program`` rows) x splits
+    programs fill ``sms`` SMs.
+
+    Estimated time of a plan, in columns walked per SM: waves x split_cols, waves =
+    ceil(row blocks x splits / sms) (one resident program per SM: the accumulator takes most
+    of the registers), plus SPLIT_COST_COLS per row block and split for the reduction. The
+    cheapest plan wins, ties to fewer splits."""
+    row_blocks = triton.cdiv(max(n, 1), rows_per_program)
+    most = max(1, min(triton.cdiv(v, MIN_SPLIT_COLS), PARTIAL_BYTES_MAX // max(n * d * 4, 1)))
+    best = None
+    for splits in range(1, most + 1):
+        cols = triton.cdiv(triton.cdiv(v, splits), SPLIT_ALIGN) * SPLIT_ALIGN
+        splits = triton.cdiv(v, cols)  # rounding up the width may leave fewer splits
+        cost = triton.cdiv(row_blocks * splits, sms) * cols + SPLIT_COST_COLS * row_blocks * splits
+        if best is None or cost < best[0]:
+            best = (cost, splits, cols)
+    return best[1], best[2]
 
 
-def _interpret_config(v, d):
-    return dict(BLOCK_N=INTERPRET_BLOCKS["BLOCK_N"],
-                BLOCK_V=min(INTERPRET_BLOCKS["BLOCK_V"], triton.next_power_of_2(v)),
-                BLOCK_D=min(INTERPRET_BLOCKS["BLOCK_D"], triton.next_power_of_2(d)))
+@functools.lru_cache(maxsize=None)
+def _sm_count(device):
+    if INTERPRET:
+        return INTERPRET_SMS
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-# On CUDA a small autotune list: for bf16/fp16 (wgmma) ptxas reports 190-255 registers and no
-# spills for the first four on sm_90; fp32 ("ieee", no tensor cores) spills with those and gets
-# the last, small one. reset_to_zero: each trial run accumulates into the gradient buffer.
-# N_BUCKET (N rounded up to a power of two, read by nothing but the tuner) re-tunes per size
-# class of N: the best block for 60 rows (one text) is not the best for 16k (a full batch).
-if INTERPRET:
-    _launch = _linear_cross_entropy_kernel
-else:
-    _launch = triton.autotune(
-        configs=[triton.Config(dict(BLOCK_N=n, BLOCK_V=v, BLOCK_D=k), num_warps=w, num_stages=s)
-                 for n, v, k, w, s in [(64, 128, 64, 4, 3), (128, 128, 64, 8, 3),
-                                       (64, 256, 64, 8, 3), (128, 128, 32, 8, 4),
-                                       (64, 64, 32, 8, 2)]],
-        key=["N_BUCKET", "V", "D", "HAS_BIAS", "WANT_GRAD"],
-        reset_to_zero=["grad_ptr"],
-    )(_linear_cross_entropy_kernel)
-
-_DOT_PRECISION = {torch.float32: "ieee", torch.bfloat16: "tf32", torch.float16: "tf32"}
+# The interpreter runs programs one by one in numpy, paying per op: one fixed config of wide
+# tiles. MAX_ACC 1024 keeps every test's d in one feature group; tests pass config= with a
+# small MAX_ACC to cover the grouped path.
+INTERPRET_CONFIG = dict(BLOCK_N=16, BLOCK_V=128, BLOCK_K=64, MAX_ACC=1024)
 
 
-def linear_cross_entropy_forward(hidden, weight, targets, bias, want_grad):
+# On CUDA, checked with ptxas for sm_90 at d = 576 (registers, spills in the loop, shared memory):
+#   16-bit: BLOCK_N 128 on 8 warps (a 64-row wgmma per warpgroup; BLOCK_N 64 on 8 warps would
+#   compute every logit twice) with two feature groups of 288 accumulator columns (MAX_ACC 288)
+#   runs its loop without spills at BLOCK_V 32; BLOCK_V 64 needs a single pipeline stage to fit
+#   h and W in shared memory and spills a little; BLOCK_N 64 on 4 warps wastes fewer rows on
+#   small N and spills a little; MAX_ACC 160 (a K loop over d) is the fallback for wide d.
+#   fp32 (tf32x3 splits each operand in two, in registers and shared memory): hoisting h does not
+#   fit; groups of 96 columns (six for d = 576) are the widest that run without spills.
+def _configs(rows):
+    return [triton.Config(dict(BLOCK_N=n, BLOCK_V=v, BLOCK_K=64, MAX_ACC=acc),
+                          num_warps=w, num_stages=s) for n, v, acc, w, s in rows]
+
+
+CONFIGS_16BIT = _configs([(128, 32, 288, 8, 2), (128, 64, 288, 8, 1), (64, 32, 288, 4, 2),
+                          (128, 64, 160, 8, 2)])
+CONFIGS_FP32 = _configs([(128, 32, 96, 8, 2), (64, 32, 96, 4, 2)])
+# Shared memory per SM on sm_90 (227 KiB usable by one program), less what Triton may add to the
+# hoisted h and W tiles for reductions and layout conversions (measured: up to ~10 KiB).
+SMEM_BYTES = 227 << 10
+SMEM_HEADROOM = 6 << 10
+# Problems below this many multiply-adds (N V d) run the first fitting config untimed: tuning
+# costs more than it could save, and each config is a compile (the compiled tests' shapes).
+TUNE_MIN_MACS = 1 << 28
+
+
+def _hoisted_smem_bytes(config, d, elem_bytes):
+    """Shared memory of the hoisted path (one or two groups): the rows' h plus num_stages W
+    tiles, all of d; fp32 counts twice (tf32x3 keeps each operand's high and low parts)."""
+    groups, group, piece_a, piece_b = feature_groups(d, config.kwargs["MAX_ACC"])
+    cols = groups * (piece_a + piece_b)
+    rows = config.kwargs["BLOCK_N"] + config.num_stages * config.kwargs["BLOCK_V"]
+    return rows * cols * elem_bytes * (2 if elem_bytes == 4 else 1), groups
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    """The configs worth timing for this launch: those of its dtype whose hoisted h and W fit
+    in shared memory, one per distinct set of derived tiles (small d makes MAX_ACC irrelevant),
+    and only the first for small problems."""
+    d, n, v = named_args["D"], named_args["N"], named_args["V"]
+    elem = named_args["h_ptr"].element_size()
+    kept, seen = [], set()
+    for config in CONFIGS_FP32 if elem == 4 else CONFIGS_16BIT:
+        smem, groups = _hoisted_smem_bytes(config, d, elem)
+        derived = (config.kwargs["BLOCK_N"], config.kwargs["BLOCK_V"], config.num_warps,
+                   config.num_stages, feature_groups(d, config.kwargs["MAX_ACC"]))
+        if (groups <= 2 and smem + SMEM_HEADROOM > SMEM_BYTES) or derived in seen:
+            continue
+        seen.add(derived)
+        kept.append(config)
+    kept = kept or (CONFIGS_FP32 if elem == 4 else CONFIGS_16BIT)[-1:]
+    return kept[:1] if n * v * d < TUNE_MIN_MACS else kept
+
+
+_partials = triton.heuristics(FEATURE_GROUP_META)(vocab_split_partials)
+if not INTERPRET:
+    # N_BUCKET (N rounded up to a power of two) re-tunes per size class of N: the best tile
+    # for 60 rows (one text) is not the best for 16k (a full batch). Tensor dtypes join the
+    # key on their own. Every output is overwritten, so trials need no reset.
+    _tuned_partials = triton.autotune(
+        configs=CONFIGS_16BIT + CONFIGS_FP32,
+        key=["N_BUCKET", "V", "D", "HAS_BIAS", "WANT_GRAD", "DOT_PRECISION"],
+        prune_configs_by=dict(early_config_prune=_prune_configs))(_partials)
+
+# The reduction streams [splits, N, d] fp32 partials: small tiles, many programs.
+COMBINE_BLOCKS = dict(BLOCK_R=16, BLOCK_D=128)
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def linear_cross_entropy_forward(hidden, weight, targets, bias, want_grad, *,
+                                 fp32_precision=FP32_DOT_PRECISION, vocab_splits=None,
+                                 config=None):
     """(loss [N] fp32, argmax [N] int64, margin [N] fp32, grad [N, d] in hidden.dtype or None);
-    shapes checked by cramfast.ops.linear_cross_entropy, the public entry."""
-    if hidden.dtype != weight.dtype or hidden.dtype not in _DOT_PRECISION:
+    shapes checked by cramfast.ops.linear_cross_entropy, the public entry.
+
+    Keywords for tests and benchmarks: ``fp32_precision`` the dot precision of fp32 inputs,
+    ``vocab_splits`` a split count instead of the plan's, ``config`` the partial kernel's
+    meta-parameters (BLOCK_N, BLOCK_V, BLOCK_K, MAX_ACC, and on CUDA num_warps, num_stages)
+    instead of the autotuner's choice."""
+    if hidden.dtype != weight.dtype or hidden.dtype not in _DTYPES:
         raise TypeError(f"linear_cross_entropy (triton): hidden and weight must share one of "
                         f"fp32/bf16/fp16, got {hidden.dtype} and {weight.dtype}")
+    if fp32_precision not in FP32_PRECISIONS:
+        raise ValueError(f"linear_cross_entropy (triton): fp32_precision must be one of "
+                         f"{FP32_PRECISIONS}, got {fp32_precision!r}")
     if not INTERPRET and not hidden.is_cuda:
         raise RuntimeError("linear_cross_entropy (triton): tensors must be on CUDA, or set "
                            "TRITON_INTERPRET=1 before importing cramfast to run on CPU")
-    (n, d), v = hidden.shape, weight.shape[0]
+    (n, d), v, dev = hidden.shape, weight.shape[0], hidden.device
     hidden = hidden if hidden.stride(1) == 1 else hidden.contiguous()
     weight = weight if weight.stride(1) == 1 else weight.contiguous()
     targets = targets.contiguous()
     bias = bias.contiguous() if bias is not None else None
-    loss = torch.zeros(n, dtype=torch.float32, device=hidden.device)
-    argmax = torch.full((n,), -1, dtype=torch.int64, device=hidden.device)
-    margin = torch.zeros(n, dtype=torch.float32, device=hidden.device)
-    # fp32 accumulator (see module docstring); it is the result itself for fp32 inputs.
-    grad = torch.zeros(n, d, dtype=torch.float32, device=hidden.device) if want_grad else None
-    if n:
-        _launch[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
-            # Unused bias / gradient slots get any tensor of a fitting dtype (never read).
-            hidden, weight, bias if bias is not None else hidden, targets, loss, argmax, margin,
-            grad if want_grad else loss, n, v, d, hidden.stride(0), weight.stride(0),
-            d if want_grad else 0, triton.next_power_of_2(n),
-            HAS_BIAS=bias is not None, WANT_GRAD=want_grad, UPCAST=INTERPRET,
-            DOT_PRECISION=_DOT_PRECISION[hidden.dtype],
-            **(_interpret_config(v, d) if INTERPRET else {}))
-    if want_grad:
-        grad = grad.to(hidden.dtype)
+
+    splits, split_cols = plan_vocab_splits(n, v, d, _sm_count(dev),
+                                           PLAN_BLOCK_N if want_grad else 2 * PLAN_BLOCK_N)
+    if vocab_splits is not None:
+        split_cols = triton.cdiv(triton.cdiv(v, vocab_splits), SPLIT_ALIGN) * SPLIT_ALIGN
+        splits = triton.cdiv(v, split_cols)
+    # Every element of the outputs is written by the reduction: no fill needed.
+    loss = torch.empty(n, dtype=torch.float32, device=dev)
+    argmax = torch.empty(n, dtype=torch.int64, device=dev)
+    margin = torch.empty(n, dtype=torch.float32, device=dev)
+    grad = torch.empty(n, d, dtype=hidden.dtype, device=dev) if want_grad else None
+    if n == 0:
+        return loss, argmax, margin, grad
+    stats = torch.empty(3, splits, n, dtype=torch.float32, device=dev)  # max, sumexp, other
+    arg = torch.empty(splits, n, dtype=torch.int32, device=dev)
+    tgt_logit = torch.empty(n, dtype=torch.float32, device=dev)
+    # Unused slots get any tensor of a fitting dtype (never read).
+    grad_part = torch.empty(splits, n, d, dtype=torch.float32, device=dev) if want_grad \
+        else stats
+
+    precision = fp32_precision if hidden.dtype == torch.float32 else "tf32"  # ignored for 16-bit
+    if config is None and not INTERPRET:
+        kernel, meta = _tuned_partials, {}
+    else:
+        kernel, meta = _partials, dict(INTERPRET_CONFIG if config is None else config)
+    # Without the gradient one program per row block and split does it all: group 0 computes
+    # the whole logits tile whatever D_GROUPS is, and the other groups would only add gradient.
+    kernel[lambda m: (triton.cdiv(n, m["BLOCK_N"]), splits, m["D_GROUPS"] if want_grad else 1)](
+        hidden, weight, bias if bias is not None else hidden, targets,
+        stats[0], stats[1], stats[2], arg, tgt_logit, grad_part,
+        n, v, d, hidden.stride(0), weight.stride(0), split_cols, triton.next_power_of_2(n),
+        HAS_BIAS=bias is not None, WANT_GRAD=want_grad, UPCAST=INTERPRET,
+        DOT_PRECISION=precision, **meta)
+    combine_vocab_splits[(triton.cdiv(n, COMBINE_BLOCKS["BLOCK_R"]),
+                          triton.cdiv(d, COMBINE_BLOCKS["BLOCK_D"]) if want_grad else 1)](
+        stats[0], stats[1], stats[2], arg, tgt_logit, grad_part,
+        weight, targets, loss, argmax, margin, grad if want_grad else loss,
+        n, v, d, splits, weight.stride(0), WANT_GRAD=want_grad, **COMBINE_BLOCKS)
     return loss, argmax, margin, grad
