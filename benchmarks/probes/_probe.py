@@ -1,0 +1,76 @@
+"""What the probes share: the options that name the model and the texts, the two ways they
+sample passages, and running as a command line (bad input: one line on stderr, exit 2)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # benchmarks/, for _common
+import _common  # noqa: E402
+from cramfast import clitools, sources  # noqa: E402
+from cramfast.errors import CramfastError  # noqa: E402
+from cramfast.settings import RESULT_SETTINGS  # noqa: E402
+
+# How a probe draws its passages: the end-to-end benchmark's (spread over the books) or the
+# optimizer study's (one text of all the books, as `python -m cramfast.study` samples).
+FILE_HELP = {
+    "bench": "the books the end-to-end benchmark samples its passages from (a folder, "
+             "default %(default)s), or one text file",
+    "study": "a text file, or a folder of .txt files joined into one text, to sample passages "
+             "from as the optimizer study does (default %(default)s)",
+}
+
+
+def parser(doc: str, sampling: str) -> argparse.ArgumentParser:
+    """The probe's parser: its docstring as help, --model and --file."""
+    p = argparse.ArgumentParser(description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None,
+                   help="a model name or folder (default: the embedded SmolLM2-135M)")
+    p.add_argument("--file", default=str(_common.BOOKS), help=FILE_HELP[sampling])
+    return p
+
+
+def bench_passages(tokenizer, path, length: int, k: int, seed: int = 0) -> list[list[int]]:
+    """The end-to-end benchmark's passages (_common.bench_texts: k passages of ``length``
+    tokens, seeded, spread evenly over the books) of the books' folder, or of one file, where
+    they are what bench_texts draws from a folder holding that one book."""
+    path = Path(path)
+    if path.is_file():
+        return sources.sample_passages(tokenizer, sources.read_text_file(path), length, k, seed)
+    if not path.is_dir():
+        raise CramfastError(f"{path}: no such file or directory")
+    if path.resolve() != _common.BOOKS.resolve():
+        raise CramfastError(f"{path}: give one text file, or the benchmark's books "
+                            f"({_common.BOOKS}; CRAMFAST_BENCH_BOOKS names another folder)")
+    if not _common.book_files():
+        raise CramfastError(f"{path}: no .txt books there")
+    return _common.bench_texts(tokenizer, length, k, seed)
+
+
+def study_passages(tokenizer, path, length: int, k: int, seed: int = 0) -> list[list[int]]:
+    """The optimizer study's passages: ``k`` of ``length`` tokens, seeded, from the text of
+    every file at ``path`` joined."""
+    text = "\n\n".join(sources.read_text_file(f) for f in sources.text_files(path))
+    return sources.sample_passages(tokenizer, text, length, k, seed)
+
+
+def csv_ints(value: str) -> list[int]:
+    """An argparse type: "8,12,16" -> [8, 12, 16]."""
+    try:
+        return [int(v) for v in value.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}")
+
+
+def run(main: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> None:
+    """Run a probe's ``main(args)`` as a command line and exit with its status."""
+    def command() -> int:
+        sources.text_files(args.file)       # a path that holds no text fails before the model loads
+        main(args)
+        return 0
+    # a bad setting is named as the probes take settings: key=value
+    flags = {name: f"{name}=VALUE" for name in RESULT_SETTINGS}
+    sys.exit(clitools.run(Path(sys.argv[0]).name, command, flags=flags))
