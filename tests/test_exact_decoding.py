@@ -1,0 +1,94 @@
+"""Lossless means it decodes back: a text that stops with every token right is greedy-decoded
+the way a user decodes it, and goes on with a larger margin where the decode differs; a margin
+makes that rare. The failure is reproduced on the tiny pretrained model in bf16 on the CPU (the
+training forward and KV-cached decoding round differently), then shown gone with a margin."""
+import random
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import cramfast
+from cramfast import compressor
+from conftest import CORPUS
+
+
+def corpus_windows(tokenizer, n, seed, lengths=(8, 24)):
+    ids = tokenizer(CORPUS)["input_ids"]
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        length = rng.randrange(*lengths)
+        start = rng.randrange(0, len(ids) - length)
+        out.append(ids[start:start + length])
+    return out
+
+
+@pytest.fixture(scope="module")
+def bf16_model(trained_path):
+    return cramfast.load_model(trained_path, dtype="bf16")
+
+
+def test_bf16_decode_failures_are_caught_and_a_margin_prevents_them(bf16_model):
+    """Margin 0 (the paper's rule): some texts reach accuracy 1.0 in training yet decode
+    otherwise; each is caught and goes on, so every lossless result decodes back. With a
+    margin of half a logit none needs to."""
+    texts = corpus_windows(bf16_model.tokenizer, 128, seed=0)
+    bare = cramfast.compress(texts, model=bf16_model, margin=0.0, max_steps=200, seed=0)
+    assert sum(r.decode_retries > 0 for r in bare) >= 1          # the failure, reproduced
+    assert all(r.exact for r in bare if r.stop_reason == "lossless")
+    kept = cramfast.compress(texts, model=bf16_model, margin_16bit=0.5, max_steps=200, seed=0)
+    assert all(r.decode_retries == 0 for r in kept)
+    assert all(r.exact for r in kept if r.stop_reason == "lossless")
+    assert all(r.margin >= 0.5 for r in kept if r.stop_reason == "lossless")
+    assert kept[0].settings["margin"] == 0.5 and kept[0].settings["margin_16bit"] == 0.5
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10 ** 6))
+def test_with_a_margin_every_lossless_text_decodes_alone(bf16_model, seed):
+    """Any texts, any seed: with the margin, a lossless result needs no retry, and decoding it
+    alone (cramfast.decode, batch 1) gives the text back too."""
+    texts = corpus_windows(bf16_model.tokenizer, 12, seed=seed)
+    results = cramfast.compress(texts, model=bf16_model, margin_16bit=0.5, max_steps=200,
+                                seed=seed)
+    for res in results:
+        if res.stop_reason == "lossless":
+            assert res.decode_retries == 0 and res.exact
+            assert cramfast.decode(res, model=bf16_model)[0] == res.token_ids
+
+
+def test_a_text_that_does_not_decode_back_goes_on_with_a_margin(trained_path, monkeypatch):
+    """The mechanism, made to fail on purpose: the first decode of one text is wrong; that text
+    goes on from its mem with a margin (no retry for the others), its steps counted on; with no
+    budget left it ends as max_steps, not lossless."""
+    lm = cramfast.load_model(trained_path, dtype=torch.float64)
+    texts = corpus_windows(lm.tokenizer, 3, seed=1)
+    assert len({t[0] for t in texts}) == 3                     # told apart by their first token
+    kw = dict(model=lm, lr=0.03, preset="paper")
+    plain = cramfast.compress(texts, max_steps=300, **kw)
+    assert [r.stop_reason for r in plain] == ["lossless"] * 3
+    real = compressor.greedy_decode
+    spoiled = []
+
+    def first_decode_of_text_0_wrong(lm_, mems, firsts, n_new):
+        out = real(lm_, mems, firsts, n_new)
+        for row, first in enumerate(firsts):
+            if first == texts[0][0] and not spoiled:
+                spoiled.append(row)
+                out[row][0] = (out[row][0] + 1) % lm_.vocab_size
+        return out
+    monkeypatch.setattr(compressor, "greedy_decode", first_decode_of_text_0_wrong)
+    retried = cramfast.compress(texts, max_steps=300, **kw)
+    assert [r.decode_retries for r in retried] == [1, 0, 0]
+    assert all(r.exact and r.stop_reason == "lossless" for r in retried)
+    # went on from where it stopped (here its mem already had the margin: 0 more steps)
+    assert retried[0].steps >= plain[0].steps and retried[0].attempts == 2
+    assert retried[0].margin >= compressor.DECODE_MARGIN_FLOOR[64]
+    for a, b in zip(plain[1:], retried[1:]):
+        assert (a.steps, a.stop_reason) == (b.steps, b.stop_reason)
+    spoiled.clear()
+    [out_of_budget] = cramfast.compress(texts[:1], max_steps=plain[0].steps, **kw)
+    assert out_of_budget.stop_reason == "max_steps" and not out_of_budget.exact
+    assert out_of_budget.accuracy == 1.0 and out_of_budget.decode_retries == 1
