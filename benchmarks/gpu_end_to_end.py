@@ -1,0 +1,170 @@
+"""End to end on a GPU with the real embedded model: cramfast against the paper's loop on the
+same passages, whether every result decodes back, and whether mems travel across precisions,
+devices and batch sizes. One bounded run that writes one JSON.
+
+    python benchmarks/gpu_end_to_end.py --books DIR --out FILE.json [--texts 256 --length 16]
+
+Runs, each on the same passages of --length tokens from the books in DIR (passages cramfast
+has never seen; sources.sample_passages, seed 0), m = 1, preset fast:
+  defaults     cramfast.compress(texts, model=bf16 model): the package's defaults (the batch
+               sized to the device); wall seconds include the sizing calibration
+  by_hand      the same with max_slots = fill_slots = the number of texts (the best measured by
+               hand before the defaults were sized to the device)
+  fp32         the defaults on the fp32 model
+  paper        benchmarks/paper_baseline.cram_one on the first --paper-texts passages (batch 1,
+               full logits, torch AdamW, bf16 autocast over fp32 weights, as the original)
+Per run: lossless (stop reason), exact (greedy decode), texts whose decode failed once and went
+on with a larger margin, steps median / p90 / max, lossless tokens per second, and the ratio to
+the paper loop's lossless tokens per second.
+Travel: the defaults run's lossless mems decoded again, greedily, in bf16 alone (batch 1; the
+first 64), in bf16 in batches of 64, in fp32 on the GPU and in fp32 on the CPU (batches of 64):
+how many decode back exactly.
+Profile (--profile): torch.profiler over 16 eager steps of 64 texts, the top kernels by GPU time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import paper_baseline  # noqa: E402
+import cramfast  # noqa: E402
+from cramfast import engine, sources  # noqa: E402
+
+
+def passages(lm, books: Path, length: int, n: int) -> list[list[int]]:
+    text = "\n\n".join(sources.read_text_file(f) for f in sources.text_files(books))
+    return sources.sample_passages(lm.tokenizer, text, length, n, 0)
+
+
+def summary(results, seconds: float, length: int) -> dict:
+    steps = sorted(r.steps for r in results)
+    lossless = sum(r.stop_reason == "lossless" for r in results)
+    return dict(texts=len(results), seconds=round(seconds, 2), lossless=lossless,
+                exact=sum(r.exact for r in results),
+                decode_retried=sum(r.decode_retries > 0 for r in results),
+                steps_median=statistics.median(steps), steps_p90=steps[round(0.9 * (len(steps) - 1))],
+                steps_max=steps[-1], lossless_tokens_per_s=round(length * lossless / seconds, 2),
+                batch={k: results[0].settings[k] for k in ("max_slots", "token_budget",
+                                                           "fill_slots", "cuda_graphs")})
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed_compress(texts, lm, length, **settings) -> tuple[dict, list]:
+    sync()
+    start = time.perf_counter()
+    results = cramfast.compress(texts, model=lm, **settings)
+    sync()
+    return summary(results, time.perf_counter() - start, length), results
+
+
+def paper_loop(lm, texts, length) -> dict:
+    start = time.perf_counter()
+    runs = [paper_baseline.cram_one(lm, ids, 1, 0, reload=False) for ids in texts]
+    seconds = time.perf_counter() - start
+    lossless = sum(r.lossless for r in runs)
+    return dict(texts=len(runs), seconds=round(seconds, 2), lossless=lossless,
+                steps=[r.steps for r in runs],
+                lossless_tokens_per_s=round(length * lossless / seconds, 4))
+
+
+def travel(results, models: dict) -> dict:
+    """Of these results' mems, how many decode back exactly with each (model, batch size)."""
+    out = {}
+    for name, (lm, batch) in models.items():
+        exact = 0
+        for start in range(0, len(results), batch):
+            group = results[start:start + batch]
+            mems = torch.stack([r.mem for r in group])
+            decoded = engine.greedy_decode(lm, mems, [r.token_ids[0] for r in group],
+                                           max(r.n_tokens for r in group) - 1)
+            exact += sum(d[:r.n_tokens - 1] == r.token_ids[1:] for d, r in zip(decoded, group))
+        out[name] = dict(decoded=len(results), exact=exact)
+    return out
+
+
+def profile(lm, texts) -> str:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    state, rows, ids, targets = engine.start_batch(lm, texts, engine.TextSettings(lr=1e-9))
+    stepper = engine.make_stepper(lm, state, engine.BatchSettings(cuda_graphs=False))
+    stepper.steps(rows, ids, targets, 2)
+    sync()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        stepper.steps(rows, ids, targets, 16)
+        sync()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--books", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--texts", type=int, default=256)
+    p.add_argument("--length", type=int, default=16)
+    p.add_argument("--paper-texts", type=int, default=3)
+    p.add_argument("--runs", default="defaults,by_hand,fp32,paper,travel")
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="bf16", help="of the main runs (fp32: a quick check on CPU)")
+    args = p.parse_args()
+    runs = args.runs.split(",")
+    bf16 = cramfast.load_model(dtype=args.dtype, device=args.device)
+    texts = passages(bf16, args.books, args.length, args.texts)
+    report = dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                  torch=torch.__version__, texts=len(texts), length=args.length, preset="fast")
+
+    def save():
+        args.out.write_text(json.dumps(report, indent=1))
+
+    cramfast.compress(texts[:2], model=bf16, max_steps=2)           # compile and autotune, untimed
+    report["defaults"], defaults = timed_compress(texts, bf16, args.length)
+    save()
+    print("defaults", report["defaults"], flush=True)
+    if "by_hand" in runs:
+        report["by_hand"], _ = timed_compress(texts, bf16, args.length, max_slots=len(texts),
+                                              fill_slots=len(texts))
+        save()
+        print("by_hand", report["by_hand"], flush=True)
+    fp32 = cramfast.load_model(device=args.device)   # paper loop: fp32 weights, bf16 autocast on CUDA
+    if "fp32" in runs:
+        cramfast.compress(texts[:2], model=fp32, max_steps=2)
+        report["fp32"], _ = timed_compress(texts, fp32, args.length)
+        save()
+        print("fp32", report["fp32"], flush=True)
+    if "paper" in runs:
+        report["paper"] = paper_loop(fp32, texts[:args.paper_texts], args.length)
+        for run in ("defaults", "by_hand", "fp32"):
+            if run in report and report["paper"]["lossless_tokens_per_s"] > 0:
+                report[run]["vs_paper"] = round(report[run]["lossless_tokens_per_s"]
+                                                / report["paper"]["lossless_tokens_per_s"], 1)
+        save()
+        print("paper", report["paper"], flush=True)
+    if "travel" in runs:
+        cpu32 = cramfast.load_model(device="cpu")
+        made = [r for r in defaults if r.stop_reason == "lossless"]
+        report["travel_bf16_cuda_mems"] = dict(
+            travel(made[:64], {"bf16_cuda_batch1": (bf16, 1)}),
+            **travel(made, {"bf16_cuda_batch64": (bf16, 64), "fp32_cuda_batch64": (fp32, 64),
+                            "fp32_cpu_batch64": (cpu32, 64)}))
+        save()
+        print("travel", report["travel_bf16_cuda_mems"], flush=True)
+    if args.profile:
+        table = profile(bf16, texts[:64])
+        args.out.with_suffix(".profile.txt").write_text(table)
+        print(table, flush=True)
+    save()
+
+
+if __name__ == "__main__":
+    main()
