@@ -77,7 +77,8 @@ def run_optimizer_study(model, token_lists_by_length: dict, n_mems, candidates: 
                 if texts_out is not None:
                     texts_out += [dict(length=length, n_mem=n_mem, candidate=name, text=i,
                                        n_tokens=r.n_tokens, steps=r.steps, stop_reason=r.stop_reason,
-                                       accuracy=r.accuracy, exact=r.exact, restarts=r.restarts)
+                                       accuracy=r.accuracy, exact=r.exact, restarts=r.restarts,
+                                       margin=round(r.margin, 4), decode_retries=r.decode_retries)
                                   for i, r in enumerate(mine)]
     return rows
 
@@ -91,6 +92,7 @@ def summarize(length, n_mem, name, results, batch_seconds):
                 p90_steps=steps[min(len(steps) - 1, round(0.9 * (len(steps) - 1)))],
                 token_steps=sum(r.steps * (r.n_tokens + n_mem) for r in results),
                 restarts=sum(r.restarts for r in results),
+                decode_retried=sum(r.decode_retries > 0 for r in results),
                 batch_seconds=round(batch_seconds, 1))
 
 

@@ -21,6 +21,7 @@ def test_candidates_in_one_batch_match_separate_runs(trained_path, tmp_path):
         assert row["lossless"] == sum(r.exact for r in alone)
         assert row["token_steps"] == sum(r.steps * (r.n_tokens + 1) for r in alone)
         assert row["mean_accuracy"] == round(sum(r.accuracy for r in alone) / 3, 4)
+        assert row["decode_retried"] == sum(r.decode_retries > 0 for r in alone)
         mine = [t for t in per_text if t["candidate"] == row["candidate"]]
         assert [t["steps"] for t in mine] == [r.steps for r in alone]
     assert rows[1]["lr"] == 0.5 * lm.embedding_std()
