@@ -12,7 +12,7 @@ memory target below); on CUDA each case also reports TFLOP/s counting 4 N_scored
   naive   ops.linear_cross_entropy(backend="naive"): full N x V logits, F.cross_entropy, autograd
   torch   ops.linear_cross_entropy(backend="torch"): the chunked fused twin (CPU and CUDA)
   triton  ops.linear_cross_entropy(backend="triton"): CUDA only
-Target (issue 6): at N = 4096, V = 49152 the fused peak memory <= 20 % of naive at <= 1.1x its
+Target: at N = 4096, V = 49152 the fused peak memory <= 20 % of naive at <= 1.1x its
 time (``target_met`` on the fused rows of that case).
 
 Time: pytest-benchmark's own measurement (one warm-up round, then 3 rounds; in quick mode on

@@ -3,12 +3,12 @@
 ``paper``: exactly the published settings (Kuratov et al. 2025); the sweep's default, for
 reproducing Table 1.
 
-``fast``: this project's default, chosen by the optimizer study (docs/study.md). A text's first
-attempt starts from the mean of its input embeddings at 20 times the random init's norm; LAMB
-(lr 0.2 of each mem vector's norm) cosine-decayed to a tenth over 7 updates per predicted token;
-the focal objective (gamma 1); a stall restart after 10 updates per predicted token without a
-better accuracy; parallel attempts in idle slots at the tail of a run (sized to the device: 4
-on a CPU, every slot on CUDA).
+``fast``: this project's default, chosen by the optimizer studies (docs/study/README.md). A
+text's first attempt starts from the mean of its input embeddings at 20 times the random init's
+norm; LAMB (lr 0.2 of each mem vector's norm) cosine-decayed to a tenth over 7 updates per
+predicted token; the focal objective (gamma 1); a stall restart after 10 updates per predicted
+token without a better accuracy; parallel attempts in idle slots at the tail of a run (sized to
+the device: 4 on a CPU, every slot on CUDA).
 """
 PRESETS = {
     "paper": {},

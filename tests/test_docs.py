@@ -1,7 +1,8 @@
 """The docs stay true to the code and to themselves: the settings table of docs/algorithm.md is
-what docs/settings_table.py generates from settings.py now, and every relative link in
-README.md and docs/**/*.md reaches an existing file or folder (and, with a #fragment into a
-markdown file, one of its headings)."""
+what docs/settings_table.py generates from settings.py now; every relative link in README.md,
+docs/**/*.md and benchmarks/probes/README.md reaches an existing file or folder (and, with a
+#fragment into a markdown file, one of its headings); and every repository file a doc names in
+its text (a probe's command, a script, a data file) exists."""
 from __future__ import annotations
 
 import importlib.util
@@ -56,7 +57,8 @@ HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$", re.M)
 
 
 def _markdown_files() -> list[Path]:
-    return [ROOT / "README.md"] + sorted((ROOT / "docs").rglob("*.md"))
+    return ([ROOT / "README.md"] + sorted((ROOT / "docs").rglob("*.md"))
+            + [ROOT / "benchmarks" / "probes" / "README.md"])
 
 
 def _prose(text: str) -> str:
@@ -116,3 +118,46 @@ def test_link_checker_sees_links_and_headings(tmp_path):
     assert broken_links(page) == ["nope.md (no such file or folder)",
                                   "sub/b.md#missing (no heading #missing in sub/b.md)",
                                   "sub/missing.md (no such file or folder)"]
+
+
+# ---------------------------------------------------------------------------------------------
+# files named in the text (commands, scripts, data), links or not
+
+# A path from the repository root to a file, as docs write them in commands and prose:
+# benchmarks/probes/tail_levers.py, docs/settings_table.py, cramfast/sizing.py ...
+NAMED_FILE = re.compile(r"(?<![\w./-])((?:benchmarks|cramfast|csrc|docs|kernels|tests)/"
+                        r"[\w./-]*\w\.(?:py|sh|md|txt|csv|json|toml|cpp|h))\b")
+
+
+def _docs_and_outputs() -> list[Path]:
+    """The markdown docs and the probe outputs whose header lines say how to rerun them."""
+    return _markdown_files() + sorted((ROOT / "docs").rglob("*.txt"))
+
+
+def missing_files(path: Path, root: Path = ROOT) -> list[str]:
+    named = sorted(set(NAMED_FILE.findall(path.read_text(encoding="utf-8"))))
+    return [name for name in named if not (root / name).is_file()]
+
+
+@pytest.mark.parametrize("path", _docs_and_outputs(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_named_repository_files_exist(path):
+    assert missing_files(path) == []
+
+
+def test_named_probes_exist():
+    probes = {name for path in _docs_and_outputs()
+              for name in NAMED_FILE.findall(path.read_text(encoding="utf-8"))
+              if name.startswith("benchmarks/probes/") and name.endswith(".py")}
+    assert probes, "no doc names a probe: the pattern no longer matches how docs name them"
+    assert sorted(p for p in probes if not (ROOT / p).is_file()) == []
+
+
+def test_named_file_checker(tmp_path):
+    (tmp_path / "benchmarks" / "probes").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "probes" / "init_probe.py").write_text("")
+    page = tmp_path / "a.md"
+    page.write_text("`.venv/bin/python benchmarks/probes/init_probe.py --bow 1` and\n"
+                    "python docs/study/tail_levers.py -, cramfast/grids/*.toml, see\n"
+                    "benchmarks/probes/gone.py; ../shared/data/books/x.txt; mydocs/a.py\n")
+    assert missing_files(page, tmp_path) == ["benchmarks/probes/gone.py",
+                                             "docs/study/tail_levers.py"]
