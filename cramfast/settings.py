@@ -33,7 +33,7 @@ class StopReason(enum.IntEnum):
     """Why a text's optimization stopped; the device stores the code, results the name, and
     the C++ scheduler speaks the same names."""
     RUNNING = 0
-    LOSSLESS = 1       # every predicted token right (and, with verify_decode, decoded back)
+    LOSSLESS = 1       # every predicted token right (by the margin asked) and decoded back
     STALLED = 2        # patience steps without a better accuracy
     MAX_STEPS = 3
     NONFINITE = 4      # a non-finite loss: that text alone stops
@@ -124,8 +124,8 @@ class TextSettings:
     focal_gamma: float = _setting(
         0.0, "The objective: the mean over the text's positions of (1 - p_target) ** gamma * CE, "
         "the weight held constant in the gradient, so positions already predicted with "
-        "confidence give way to those still wrong or unsure (0: the paper's mean CE). Lossless "
-        "still means argmax accuracy 1.0, and every reported CE is the plain one.", at_least=0,
+        "confidence give way to those still wrong or unsure (0: the paper's mean CE). Solved "
+        "still means the argmax is right (by the margin asked), and every reported CE is the plain one.", at_least=0,
         slot="float")
     margin: float = _setting(
         0.0, "A text is solved only when at every predicted position the target's logit leads "
