@@ -145,6 +145,7 @@ def _parser():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", choices=["optimizer"])
     p.add_argument("--model", default=None)
+    p.add_argument("--dtype", default=None, help="model weights: fp32 (default), bf16, fp16")
     p.add_argument("--file", required=True, help="a UTF-8 text file or folder to sample from")
     p.add_argument("--lengths", default="16,32,64")
     p.add_argument("--n-mem", default="1,2")
@@ -187,7 +188,7 @@ def _sample_texts_and_study(args, texts_out):
     import cramfast
     from cramfast import sources
     candidates = {n: parse_candidate(n) for n in args.candidates.split(",") if n}
-    lm = cramfast.load_model(args.model)
+    lm = cramfast.load_model(args.model, dtype=args.dtype)
     text = "\n\n".join(sources.read_text_file(f) for f in sources.text_files(args.file))
     lengths = [int(x) for x in args.lengths.split(",")]
     by_length = {L: sources.sample_passages(lm.tokenizer, text, L, args.texts, args.seed) for L in lengths}
