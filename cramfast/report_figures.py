@@ -42,8 +42,15 @@ def fig1(table: list[dict], out: Path):
         caps = [r["capacity"] or 0 for r in rows]
         gains = [r["token_gain"] or 0 for r in rows]
         x = range(len(rows))
-        ax.bar([i - 0.2 for i in x], caps, 0.4, label="capacity (mean acc ≥ 0.99)")
-        ax.bar([i + 0.2 for i in x], gains, 0.4, label="token gain (runs with acc ≤ 0.99)")
+        bars = ax.bar([i - 0.2 for i in x], caps, 0.4, label="capacity (mean acc ≥ 0.99)")
+        ax.bar_label(bars, [_capacity_label(r) for r in rows], fontsize=8)
+        below = [(i, int(r["lengths"].split()[0])) for i, r in enumerate(rows)
+                 if r["capacity"] is None and r["lengths"]]
+        if below:   # below the smallest length tried: an open bar up to that length
+            ax.bar([i - 0.2 for i, _ in below], [L for _, L in below], 0.4, fill=False,
+                   hatch="//", edgecolor="C0", label="capacity below the smallest length tried")
+        gain_bars = ax.bar([i + 0.2 for i in x], gains, 0.4, label="token gain (runs with acc ≤ 0.99)")
+        ax.bar_label(gain_bars, [f"{g:.1f}" if g else "" for g in gains], fontsize=8)
         for i, r in enumerate(rows):
             if r["paper_capacity"]:
                 ax.plot(i - 0.2, r["paper_capacity"], "k_", markersize=18,
@@ -53,13 +60,22 @@ def fig1(table: list[dict], out: Path):
                                paper_capacity=r["paper_capacity"], capacity_rows=r["capacity_rows"],
                                gain_rows=r["gain_rows"]))
         ax.set_xticks(list(x), labels, fontsize=8)
-        ax.legend(fontsize=8)
+        tallest = max(caps + gains + [L for _, L in below] + [r["paper_capacity"] or 0 for r in rows])
+        ax.set_ylim(0, 1.15 * tallest or 1)
+        # outside the axes: inside, the legend covered the top of the tallest bar
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:
         _no_data(ax, "one-vector runs")
     ax.set_ylabel("tokens")
     ax.set_title("Fig 1: tokens crammed into one vector")
     _save(plt, fig, out / FIGURES[0], points, ["model", "source", "settings", "capacity", "token_gain",
                                                "paper_capacity", "capacity_rows", "gain_rows"])
+
+
+def _capacity_label(row) -> str:
+    if row["capacity"] is None:
+        return f"<{row['lengths'].split()[0]}" if row["lengths"] else "–"
+    return ("≥ " if row["capacity_is_lower_bound"] else "") + str(row["capacity"])
 
 
 def fig3(groups: list[Group], out: Path, threshold=THRESHOLD):

@@ -143,3 +143,25 @@ def test_tables_keep_their_layout():
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         "| EleutherAI/pythia-160m | pg19 | 1 | 768 | 50304 | 787 | 1 | ≥ 8 | – | – | – | – | "
         "80 | 70.9 | 396 |"]
+
+
+def test_fig1_labels_every_capacity_and_keeps_the_legend_off_the_bars(tmp_path, monkeypatch):
+    """A capacity below the smallest length tried shows as an open bar up to that length,
+    labelled "<8"; every bar has its value; the legend sits outside the axes."""
+    from cramfast import report_figures
+    shown = {}
+    monkeypatch.setattr(report_figures, "_save", lambda plt, fig, *rest: shown.update(fig=fig))
+    base = dict(n_mem=1, model="m", settings="a", lengths="8 16", capacity_rows="", gain_rows="")
+    rows = [dict(base, source="low", capacity=None, capacity_is_lower_bound=False,
+                 token_gain=5.0, paper_capacity=None),
+            dict(base, source="high", capacity=16, capacity_is_lower_bound=True,
+                 token_gain=None, paper_capacity=80)]
+    report_figures.fig1(rows, tmp_path)
+    fig = shown["fig"]
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.texts]
+    assert "<8" in labels and "≥ 16" in labels and "5.0" in labels
+    assert any(p.get_hatch() == "//" and p.get_height() == 8 for p in ax.patches)
+    fig.canvas.draw()
+    assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1
+    assert ax.get_ylim()[1] > 80
