@@ -233,11 +233,17 @@ def _set_threads(threads):
     if threads is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-        threads = max(1, min(torch.get_num_threads(), cores - busy))
+        threads = default_threads(torch.get_num_threads(), cores, busy)
         if threads < torch.get_num_threads():
             print(f"cramfast: {threads} thread(s): other work keeps {busy} of {cores} cores busy "
                   "(--threads to choose)", file=sys.stderr)
     torch.set_num_threads(threads)
+
+
+def default_threads(torch_threads: int, cores: int, busy: int) -> int:
+    """torch's thread count, at most the cores that ``busy`` (the load average) leaves free,
+    at least one."""
+    return max(1, min(torch_threads, cores - busy))
 
 
 def _decode(args) -> int:

@@ -234,3 +234,31 @@ def test_wheel_declares_what_the_default_model_sweeps_and_reports_need(tmp_path)
     assert {"torch", "transformers", "safetensors", "gguf", "accelerate", "matplotlib",
             "wordfreq"} <= declared
     assert "torch==2.13.0" in requires.read_text()
+
+
+def test_threads_default_leaves_busy_cores_alone():
+    from cramfast.cli import default_threads
+    assert default_threads(2, 2, 0) == 2          # an idle machine: torch's own count
+    assert default_threads(2, 2, 1) == 1          # another job on one of two cores
+    assert default_threads(8, 4, 9) == 1          # overloaded: still one
+    assert default_threads(4, 16, 2) == 4         # never more than torch would use
+
+
+def test_loading_a_model_prints_no_bar(trained_path, capfd):
+    capfd.readouterr()
+    cramfast.load_model(trained_path, dtype="fp16")           # not loaded yet in this process
+    out, err = capfd.readouterr()
+    assert "Loading" not in err and "Loading" not in out
+
+
+def test_decode_prints_each_text_on_one_line(crammed, tmp_path, capsys, monkeypatch):
+    """A decoded text with newlines stays on its line (newlines shown as \\n), so it never runs
+    into the next result's header."""
+    _, results = crammed
+    cramfast.save(results, tmp_path)
+    monkeypatch.setattr(cramfast, "decode", lambda res, model=None: (res.token_ids, "two\nlines"))
+    capsys.readouterr()
+    assert main(["decode", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 4 and printed[1] == printed[3] == "two\\nlines"
+    assert printed[0].startswith("--- ") and printed[2].startswith("--- ")
