@@ -145,6 +145,21 @@ def check_update_rules_probe(lines):
 
 
 # probe -> (its arguments besides --model and --file, the check of its output lines)
+def check_travel_probe(lines):
+    made = re.fullmatch(r"made in fp32: (\d+)/(\d+) lossless, smallest margin (\S+), settings "
+                        r"\['margin=0.5'\]", lines[0])
+    assert made, lines[0]
+    lossless, texts = int(made[1]), int(made[2])
+    assert texts == N and 0 <= lossless <= N
+    if lossless:
+        assert float(made[3]) >= 0.5                      # every lossless mem has its margin
+    decoded = [re.fullmatch(r"decoded in (\w+), batch (\d+): (\d+)/(\d+) exact", line)
+               for line in lines[1:]]
+    assert [(d[1], d[2]) for d in decoded] == [("bf16", "1"), ("fp32", "2")]
+    assert all(0 <= int(d[3]) <= int(d[4]) == lossless for d in decoded)
+    assert int(decoded[1][3]) == lossless       # the precision it was made in gives them back
+
+
 TINY = {
     "e2e_timeline": (["--texts", N, "--length", L, "--steps", BUDGET], check_e2e_timeline),
     "hard_texts_stall": (["--length", L, "--sample", 2, "--texts", "0,1", "--steps", BUDGET],
@@ -161,6 +176,8 @@ TINY = {
                      "stall_steps=0,fill_slots=0"], check_tail_levers),
     "update_rules_probe": (["--texts", N, "--length", L, "--steps", BUDGET, "adam", "lion",
                             "normgd", "adamnorm", "lamb", "relgd"], check_update_rules_probe),
+    "travel_probe": (["--texts", N, "--length", L, "--steps", BUDGET, "--made", "fp32",
+                      "--decode", "bf16:1,fp32:2", "margin=0.5"], check_travel_probe),
 }
 
 
