@@ -3,6 +3,7 @@ naming the flag to change; Ctrl-C is one line and exit code 130; library chatter
 config warnings) stays quiet so that the line a user needs is not buried."""
 from __future__ import annotations
 
+import argparse
 import sys
 import warnings
 from typing import Callable
@@ -29,6 +30,18 @@ def run(prog: str, command: Callable[[], int], flags: dict[str, str] | None = No
     except KeyboardInterrupt:
         print(f"{prog}: {interrupted}", file=sys.stderr)
         return 130
+
+
+def csv_ints(value: str) -> list[int]:
+    """An argparse type for a list flag: "8,12,16" -> [8, 12, 16]; anything else (a negative
+    number, a word, nothing) is refused by argparse in one line naming the flag."""
+    try:
+        ints = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        ints = []
+    if not ints or min(ints) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {value!r}")
+    return ints
 
 
 def _flag_hint(name: str, flags: dict[str, str]) -> str:

@@ -147,8 +147,8 @@ def _parser():
     p.add_argument("--model", default=None)
     p.add_argument("--dtype", default=None, help="model weights: fp32 (default), bf16, fp16")
     p.add_argument("--file", required=True, help="a UTF-8 text file or folder to sample from")
-    p.add_argument("--lengths", default="16,32,64")
-    p.add_argument("--n-mem", default="1,2")
+    p.add_argument("--lengths", type=clitools.csv_ints, default="16,32,64")
+    p.add_argument("--n-mem", type=clitools.csv_ints, default="1,2")
     p.add_argument("--texts", type=int, default=24)
     p.add_argument("--candidates", default=",".join(CANDIDATES),
                    help="comma-separated candidates: a preset name, or key=value settings "
@@ -190,9 +190,9 @@ def _sample_texts_and_study(args, texts_out):
     candidates = {n: parse_candidate(n) for n in args.candidates.split(",") if n}
     lm = cramfast.load_model(args.model, dtype=args.dtype)
     text = "\n\n".join(sources.read_text_file(f) for f in sources.text_files(args.file))
-    lengths = [int(x) for x in args.lengths.split(",")]
-    by_length = {L: sources.sample_passages(lm.tokenizer, text, L, args.texts, args.seed) for L in lengths}
-    return run_optimizer_study(lm, by_length, [int(x) for x in args.n_mem.split(",")],
+    by_length = {L: sources.sample_passages(lm.tokenizer, text, L, args.texts, args.seed)
+                 for L in args.lengths}
+    return run_optimizer_study(lm, by_length, args.n_mem,
                                candidates, seed=args.seed, texts_out=texts_out,
                                max_steps=args.max_steps, patience=args.patience)
 

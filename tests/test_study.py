@@ -90,3 +90,13 @@ def test_cli_errors_are_one_line_naming_the_flag(trained_path, tmp_path, capsys)
         err = capsys.readouterr().err.strip()
         assert err.startswith("cramfast: error:") and "\n" not in err and why in err, err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flag", ["--lengths", "--n-mem"])
+@pytest.mark.parametrize("value", ["8,x", "8,-1", ","])
+def test_list_flags_refuse_what_is_not_integers(flag, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        study.main(["optimizer", "--file", str(tmp_path), flag, value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"argument {flag}: expected comma-separated integers" in err and repr(value) in err

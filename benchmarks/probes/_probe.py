@@ -10,6 +10,7 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # benchmarks/, for _common
 import _common  # noqa: E402
 from cramfast import clitools, sources  # noqa: E402
+from cramfast.clitools import csv_ints  # noqa: E402,F401  (the probes' list flags)
 from cramfast.errors import CramfastError  # noqa: E402
 from cramfast.settings import RESULT_SETTINGS  # noqa: E402
 
@@ -55,14 +56,6 @@ def study_passages(tokenizer, path, length: int, k: int, seed: int = 0) -> list[
     every file at ``path`` joined."""
     text = "\n\n".join(sources.read_text_file(f) for f in sources.text_files(path))
     return sources.sample_passages(tokenizer, text, length, k, seed)
-
-
-def csv_ints(value: str) -> list[int]:
-    """An argparse type: "8,12,16" -> [8, 12, 16]."""
-    try:
-        return [int(v) for v in value.split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}")
 
 
 def run(main: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> None:
