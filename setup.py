@@ -1,7 +1,9 @@
 """Build cramfast: the Python package, the Triton kernels (installed as cramfast.kernels)
 and the C++ scheduler extension cramfast._scheduler (plain pybind11, no torch headers)."""
+import re
 import shutil
 import sys
+from pathlib import Path
 
 from setuptools import setup
 
@@ -26,7 +28,7 @@ ext_modules = [
 
 setup(
     name="cramfast",
-    version="0.1.0",
+    version=re.search(r'__version__ = "(.+)"', Path("cramfast/version.py").read_text())[1],
     description="Fast batched cramming of texts into trainable input vectors of frozen causal LMs",
     packages=["cramfast", "cramfast.kernels"],
     package_dir={"cramfast": "cramfast", "cramfast.kernels": "kernels"},

@@ -16,8 +16,8 @@ from cramfast.metrics import CompressionResult, capacity
 from cramfast.models import DEFAULT_MODEL, LoadedModel, load_model, theoretical_capacity
 from cramfast.results_io import load_results, save
 from cramfast.settings import BatchSettings, TextSettings
+from cramfast.version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["compress", "compress_iter", "decode", "load_model", "save", "load_results",
            "theoretical_capacity", "capacity", "CompressionResult", "TextSettings",
            "BatchSettings", "Hooks", "LoadedModel", "CramfastError", "DEFAULT_MODEL"]

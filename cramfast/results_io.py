@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from cramfast.errors import CramfastError
 from cramfast.metrics import CompressionResult
+from cramfast.version import __version__
 
 FORMAT_VERSION = 2
 PREFIX = "cram"
@@ -42,7 +43,6 @@ class ResultWriter:
 
     def write(self, index: int, result: CompressionResult) -> Path:
         """``result`` as PREFIX-INDEX.{safetensors,json}; returns the JSON path."""
-        from cramfast import __version__
         stem = self.out / f"{self.prefix}-{index:04d}"
         mem_path = stem.with_suffix(".safetensors")
         _atomic(mem_path, lambda p: save_file(

@@ -19,6 +19,7 @@ import numbers
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from cramfast.errors import CramfastError
+from cramfast.presets import PRESETS
 
 
 class SettingError(CramfastError):
@@ -268,7 +269,6 @@ def with_overrides(settings: dict, overrides: dict) -> dict:
 def preset_settings(name: str, **overrides) -> dict:
     """A preset's settings (presets.PRESETS) over the defaults, with ``overrides`` (None values
     ignored) applied; unknown names are refused."""
-    from cramfast.presets import PRESETS
     if name not in PRESETS:
         raise SettingError("preset", f"unknown preset {name!r}: choose one of "
                                      f"{', '.join(PRESETS)}")

@@ -14,9 +14,11 @@ from dataclasses import replace
 
 import torch
 
+from cramfast.inits import mem_dtype
 from cramfast.models import LoadedModel
 from cramfast.optim import SlotState
 from cramfast.settings import BatchSettings
+from cramfast.step import pad_batch, step
 
 CPU = dict(max_slots=32, token_budget=16384, fill_slots=4)
 CUDA_MEMORY_FRACTION = 0.5     # of the free memory, for the batch's activations
@@ -59,8 +61,6 @@ def cuda_slots(lm: LoadedModel, token_lists, n_mem: int, settings, backend=None)
 def bytes_per_token(lm: LoadedModel, token_lists, n_mem: int, settings, backend=None) -> float:
     """Peak memory of one real step (forward, backward, update) of these texts on a throwaway
     state, per token of the padded batch."""
-    from cramfast.inits import mem_dtype
-    from cramfast.step import pad_batch, step
     length = max(len(ids) for ids in token_lists)
     state = SlotState(len(token_lists), n_mem, lm.hidden_size, mem_dtype(lm), lm.device)
     for slot, ids in enumerate(token_lists):

@@ -33,6 +33,7 @@ from safetensors.torch import load as st_load, save as st_save
 
 from cramfast.errors import CramfastError
 from cramfast.metrics import CompressionResult
+from cramfast.version import __version__
 
 SCHEMA_VERSION = 2
 
@@ -300,7 +301,6 @@ def result_row(result, *, key: dict, origin: str = "grid", model_info: dict | No
                sweep: dict | None = None, rank: int = 0) -> dict:
     """A ``runs`` row from a CompressionResult, its job identity ``key`` (the KEY columns) and
     what the sweep records beside it (``sweep``: its record of the run's settings)."""
-    from cramfast import __version__
     info = model_info or {}
     provenance = dict(
         origin=origin, model_label=info.get("label"), source_label=source_label,
