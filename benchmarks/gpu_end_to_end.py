@@ -82,14 +82,7 @@ def travel(results, models: dict) -> dict:
     """Of these results' mems, how many decode back exactly with each (model, batch size)."""
     out = {}
     for name, (lm, batch) in models.items():
-        exact = 0
-        for start in range(0, len(results), batch):
-            group = results[start:start + batch]
-            mems = torch.stack([r.mem for r in group])
-            decoded = engine.greedy_decode(lm, mems, [r.token_ids[0] for r in group],
-                                           max(r.n_tokens for r in group) - 1)
-            exact += sum(d[:r.n_tokens - 1] == r.token_ids[1:] for d, r in zip(decoded, group))
-        out[name] = dict(decoded=len(results), exact=exact)
+        out[name] = dict(decoded=len(results), exact=sum(engine.decodes_back(lm, results, batch)))
     return out
 
 

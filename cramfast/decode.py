@@ -52,6 +52,19 @@ def greedy_decode(lm: LoadedModel, mems: torch.Tensor, first_ids: list[int], n_n
     return torch.stack(generated, dim=1).tolist()
 
 
+def decodes_back(lm: LoadedModel, results: list[CompressionResult], batch_size: int = 1) -> list[bool]:
+    """Whether each result's mem, greedy-decoded with ``lm`` (``batch_size`` mems at a time),
+    gives its text back: how a mem travels to another precision, device or batch shape."""
+    exact = []
+    for start in range(0, len(results), batch_size):
+        group = results[start:start + batch_size]
+        decoded = greedy_decode(lm, torch.stack([r.mem for r in group]),
+                                [r.token_ids[0] for r in group],
+                                max(r.n_tokens for r in group) - 1)
+        exact += [d[:r.n_tokens - 1] == r.token_ids[1:] for d, r in zip(decoded, group)]
+    return exact
+
+
 def decode(mem, model=None, max_new_tokens: int | None = None, first_token_id: int | None = None):
     """Token ids generated greedily from [mem ; first token].
 

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 
 from cramfast.compressor import compress, compress_iter, optimize
-from cramfast.decode import evaluate, greedy_decode
+from cramfast.decode import decodes_back, evaluate, greedy_decode
 from cramfast.hooks import Hooks, Timing
 from cramfast.inits import attempt_start, init_mem, mem_dtype, restart_draws, text_mean_init
 from cramfast.models import LoadedModel
@@ -56,7 +56,7 @@ def start_batch(lm: LoadedModel, token_lists: list[list[int]], settings: TextSet
 
 __all__ = ["Batch", "BatchSettings", "EagerSteps", "GraphedSteps", "Hooks", "SlotState",
            "TextSettings", "Timing", "apply_stop_rule", "attempt_start", "compress",
-           "compress_iter", "evaluate", "greedy_decode", "init_mem", "make_stepper", "mem_dtype",
+           "compress_iter", "decodes_back", "evaluate", "greedy_decode", "init_mem", "make_stepper", "mem_dtype",
            "mem_update", "objective_weights", "optimize", "pad_batch", "predict",
            "restart_draws", "restart_stalled", "scheduled_lr", "start_batch", "step",
            "text_mean_init", "trust_ratio", "use_cuda_graphs"]

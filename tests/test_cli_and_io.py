@@ -1,4 +1,5 @@
 """Save/load round trip, decoding, and every bad input: one line, exit code 2."""
+import dataclasses
 import subprocess
 import sys
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 
 import cramfast
+from cramfast import engine
 from cramfast.cli import main
 from test_compressor import corpus_texts
 
@@ -29,6 +31,17 @@ def test_save_load_round_trip_and_decode(crammed, tmp_path):
         assert ids == a.token_ids and text == lm.tokenizer.decode(a.token_ids)
     one = cramfast.load_results(tmp_path / "cram-0001.safetensors")
     assert one[0].token_ids == results[1].token_ids
+
+
+def test_decodes_back_agrees_with_exact_at_any_batch_size(crammed):
+    lm, results = crammed
+    assert all(r.exact for r in results)
+    for batch_size in (1, 2, 5):
+        assert engine.decodes_back(lm, results, batch_size) == [True, True]
+    ids = results[0].token_ids           # a text this mem does not hold: its tokens reversed
+    other = dataclasses.replace(results[0], token_ids=ids[:1] + ids[:0:-1])
+    assert other.token_ids != ids
+    assert engine.decodes_back(lm, [other, results[1]], 2) == [False, True]
 
 
 def test_cli_compress_then_decode(trained_path, tmp_path, capsys):

@@ -11,22 +11,10 @@ quoted in docs/study/margin/README.md, from the repository root:
 from __future__ import annotations
 
 import _probe
-import torch
 
 import cramfast
 from cramfast import engine
 from cramfast.settings import parse_settings
-
-
-def decodes_back(lm, results, batch: int) -> int:
-    exact = 0
-    for start in range(0, len(results), batch):
-        group = results[start:start + batch]
-        mems = torch.stack([r.mem for r in group])
-        out = engine.greedy_decode(lm, mems, [r.token_ids[0] for r in group],
-                                   max(r.n_tokens for r in group) - 1)
-        exact += sum(o[:r.n_tokens - 1] == r.token_ids[1:] for o, r in zip(out, group))
-    return exact
 
 
 def main(args):
@@ -41,7 +29,7 @@ def main(args):
     for combo in args.decode.split(","):
         dtype, batch = combo.split(":")
         lm = cramfast.load_model(args.model, dtype=dtype)
-        print(f"decoded in {dtype}, batch {batch}: {decodes_back(lm, lossless, int(batch))}"
+        print(f"decoded in {dtype}, batch {batch}: {sum(engine.decodes_back(lm, lossless, int(batch)))}"
               f"/{len(lossless)} exact", flush=True)
 
 
