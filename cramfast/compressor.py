@@ -126,7 +126,11 @@ def optimize(lm: LoadedModel, jobs: list[Job], n_mem: int, batch: BatchSettings,
         done = [job for fin in sched.report(report.numpy())
                 if (job := _attempt_finished(sched, attempts, fin, state)) is not None]
         if done:
+            started = time.perf_counter()
+            checked = len(done)
             done, next_id = verify_decodes(lm, sched, attempts, done, next_id)
+            if hooks.on_timing:
+                hooks.on_timing(Timing("decode_check", time.perf_counter() - started, checked, 0))
         if done:
             yield done
 
@@ -257,7 +261,8 @@ def verify_decodes(lm: LoadedModel, sched, attempts: dict, jobs: list[Job], next
 
 def finish(lm: LoadedModel, jobs: list[Job], n_mem: int, backend, batch_record: dict
            ) -> list[CompressionResult]:
-    """Metrics with and without mem, and the greedy-decode check, for jobs finished together."""
+    """The results of jobs finished together: metrics with and without mem, beside what the
+    optimization and the decode check (verify_decodes) recorded."""
     token_lists = [job.token_ids for job in jobs]
     mems = torch.stack([job.result["mem"] for job in jobs])
     without = evaluate(lm, token_lists, None, backend)

@@ -80,8 +80,15 @@ def test_a_text_that_does_not_decode_back_goes_on_with_a_margin(trained_path, mo
                 out[row][0] = (out[row][0] + 1) % lm_.vocab_size
         return out
     monkeypatch.setattr(compressor, "greedy_decode", first_decode_of_text_0_wrong)
-    retried = cramfast.compress(texts, max_steps=300, **kw)
+    timings = []
+    retried = cramfast.compress(texts, max_steps=300, hooks=cramfast.Hooks(on_timing=timings.append),
+                                **kw)
     assert [r.decode_retries for r in retried] == [1, 0, 0]
+    checked = {phase: sum(t.texts for t in timings if t.phase == phase)
+               for phase in ("decode_check", "finish")}
+    assert checked == {"decode_check": 4, "finish": 3}        # text 0 decoded twice
+    assert all(t.seconds >= 0 for t in timings) and {t.phase for t in timings} == {
+        "steps", "decode_check", "finish"}
     assert all(r.exact and r.stop_reason == "lossless" for r in retried)
     # went on from where it stopped (here its mem already had the margin: 0 more steps)
     assert retried[0].steps >= plain[0].steps and retried[0].attempts == 2

@@ -23,7 +23,8 @@ from cramfast.models import load_model
 
 
 class Timeline:
-    """Steps and seconds per number of texts stepped, and the seconds of the finish phases."""
+    """Steps and seconds per number of texts stepped, and the seconds of the other phases
+    (decode checks and metrics)."""
 
     def __init__(self):
         self.per_batch = collections.defaultdict(lambda: [0, 0.0])   # texts -> [steps, seconds]
@@ -36,7 +37,7 @@ class Timeline:
 
     def on_timing(self, timing: Timing):
         now = time.perf_counter()
-        if timing.phase == "finish":
+        if timing.phase != "steps":
             self.finish_seconds += timing.seconds
             return
         ends = [t for _, t in self.updates[:-1]] + [now]
