@@ -39,7 +39,7 @@ from cramfast import engine, sources  # noqa: E402
 
 
 def passages(lm, books: Path, length: int, n: int) -> list[list[int]]:
-    text = "\n\n".join(sources.read_text_file(f) for f in sources.text_files(books))
+    text = sources.joined_text(books)
     return sources.sample_passages(lm.tokenizer, text, length, n, 0)
 
 

@@ -9,7 +9,7 @@
 The engine's parts, for studies and benchmarks: cramfast.engine.
 """
 from cramfast.compressor import compress, compress_iter
-from cramfast.decode import decode
+from cramfast.decoding import decode
 from cramfast.errors import CramfastError
 from cramfast.hooks import Hooks
 from cramfast.metrics import CompressionResult, capacity

@@ -6,14 +6,13 @@ done and says so. Bad input: one line on stderr naming the value and the flag, e
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
 import sys
 import time
 
-from cramfast.clitools import run
+from cramfast.clitools import Parser, at_least, run
 from cramfast.errors import CramfastError
 
 COLUMNS = ("#", "text", "tokens", "n_mem", "steps", "stop", "accuracy", "exact", "margin",
@@ -23,34 +22,15 @@ SETTING_FLAGS = {"max_steps": "--max-steps", "patience": "--patience", "lr": "--
                  "max_slots": "--max-slots", "preset": "--preset", "cuda_graphs": "--no-cuda-graphs"}
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse prints the usage too: one line is what a user reads
-        if message.startswith("argument "):
-            message = message[len("argument "):]
-        self.exit(2, f"cramfast: error: {message}\n")
-
-
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     return run("cramfast", lambda: args.func(args), flags=SETTING_FLAGS)
 
 
-def at_least(low: int):
-    def parse(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
-        if number < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {number}")
-        return number
-    return parse
-
-
 def _parser():
     from cramfast.models import DTYPES
     from cramfast.ops import BACKENDS
-    from cramfast.presets import PRESETS
+    from cramfast.presets import DEFAULT_PRESET, PRESETS
     p = Parser(prog="python -m cramfast", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(required=True)
     c = sub.add_parser("compress", help="cram texts into mem vectors and check them by decoding")
@@ -73,8 +53,9 @@ def _parser():
     c.add_argument("--json", help="write the table as JSON to this file")
     c.add_argument("--csv", help="write the table as CSV to this file")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--preset", default="fast", choices=sorted(PRESETS),
-                   help="fast (the default: fewer steps) or paper (the published settings)")
+    c.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
+                   help="fast (fewer steps) or paper (the published settings); default "
+                        "%(default)s")
     c.add_argument("--max-steps", type=at_least(0))
     c.add_argument("--patience", type=at_least(1))
     c.add_argument("--lr", type=float)

@@ -32,6 +32,31 @@ def run(prog: str, command: Callable[[], int], flags: dict[str, str] | None = No
         return 130
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, "NAME: error: MESSAGE", exit 2 (argparse would print
+    the usage too); NAME is the module of ``prog`` ("python -m cramfast.study" -> cramfast.study),
+    the prefix clitools.run gives the same program's other errors."""
+
+    def error(self, message):
+        if message.startswith("argument "):
+            message = message[len("argument "):]
+        name = self.prog.removeprefix("python -m ").split()[0]
+        self.exit(2, f"{name}: error: {message}\n")
+
+
+def at_least(low: int):
+    """An argparse type: an integer >= ``low``."""
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+        if number < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {number}")
+        return number
+    return parse
+
+
 def csv_ints(value: str) -> list[int]:
     """An argparse type for a list flag: "8,12,16" -> [8, 12, 16]; anything else (a negative
     number, a word, nothing) is refused by argparse in one line naming the flag."""

@@ -14,7 +14,7 @@ The path, top to bottom:
                                     lossless attempt (the others are cancelled) or its last one
      -> verify_decodes(...)         texts that stopped lossless are decoded greedily; one that
                                     does not decode back goes on with a larger margin
-  -> finish(...)                    metrics with and without mem (decode.py), per group of
+  -> finish(...)                    metrics with and without mem (decoding.py), per group of
                                     texts finished at the same sync
 """
 from __future__ import annotations
@@ -24,13 +24,14 @@ from dataclasses import replace
 
 import torch
 
-from cramfast.decode import evaluate, greedy_decode
+from cramfast.decoding import evaluate, greedy_decode
 from cramfast.hooks import Hooks, Timing
 from cramfast.inits import mem_dtype
 from cramfast.jobs import Attempt, Job, make_jobs
 from cramfast.metrics import CompressionResult, make_result
 from cramfast.models import LoadedModel, load_model
 from cramfast.optim import SlotState
+from cramfast.presets import DEFAULT_PRESET
 from cramfast.scheduler import Scheduler
 from cramfast.settings import BatchSettings, StopReason, preset_settings, split
 from cramfast.sizing import size_batch
@@ -38,7 +39,7 @@ from cramfast.step import GraphedSteps, make_stepper, pad_batch, use_cuda_graphs
 
 
 def compress(texts, model=None, n_mem: int = 1, max_length: int | None = None, seed: int = 0,
-             backend: str | None = None, preset: str = "fast", per_text: list[dict] | None = None,
+             backend: str | None = None, preset: str = DEFAULT_PRESET, per_text: list[dict] | None = None,
              init_mems=None, hooks: Hooks | None = None, **settings) -> list[CompressionResult]:
     """Cram each text (str or list of token ids) into ``n_mem`` vectors of the frozen ``model``.
 
@@ -54,7 +55,7 @@ def compress(texts, model=None, n_mem: int = 1, max_length: int | None = None, s
 
 
 def compress_iter(texts, model=None, n_mem: int = 1, max_length: int | None = None, seed: int = 0,
-                  backend: str | None = None, preset: str = "fast",
+                  backend: str | None = None, preset: str = DEFAULT_PRESET,
                   per_text: list[dict] | None = None, init_mems=None, hooks: Hooks | None = None,
                   **settings):
     """Like ``compress``, but returns an iterator of (input index, result) that yields each

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 
 from cramfast.compressor import compress, compress_iter, optimize
-from cramfast.decode import decodes_back, evaluate, greedy_decode
+from cramfast.decoding import decodes_back, evaluate, greedy_decode
 from cramfast.hooks import Hooks, Timing
 from cramfast.inits import attempt_start, init_mem, mem_dtype, restart_draws, text_mean_init
 from cramfast.models import LoadedModel

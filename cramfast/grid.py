@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cramfast import sources
+from cramfast.sources import CHUNKINGS
 from cramfast.errors import CramfastError
 from cramfast.settings import RESULT_SETTINGS, defaults, parse_settings, preset_settings, split
 from cramfast.store import JobKey
@@ -25,7 +26,7 @@ GRIDS_DIR = Path(__file__).with_name("grids")
 PAPER_LENGTHS = (8, 16, 32, 64, 80, 96, 128, 160, 192, 256, 384, 512, 768, 1024, 1280, 1568, 2048)
 DEFAULTS = dict(models=None, sources=None, lengths="8,16,32", n_mem="1", samples=4, seeds="0",
                 db="sweep.db", preset="paper", dtype=None, backend=None, max_steps=None, lr=None, set=None,
-                patience=None, max_slots=None, chunking="prefix", sample_seed=0, vocab_file=None,
+                patience=None, max_slots=None, chunking=CHUNKINGS[0], sample_seed=0, vocab_file=None,
                 search=None, search_tol=1, warm_start=False)
 CONFIG_KEYS = set(DEFAULTS) | {"model", "source"}
 HASHED_SETTINGS = RESULT_SETTINGS   # what a result depends on (batch size, sync do not)
@@ -39,18 +40,18 @@ class Grid:
     n_mem: list[int]
     samples: int
     seeds: list[int]
-    db: str = "sweep.db"
-    preset: str = "paper"
+    db: str = DEFAULTS["db"]
+    preset: str = DEFAULTS["preset"]
     optim: dict = field(default_factory=dict)     # settings overrides (None-free)
     dtype: str | None = None
     backend: str | None = None
-    chunking: str = "prefix"
-    sample_seed: int = 0
+    chunking: str = DEFAULTS["chunking"]
+    sample_seed: int = DEFAULTS["sample_seed"]
     vocab_file: str | None = None
     search: str | None = None                     # None | "capacity"
-    search_tol: int = 1
+    search_tol: int = DEFAULTS["search_tol"]
     lengths_given: bool = True
-    warm_start: bool = False
+    warm_start: bool = DEFAULTS["warm_start"]
 
     def settings(self) -> dict:
         """The full optimization settings the jobs run with (preset + overrides)."""
@@ -59,7 +60,7 @@ class Grid:
 
     def identity(self) -> dict:
         """What the results depend on (not batching or sync knobs): hashed into the job key.
-        Only the settings that differ from the published protocol (OptimSettings' defaults)
+        Only the settings that differ from the published protocol (settings.defaults())
         enter it, so a setting added later, off by default, leaves stored keys as they are."""
         from cramfast.models import parse_dtype
         optim, published = self.settings(), defaults()
@@ -156,12 +157,12 @@ def _build_grid(args) -> Grid:
         raise CramfastError(f"lengths must be >= 2 tokens, got {min(grid.lengths)}")
     if min(grid.n_mem) < 1:
         raise CramfastError(f"n_mem must be >= 1, got {min(grid.n_mem)}")
-    if grid.chunking not in ("prefix", "paper"):
-        raise CramfastError(f"chunking must be 'prefix' or 'paper', got {grid.chunking!r}")
+    if grid.chunking not in CHUNKINGS:
+        raise CramfastError(f"chunking must be one of {', '.join(CHUNKINGS)}, got {grid.chunking!r}")
     if grid.search not in (None, "capacity"):
         raise CramfastError(f"search must be 'capacity', got {grid.search!r}")
     if grid.search and grid.warm_start:
-        raise CramfastError("--search capacity and --warm-start do not combine (yet)")
+        raise CramfastError("--search capacity and --warm-start do not combine")
     if grid.search_tol < 1:
         raise CramfastError("search_tol must be >= 1")
     grid.settings()  # unknown preset, bad lr/max_steps: now, before any work

@@ -18,3 +18,4 @@ PRESETS = {
                  focal_gamma=1.0, stall_steps_per_token=10.0, fill_slots=-1, init="text_mean",
                  init_scale=20.0, margin_16bit=1.0),
 }
+DEFAULT_PRESET = "fast"     # what compress and the command line use unless told otherwise

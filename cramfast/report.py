@@ -21,7 +21,6 @@ The output folder is checked writable before the store is read.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -143,7 +142,7 @@ def make_report(dbs, out_dir, threshold: float = THRESHOLD, paper: bool = True) 
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="python -m cramfast.report", description=__doc__.split("\n\n")[0])
+    p = clitools.Parser(prog="python -m cramfast.report", description=__doc__.split("\n\n")[0])
     p.add_argument("dbs", nargs="+", metavar="DB", help="results file(s) written by cramfast.sweep "
                    "(their .rank*.db shards are merged in)")
     p.add_argument("--out", default="report", help="folder for the tables and figures (default report)")

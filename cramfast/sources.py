@@ -26,6 +26,7 @@ DEMO_PASSAGES = (
 )
 
 TAIL_CHARS = 16_000   # a sweep passage starts where at least this much of its book follows, if it can
+CHUNKINGS = ("prefix", "paper")   # how FileSource cuts a sweep passage (its docstring)
 TOKEN_MARGIN = 8      # tokens beyond L that a window must yield, so that the cut is stable
 
 _START = re.compile(r"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)
@@ -68,6 +69,12 @@ def text_files(path) -> list[Path]:
     if not path.exists():
         raise CramfastError(f"{path}: no such file or directory")
     return [path]
+
+
+def joined_text(path, encoding: str = "utf-8") -> str:
+    """The text of a file, or of a directory's .txt files joined by blank lines: what the
+    optimizer study and the probes sample their passages from."""
+    return "\n\n".join(read_text_file(f, encoding) for f in text_files(path))
 
 
 def paragraphs(text: str) -> list[str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from cramfast import clitools
 from cramfast.errors import CramfastError
 from cramfast.presets import PRESETS
-from cramfast.settings import PER_TEXT, parse_settings, preset_settings, split
+from cramfast.settings import PER_TEXT, TextSettings, parse_settings, preset_settings, split
 from cramfast.tables import markdown_table, write_csv
 
 # The default candidates. A candidate is settings joined by "+", each key=value of
@@ -141,7 +141,7 @@ def plot(rows, path: Path):
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="python -m cramfast.study", description=__doc__,
+    p = clitools.Parser(prog="python -m cramfast.study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", choices=["optimizer"])
     p.add_argument("--model", default=None)
@@ -153,8 +153,10 @@ def _parser():
     p.add_argument("--candidates", default=",".join(CANDIDATES),
                    help="comma-separated candidates: a preset name, or key=value settings "
                         "joined by '+' (lr may be a multiple of std(E): lr=0.5std)")
-    p.add_argument("--max-steps", type=int, default=5000)
-    p.add_argument("--patience", type=int, default=2000)
+    p.add_argument("--max-steps", type=int, default=TextSettings().max_steps,
+                   help="updates per text at most (default %(default)s)")
+    p.add_argument("--patience", type=int, default=TextSettings().patience,
+                   help="updates without a better accuracy before a text stops (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/study")
     return p
@@ -162,7 +164,7 @@ def _parser():
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    return clitools.run("cramfast", lambda: _study_and_write(args), flags=SETTING_FLAGS)
+    return clitools.run("cramfast.study", lambda: _study_and_write(args), flags=SETTING_FLAGS)
 
 
 def _study_and_write(args) -> int:
@@ -189,7 +191,7 @@ def _sample_texts_and_study(args, texts_out):
     from cramfast import sources
     candidates = {n: parse_candidate(n) for n in args.candidates.split(",") if n}
     lm = cramfast.load_model(args.model, dtype=args.dtype)
-    text = "\n\n".join(sources.read_text_file(f) for f in sources.text_files(args.file))
+    text = sources.joined_text(args.file)
     by_length = {L: sources.sample_passages(lm.tokenizer, text, L, args.texts, args.seed)
                  for L in args.lengths}
     return run_optimizer_study(lm, by_length, args.n_mem,

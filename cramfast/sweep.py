@@ -36,7 +36,11 @@ from pathlib import Path
 
 from cramfast import clitools, store
 from cramfast.errors import CramfastError
-from cramfast.grid import Grid, SweepJobs, build_grid, shipped_grids, text_of
+from cramfast.grid import DEFAULTS, Grid, SweepJobs, build_grid, shipped_grids, text_of
+from cramfast.models import DTYPES
+from cramfast.ops import BACKENDS
+from cramfast.presets import PRESETS
+from cramfast.sources import CHUNKINGS
 from cramfast.store import JobKey
 
 # the flags of this program that set a setting (clitools names them in a bad setting's error)
@@ -296,7 +300,7 @@ def _groups(items, key):
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="python -m cramfast.sweep", description=__doc__.split("\n\n")[0],
+    p = clitools.Parser(prog="python -m cramfast.sweep", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="grid TOML file, or the name of a shipped grid "
                    f"({', '.join(shipped_grids())}); flags override it")
@@ -304,12 +308,13 @@ def _parser():
                    help="HF folder, cached HF id, or smollm2-135m-q4 (the default); repeatable")
     p.add_argument("--source", action="append", dest="sources",
                    help="a text file, a folder of .txt files, 'random', or 'pg19[:split]'; repeatable")
-    p.add_argument("--lengths", help="text lengths in tokens, e.g. 8,16,32 (default 8,16,32)")
-    p.add_argument("--n-mem", help="numbers of mem vectors, e.g. 1,2 (default 1)")
-    p.add_argument("--samples", type=int, help="texts per source (default 4)")
-    p.add_argument("--seeds", help="mem-init seeds, e.g. 0,1 (default 0)")
-    p.add_argument("--db", help="SQLite results file (default sweep.db)")
-    p.add_argument("--preset", help="optimization settings: paper (default) or fast")
+    p.add_argument("--lengths", help=f"text lengths in tokens (default {DEFAULTS['lengths']})")
+    p.add_argument("--n-mem", help=f"numbers of mem vectors, e.g. 1,2 (default {DEFAULTS['n_mem']})")
+    p.add_argument("--samples", type=int, help=f"texts per source (default {DEFAULTS['samples']})")
+    p.add_argument("--seeds", help=f"mem-init seeds, e.g. 0,1 (default {DEFAULTS['seeds']})")
+    p.add_argument("--db", help=f"SQLite results file (default {DEFAULTS['db']})")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help=f"optimization settings (default {DEFAULTS['preset']})")
     p.add_argument("--max-steps", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--patience", type=int)
@@ -318,14 +323,16 @@ def _parser():
                         "e.g. --set stall_steps=100 (repeatable; in TOML: "
                         "set = [\"stall_steps=100\"])")
     p.add_argument("--max-slots", type=int, help="texts optimized at once (not part of the job key)")
-    p.add_argument("--dtype", help="model weights: fp32 (default), bf16, fp16, fp64")
-    p.add_argument("--backend", help="kernels: auto | triton | torch")
-    p.add_argument("--chunking", choices=["prefix", "paper"], help="how passages are cut "
-                   "(cramfast.sources.FileSource)")
-    p.add_argument("--sample-seed", type=int, help="seed of the text sampling (default 0)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="model weights (default fp32)")
+    p.add_argument("--backend", choices=BACKENDS, help="the fused ops' implementation "
+                   "(default auto)")
+    p.add_argument("--chunking", choices=CHUNKINGS, help="how passages are cut "
+                   f"(cramfast.sources.FileSource; default {DEFAULTS['chunking']})")
+    p.add_argument("--sample-seed", type=int,
+                   help=f"seed of the text sampling (default {DEFAULTS['sample_seed']})")
     p.add_argument("--vocab-file", help="word list for 'random' (one word a line; default wordfreq)")
     p.add_argument("--search", choices=["capacity"], help="per text, the largest lossless length")
-    p.add_argument("--search-tol", type=int, help="bisection stops when hi - lo <= this (default 1)")
+    p.add_argument("--search-tol", type=int, help=f"bisection stops when hi - lo <= this (default {DEFAULTS['search_tol']})")
     p.add_argument("--warm-start", action="store_true", default=None,
                    help="start each length from the previous length's mem (not the paper's protocol)")
     p.add_argument("--quiet", action="store_true", help="no progress bar: a few log lines")

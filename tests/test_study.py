@@ -88,7 +88,7 @@ def test_cli_errors_are_one_line_naming_the_flag(trained_path, tmp_path, capsys)
         argv = ["optimizer", "--file", str(tmp_path / "none.txt"), "--out", str(tmp_path / "o"), *argv]
         assert study.main(argv) == 2
         err = capsys.readouterr().err.strip()
-        assert err.startswith("cramfast: error:") and "\n" not in err and why in err, err
+        assert err.startswith("cramfast.study: error:") and "\n" not in err and why in err, err
     assert not (tmp_path / "o").exists()
 
 
@@ -98,5 +98,6 @@ def test_list_flags_refuse_what_is_not_integers(flag, value, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         study.main(["optimizer", "--file", str(tmp_path), flag, value])
     assert exit_.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert f"argument {flag}: expected comma-separated integers" in err and repr(value) in err
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"cramfast.study: error: {flag}: expected comma-separated integers")
+    assert "\n" not in err and repr(value) in err

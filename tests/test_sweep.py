@@ -128,7 +128,10 @@ def test_random_source_uses_wordfreq_top_100k(trained_path):
 
 
 def one_line_error(capsys, argv):
-    code = sweep.main(argv)
+    try:
+        code = sweep.main(argv)
+    except SystemExit as exit_:            # a flag refused by the parser itself
+        code = exit_.code
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("cramfast.sweep: error:") and "\n" not in err, err
     return err
@@ -154,7 +157,13 @@ def test_bad_input_one_line_exit_2_nothing_lost(tmp_path, capsys, corpus_file, t
     assert "bad TOML" in one_line_error(capsys, base + ["--config", str(bad_toml)])
     assert "unknown key" in one_line_error(capsys, base + ["--config", str(unknown_key)])
     assert "no source" in one_line_error(capsys, base + ["--model", trained_path])
-    assert "unknown preset" in one_line_error(capsys, base + ["--source", "random", "--preset", "x"])
+    assert "--preset: invalid choice" in one_line_error(capsys, base + ["--source", "random",
+                                                                         "--preset", "x"])
+    unknown_preset = tmp_path / "p.toml"
+    unknown_preset.write_text('preset = "x"\nsources = ["random"]\n')
+    assert "unknown preset" in one_line_error(capsys, base + ["--config", str(unknown_preset)])
+    assert "--dtype: invalid choice" in one_line_error(capsys, base + ["--source", "random",
+                                                                        "--dtype", "int8"])
     assert "expected key=value" in one_line_error(capsys, base + ["--source", "random", "--set", "x"])
     assert store.Store(db).count() == 1
 

@@ -26,8 +26,8 @@ FILE_HELP = {
 
 def parser(doc: str, sampling: str) -> argparse.ArgumentParser:
     """The probe's parser: its docstring as help, --model and --file."""
-    p = argparse.ArgumentParser(description=doc,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = clitools.Parser(prog=Path(sys.argv[0]).name, description=doc,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None,
                    help="a model name or folder (default: the embedded SmolLM2-135M)")
     p.add_argument("--file", default=str(_common.BOOKS), help=FILE_HELP[sampling])
@@ -54,7 +54,7 @@ def bench_passages(tokenizer, path, length: int, k: int, seed: int = 0) -> list[
 def study_passages(tokenizer, path, length: int, k: int, seed: int = 0) -> list[list[int]]:
     """The optimizer study's passages: ``k`` of ``length`` tokens, seeded, from the text of
     every file at ``path`` joined."""
-    text = "\n\n".join(sources.read_text_file(f) for f in sources.text_files(path))
+    text = sources.joined_text(path)
     return sources.sample_passages(tokenizer, text, length, k, seed)
 
 
