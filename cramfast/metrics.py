@@ -81,7 +81,11 @@ def make_result(*, token_ids, correct_with_mem: int, correct_without_mem: int,
         token_gain=(accuracy - accuracy_without) * n_pred, error=error, **rest)
 
 
-def capacity(lengths_and_accuracies, threshold: float = 0.99) -> int | None:
+# The paper's capacity: the largest length whose mean accuracy reaches this (its Table 1).
+CAPACITY_THRESHOLD = 0.99
+
+
+def capacity(lengths_and_accuracies, threshold: float = CAPACITY_THRESHOLD) -> int | None:
     """Largest length L whose mean accuracy over texts is >= threshold (the paper's capacity);
     None if no length qualifies. Input: iterable of (L, accuracy) pairs."""
     by_length = defaultdict(list)

@@ -28,8 +28,9 @@ from pathlib import Path
 
 from cramfast import clitools, store, tables
 from cramfast.errors import CramfastError
+from cramfast.metrics import CAPACITY_THRESHOLD
 from cramfast.report_figures import FIGURES, fig1, fig3, fig4, fig5
-from cramfast.report_groups import (THRESHOLD, groups_of, per_length_rows, search_rows, sweep_identity,
+from cramfast.report_groups import (groups_of, per_length_rows, search_rows, sweep_identity,
                                     table_rows, warm_start_rows)
 
 
@@ -93,7 +94,7 @@ def writable_folder(path) -> Path:
     return out
 
 
-def make_report(dbs, out_dir, threshold: float = THRESHOLD, paper: bool = True) -> dict:
+def make_report(dbs, out_dir, threshold: float = CAPACITY_THRESHOLD, paper: bool = True) -> dict:
     """Read the DBs (and their shards), write every table and figure into ``out_dir``."""
     out = writable_folder(out_dir)
     rows = store.read_runs(dbs)
@@ -113,12 +114,13 @@ def make_report(dbs, out_dir, threshold: float = THRESHOLD, paper: bool = True) 
         tables.write_csv(out / "search.csv", searches)
     if warm:
         tables.write_csv(out / "warm_start.csv", warm)
-    fig1(table, out)
+    fig1(table, out, threshold)
     fig3(groups, out, threshold)
     fig4(table, out)
     fig5(table, out)
-    legend = ("capacity: largest length with mean accuracy ≥ 0.99 over the texts run at every length "
-              "(≥: no length failed); token gain and CE reduction: means over runs with accuracy ≤ 0.99; "
+    legend = (f"capacity: largest length with mean accuracy ≥ {threshold:g} over the texts run at every "
+              f"length (≥: no length failed); token gain and CE reduction: means over runs with accuracy "
+              f"≤ {threshold:g}; "
               "utilisation = token gain / (MaxCap · m); bits/vector = CE reduction in bits / m. "
               "Inputs of every cell: table1.csv (row refs FILE#id) and per_length.csv.")
     settings_notes = []
@@ -146,7 +148,7 @@ def _parser():
     p.add_argument("dbs", nargs="+", metavar="DB", help="results file(s) written by cramfast.sweep "
                    "(their .rank*.db shards are merged in)")
     p.add_argument("--out", default="report", help="folder for the tables and figures (default report)")
-    p.add_argument("--threshold", type=float, default=THRESHOLD, help="capacity's accuracy threshold")
+    p.add_argument("--threshold", type=float, default=CAPACITY_THRESHOLD, help="capacity's accuracy threshold")
     p.add_argument("--no-paper", action="store_true", help="leave out the published numbers")
     return p
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from cramfast.report_groups import PAPER_FIG4, THRESHOLD, Group, mean_of, published
+from cramfast.metrics import CAPACITY_THRESHOLD
+from cramfast.report_groups import PAPER_FIG4, Group, mean_of, published
 from cramfast.tables import write_csv
 
 FIGURES = ("fig1_capacity.png", "fig3_ce.png", "fig4_capacity_vs_nmem.png", "fig5_theory_vs_measured.png")
@@ -31,7 +32,7 @@ def _save(plt, fig, path: Path, points: list[dict], columns: list[str]):
     write_csv(path.with_suffix(".csv"), points, columns)
 
 
-def fig1(table: list[dict], out: Path):
+def fig1(table: list[dict], out: Path, threshold=CAPACITY_THRESHOLD):
     plt = _plt()
     rows = [r for r in table if r["n_mem"] == 1]
     fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(rows) + 2), 4))
@@ -42,14 +43,14 @@ def fig1(table: list[dict], out: Path):
         caps = [r["capacity"] or 0 for r in rows]
         gains = [r["token_gain"] or 0 for r in rows]
         x = range(len(rows))
-        bars = ax.bar([i - 0.2 for i in x], caps, 0.4, label="capacity (mean acc ≥ 0.99)")
+        bars = ax.bar([i - 0.2 for i in x], caps, 0.4, label=f"capacity (mean acc ≥ {threshold:g})")
         ax.bar_label(bars, [_capacity_label(r) for r in rows], fontsize=8)
         below = [(i, int(r["lengths"].split()[0])) for i, r in enumerate(rows)
                  if r["capacity"] is None and r["lengths"]]
         if below:   # below the smallest length tried: an open bar up to that length
             ax.bar([i - 0.2 for i, _ in below], [L for _, L in below], 0.4, fill=False,
                    hatch="//", edgecolor="C0", label="capacity below the smallest length tried")
-        gain_bars = ax.bar([i + 0.2 for i in x], gains, 0.4, label="token gain (runs with acc ≤ 0.99)")
+        gain_bars = ax.bar([i + 0.2 for i in x], gains, 0.4, label=f"token gain (runs with acc ≤ {threshold:g})")
         ax.bar_label(gain_bars, [f"{g:.1f}" if g else "" for g in gains], fontsize=8)
         for i, r in enumerate(rows):
             if r["paper_capacity"]:
@@ -78,7 +79,7 @@ def _capacity_label(row) -> str:
     return ("≥ " if row["capacity_is_lower_bound"] else "") + str(row["capacity"])
 
 
-def fig3(groups: list[Group], out: Path, threshold=THRESHOLD):
+def fig3(groups: list[Group], out: Path, threshold=CAPACITY_THRESHOLD):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 5))
     points = []
@@ -106,7 +107,7 @@ def fig3(groups: list[Group], out: Path, threshold=THRESHOLD):
         _no_data(ax, "one-vector runs")
     ax.set_xlabel("CE of the text without mem (nats, summed)")
     ax.set_ylabel("CE with mem (nats, summed)")
-    ax.set_title("Fig 3: CE with vs without mem\n(solid: y = x + b fit on runs with acc ≤ 0.99; "
+    ax.set_title(f"Fig 3: CE with vs without mem\n(solid: y = x + b fit on runs with acc ≤ {threshold:g}; "
                  "dashed: lossless threshold x = -b)", fontsize=9)
     _save(plt, fig, out / FIGURES[1], points, ["model", "source", "ref", "length", "ce_without_mem",
                                                "ce_with_mem", "accuracy", "fit_b"])

@@ -10,9 +10,9 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from cramfast.metrics import CAPACITY_THRESHOLD
 from cramfast.metrics import capacity as paper_capacity
 
-THRESHOLD = 0.99
 
 # Kuratov, Arkhipov, Bulatov, Burtsev (2025), arXiv 2502.13063, Table 1 (one vector):
 # d, V, MaxCap, PG-19 capacity / token gain / CE reduction, random capacity / gain / CE red.
@@ -86,14 +86,14 @@ class Group:
         return {L: rows for L, rows in self.per_length().items()
                 if {(r["sample"], r["seed"]) for r in rows} == texts}
 
-    def capacity(self, threshold=THRESHOLD):
+    def capacity(self, threshold=CAPACITY_THRESHOLD):
         lengths = self.complete_lengths()
         cap = paper_capacity([(L, r["accuracy"]) for L, rows in lengths.items() for r in rows], threshold)
         lower_bound = cap is not None and cap == max(lengths)
         refs = [r["ref"] for r in lengths.get(cap, [])]
         return cap, lower_bound, refs
 
-    def gain_rows(self, threshold=THRESHOLD):
+    def gain_rows(self, threshold=CAPACITY_THRESHOLD):
         return [r for r in self.rows if r["accuracy"] <= threshold]
 
     def search_capacities(self) -> dict:
@@ -129,7 +129,7 @@ def mean_of(values):
     return sum(values) / len(values) if values else None
 
 
-def table_rows(groups: list[Group], threshold=THRESHOLD) -> list[dict]:
+def table_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[dict]:
     """One Table 1 row per group, with the refs of the rows behind its capacity and gain."""
     out = []
     for g in groups:
@@ -163,7 +163,7 @@ def table_rows(groups: list[Group], threshold=THRESHOLD) -> list[dict]:
     return out
 
 
-def per_length_rows(groups: list[Group], threshold=THRESHOLD) -> list[dict]:
+def per_length_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[dict]:
     """Per group and length: what the capacity is decided from."""
     out = []
     for g in groups:

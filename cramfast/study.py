@@ -109,14 +109,15 @@ def _fmt(v):
 def capacity_lines(rows) -> list[str]:
     """Per (n_mem, candidate): the paper's capacity (largest L with mean accuracy >= 0.99),
     only over the lengths this study tried and within its step budget: a lower bound."""
-    from cramfast.metrics import capacity
+    from cramfast.metrics import CAPACITY_THRESHOLD, capacity
     out = []
     for n_mem, name in dict.fromkeys((r["n_mem"], r["candidate"]) for r in rows):
         mine = [r for r in rows if (r["n_mem"], r["candidate"]) == (n_mem, name)]
         cap = capacity((r["length"], r["mean_accuracy"]) for r in mine)
         lengths = [r["length"] for r in mine]
         found = cap if cap else f"< {min(lengths)}"
-        out.append(f"capacity, m={n_mem}, {name}: {found} (largest L with mean accuracy >= 0.99 "
+        out.append(f"capacity, m={n_mem}, {name}: {found} (largest L with mean accuracy >= "
+                   f"{CAPACITY_THRESHOLD:g} "
                    f"among L = {','.join(map(str, lengths))}; a lower bound)")
     return out
 
