@@ -41,11 +41,13 @@ import torch
 from _common import bench_texts, device, machine, quick, sync
 from cramfast import engine
 from cramfast.models import load_model
+from cramfast.settings import CPU_SIZES
 
 DEV = device()
 CUDA = DEV.type == "cuda"
 L, N_MEM = 64, 1
-BATCH = int(os.environ.get("CRAMFAST_BENCH_BATCH", 256 if CUDA else (4 if quick() else 32)))
+BATCH = int(os.environ.get("CRAMFAST_BENCH_BATCH",
+                           256 if CUDA else (4 if quick() else CPU_SIZES["max_slots"])))
 ROUNDS = 5 if CUDA else (1 if quick() else 3)
 MM_N = 8192 if CUDA else (2048 if quick() else 4096)
 MM_DTYPE = torch.bfloat16 if CUDA else torch.float32

@@ -190,6 +190,13 @@ class TextSettings:
                     lamb=float(self.optimizer == "lamb"))
 
 
+# What the batch settings' 0 / -1 ("sized to the device") resolve to; sizing.py applies them.
+CPU_SIZES = dict(max_slots=32, token_budget=16384, fill_slots=4)   # a step costs its share per text
+CUDA_MEMORY_FRACTION = 0.5     # of the free memory, for the batch's activations
+CUDA_MIN_SLOTS = 64            # fewer texts than this still get this many (parallel attempts)
+CUDA_MAX_SLOTS = 1024
+
+
 @dataclass(frozen=True)
 class BatchSettings:
     """How the batch runs: sizes, syncs and kernels. Only fill_slots changes results."""
@@ -197,7 +204,8 @@ class BatchSettings:
         0, "Parallel attempts: when nothing is queued and fewer than this many slots are busy, "
         "the idle slots run extra attempts of running texts (other seeded starts, within what "
         "is left of the text's max_steps); a text ends with its first lossless attempt (0: "
-        "off; -1: sized to the device, 4 on a CPU, max_slots on CUDA). Idle slots are nearly "
+        f"off; -1: sized to the device, {CPU_SIZES['fill_slots']} on a CPU, max_slots on CUDA). Idle "
+        "slots are nearly "
         "free where a small batch is bound by reading the weights.", at_least=-1)
     sync_every: int = _setting(16, "Updates between host syncs (the stop rules run on the "
                                "device).", at_least=1, result=False)
@@ -206,12 +214,14 @@ class BatchSettings:
         "same kernels on the same memory, so the same results; off: launch every kernel "
         "eagerly).", result=False)
     max_slots: int = _setting(
-        0, "Texts (attempts) optimized at once (0: sized to the device: 32 on a CPU; on CUDA "
-        "every text at once, at least 64 slots, as far as half the free memory holds them, "
-        "measured by one calibration step).", at_least=0, result=False)
+        0, f"Texts (attempts) optimized at once (0: sized to the device: {CPU_SIZES['max_slots']} "
+        f"on a CPU; on CUDA every text at once, at least {CUDA_MIN_SLOTS} slots, as far as "
+        f"{CUDA_MEMORY_FRACTION:.0%} of the free memory holds them, measured by one calibration "
+        "step).", at_least=0, result=False)
     token_budget: int = _setting(
         0, "At most this many (padded length + n_mem) summed over the slots of one step (0: "
-        "sized to the device: 16384 on a CPU, max_slots times the longest text on CUDA).",
+        f"sized to the device: {CPU_SIZES['token_budget']} on a CPU, max_slots times the longest "
+        "text on CUDA).",
         at_least=0, result=False)
     policy: str = _setting("bucketed", "How the scheduler fills free slots: `fifo` (arrival "
                            "order) or `bucketed` (least padding first, with a starvation "

@@ -17,13 +17,10 @@ import torch
 from cramfast.inits import mem_dtype
 from cramfast.models import LoadedModel
 from cramfast.optim import SlotState
-from cramfast.settings import BatchSettings
+from cramfast.settings import (CPU_SIZES, CUDA_MAX_SLOTS, CUDA_MEMORY_FRACTION, CUDA_MIN_SLOTS,
+                               BatchSettings)
 from cramfast.step import pad_batch, step
 
-CPU = dict(max_slots=32, token_budget=16384, fill_slots=4)
-CUDA_MEMORY_FRACTION = 0.5     # of the free memory, for the batch's activations
-CUDA_MIN_SLOTS = 64            # fewer texts than this still get this many (parallel attempts)
-CUDA_MAX_SLOTS = 1024
 CALIBRATION_TEXTS = 8
 
 _announced: set = set()
@@ -42,7 +39,7 @@ def size_batch(lm: LoadedModel, batch: BatchSettings, token_lists: list[list[int
         slots = batch.max_slots or cuda_slots(lm, token_lists, n_mem, settings, backend)
         sizes = dict(max_slots=slots, token_budget=slots * longest, fill_slots=slots)
     else:
-        sizes = dict(CPU)
+        sizes = dict(CPU_SIZES)
     resolved = replace(batch, **{k: sizes[k] for k in auto})
     _announce(lm, resolved, auto)
     return resolved
