@@ -9,7 +9,7 @@ L = 64 tokens from the books, m = 1, every slot active; B = 32 on CPU (the compr
 max_slots: what it runs given 32 or more such texts; 4 in quick mode), 256 on CUDA;
 CRAMFAST_BENCH_BATCH overrides. fp32 on CPU, bf16 on CUDA (load_model(dtype="bf16")).
 
-FLOPs counted per step (the issue's "4N + 12·layers·d·T per token, frozen weights"):
+FLOPs counted per step ("4N + 12·layers·d·T per token, frozen weights"):
   * tokens = B·(m + L), every position of the padded batch (no padding here: equal lengths);
   * N = the model's parameters that multiply activations, each counted once: the backbone's
     matmul weights plus the LM head (tied to the input embedding in SmolLM2, so the 135 M of

@@ -8,8 +8,8 @@ Runs, each on the same passages of --length tokens from the books in DIR (passag
 has never seen; sources.sample_passages, seed 0), m = 1, preset fast:
   defaults     cramfast.compress(texts, model=bf16 model): the package's defaults (the batch
                sized to the device); wall seconds include the sizing calibration
-  by_hand      the same with max_slots = fill_slots = the number of texts (the best measured by
-               hand before the defaults were sized to the device)
+  by_hand      the same with max_slots = fill_slots = the number of texts (the best setting
+               found by hand on the H200)
   fp32         the defaults on the fp32 model
   paper        benchmarks/paper_baseline.cram_one on the first --paper-texts passages (batch 1,
                full logits, torch AdamW, bf16 autocast over fp32 weights, as the original)

@@ -1,10 +1,10 @@
 """Where `fast` spends its seconds on the end-to-end benchmark's passages: steps and seconds per
 number of texts in the batch, and the time of the metrics and greedy-decode checks.
 
-The run quoted in README.md (Benchmarks, the table of texts in the batch; 8 passages of L = 16,
-seed 0, the published budget: max 5000 steps, patience 2000), from the repository root:
+The run quoted in docs/benchmarks.md (2026-11-29, end to end with fast v3 under the published
+protocol: 8 passages of L = 16, seed 0, max 5000 steps, patience 2000), made with `fast` v3;
+the probe runs the `fast` preset. From the repository root:
     .venv/bin/python benchmarks/probes/e2e_timeline.py
-(measured with `fast` as it stood then, AdamW; the probe runs today's `fast`).
 
 A step counts for the texts it updated (on a CPU, texts that stopped since the last sync have
 left the batch already); its seconds run from the step before it to its own update (Hooks.update

@@ -1,6 +1,6 @@
 """Where a mem vector starts, and a loss-adaptive lr: the first N of the optimizer study's 24
-passages of length L (seed 0), `fast` as it stood before init=text_mean (LAMB lr 0.2, decay 7
-steps per token, focal 1: today's `fast` with init=random, init_scale=1) with no restarts and no
+passages of length L (seed 0), `fast` v6 (LAMB lr 0.2, decay 7 steps
+per token, focal 1: the `fast` preset with init=random, init_scale=1) with no restarts and no
 patience, STEPS steps, every text in one batch; prints the lossless count, the median of the
 steps (an unsolved passage counts as STEPS) and the steps per passage.
 

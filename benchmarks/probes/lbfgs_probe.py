@@ -1,7 +1,7 @@
 """Another optimizer: torch.optim.LBFGS (strong-Wolfe line search) on one text at a time,
 counting forward+backward evaluations until the teacher-forced argmax is right everywhere.
 The end-to-end benchmark's passages (L = 16, seed 0), each from its seeded random init at scale
-1 (init=random: where `fast` started when this was run), plain mean CE (--gamma 1: the focal
+1 (init=random, the start of `fast` v1 to v6), plain mean CE (--gamma 1: the focal
 objective). Prints per passage: its index, evaluations, lossless, the most tokens right, the
 seconds so far; then the lossless count and the median of the evaluations.
 

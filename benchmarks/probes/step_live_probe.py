@@ -3,10 +3,9 @@
 `fast` without stall restarts or parallel attempts, max 300 steps. Prints per arm the seconds
 and each text's steps.
 
-The run quoted in README.md (Benchmarks: "On a CPU a slot that stops between syncs leaves the
-batch at once"), from the repository root:
+The run quoted in docs/benchmarks.md (2026-11-29, stopped slots leaving a CPU batch), made with
+`fast` v3; the probe runs the `fast` preset. From the repository root:
     .venv/bin/python benchmarks/probes/step_live_probe.py
-(measured with `fast` as it stood then, AdamW; the probe runs today's `fast`).
 """
 from __future__ import annotations
 

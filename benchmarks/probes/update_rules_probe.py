@@ -1,6 +1,6 @@
 """Update rules in place of AdamW (Hooks.update), on the end-to-end benchmark's passages (L = 16,
-seed 0): `fast` as it stood before LAMB (AdamW, lr = std(E), cosine to a tenth over 200 steps,
-focal 1, the random init at scale 1), one attempt per text, no restarts, 300 steps. One compress
+seed 0): `fast` v4, pinned here (AdamW, lr = std(E), cosine to a tenth over 200 steps, focal 1,
+the random init at scale 1), one attempt per text, no restarts, 300 steps. One compress
 call per rule, each printing the lossless count, the median steps (unsolved: the budget), the
 steps and accuracy per text, the exact count and the mem norms.
 
@@ -16,8 +16,6 @@ from the repository root:
     .venv/bin/python benchmarks/probes/update_rules_probe.py adam normgd adamnorm lamb relgd
     .venv/bin/python benchmarks/probes/update_rules_probe.py --lr-scale 0.3 lion
     .venv/bin/python benchmarks/probes/update_rules_probe.py --eta 0.2 lamb
-The settings are pinned to those of that run: the probe once took them from the preset `fast`
-of its day (with optimizer=adamw, lr_std=1), which has moved on since.
 """
 from __future__ import annotations
 
