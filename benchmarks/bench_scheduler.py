@@ -125,7 +125,7 @@ def test_microseconds_per_plan_and_report(benchmark, layer):
         sched = Scheduler(MAX_SLOTS, TOKEN_BUDGET, N_MEM, "bucketed")
         for job_id, n in enumerate(lengths):
             sched.add_job(job_id, n, MAX_STEPS, PATIENCE)
-        target = sched if layer == "python_face" else sched._core
+        target = sched if layer == "python_face" else sched.core
         start = time.perf_counter()
         for rows in recorded:
             target.plan()

@@ -34,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import paper_baseline  # noqa: E402
+from _common import sync  # noqa: E402
 import cramfast  # noqa: E402
 from cramfast import engine, sources  # noqa: E402
 
@@ -53,11 +54,6 @@ def summary(results, seconds: float, length: int) -> dict:
                 steps_max=steps[-1], lossless_tokens_per_s=round(length * lossless / seconds, 2),
                 batch={k: results[0].settings[k] for k in ("max_slots", "token_budget",
                                                            "fill_slots", "cuda_graphs")})
-
-
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def timed_compress(texts, lm, length, **settings) -> tuple[dict, list]:

@@ -112,6 +112,12 @@ class Scheduler:
             raise ValueError(f"max_passes must be >= 0 or None, got {max_passes}")
         self._core = _ext.Scheduler(int(max_slots), int(token_budget), int(n_mem), str(policy), passes)
 
+    @property
+    def core(self):
+        """The C++ binding itself (plan/report without this face's conversions): what the
+        scheduler benchmark times apart from the face."""
+        return self._core
+
     def add_job(self, job_id: int, n_tokens: int, max_steps: int, patience: int) -> None:
         self._core.add_job(int(job_id), int(n_tokens), int(max_steps), int(patience))
 

@@ -28,16 +28,15 @@ Precision: bf16/fp16 products run on the tensor cores with fp32 accumulation, P 
 dtype for the second product, as the torch twin rounds it. fp32 inputs use FP32_DOT_PRECISION.
 """
 import functools
-import os
 
 import torch
 import triton
 
+from .interpreter import INTERPRET
 from .linear_cross_entropy_combine import combine_vocab_splits
 from .linear_cross_entropy_partials import (FEATURE_GROUP_META, feature_groups,
                                             vocab_split_partials)
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 # fp32 inputs: "tf32x3" splits each operand into a tf32 high part and a tf32 remainder and sums
 # three tensor-core products, near fp32's accuracy (losses and argmaxes equal an "ieee" run's

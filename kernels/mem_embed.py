@@ -4,13 +4,13 @@ One program copies one output row. Which source it reads (a mem row or a gathere
 row) is decided by predicating both loads instead of branching: a masked-off load issues no
 memory transaction, so reading "both" costs one row, and the program has no divergent paths.
 """
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+from .interpreter import INTERPRET
+
 # The interpreter runs each program in numpy: fewer, wider blocks are much faster there.
 MAX_BLOCK_D = 8192 if INTERPRET else 1024
 
