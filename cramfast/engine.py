@@ -22,6 +22,7 @@ from cramfast.compressor import compress, compress_iter, optimize
 from cramfast.decoding import decodes_back, evaluate, greedy_decode
 from cramfast.hooks import Hooks, Timing
 from cramfast.inits import attempt_start, init_mem, mem_dtype, restart_draws, text_mean_init
+from cramfast.jobs import settings_for
 from cramfast.models import LoadedModel
 from cramfast.optim import (SlotState, apply_stop_rule, mem_update, objective_weights,
                             restart_stalled, scheduled_lr, trust_ratio)
@@ -43,7 +44,7 @@ def start_batch(lm: LoadedModel, token_lists: list[list[int]], settings: TextSet
     """One slot per text, each started as compress starts attempt 0 (settings resolved for the
     model and the text's length, the seeded start and restart draws), padded to ``length``
     (default: the longest text)."""
-    resolved = [settings.for_model(lm.embedding_std(), torch.finfo(lm.dtype).bits).for_text(len(ids)) for ids in token_lists]
+    resolved = [settings_for(lm, settings, ids) for ids in token_lists]
     starts = [attempt_start(lm, ids, n_mem, seed, s) for ids, s in zip(token_lists, resolved)]
     n_draws = max((0 if draws is None else len(draws)) for _, draws in starts)
     state = SlotState(len(token_lists), n_mem, lm.hidden_size, mem_dtype(lm), lm.device, n_draws)
@@ -58,5 +59,5 @@ __all__ = ["Batch", "BatchSettings", "EagerSteps", "GraphedSteps", "Hooks", "Slo
            "TextSettings", "Timing", "apply_stop_rule", "attempt_start", "compress",
            "compress_iter", "decodes_back", "evaluate", "greedy_decode", "init_mem", "make_stepper", "mem_dtype",
            "mem_update", "objective_weights", "optimize", "pad_batch", "predict",
-           "restart_draws", "restart_stalled", "scheduled_lr", "start_batch", "step",
+           "restart_draws", "restart_stalled", "scheduled_lr", "settings_for", "start_batch", "step",
            "text_mean_init", "trust_ratio", "use_cuda_graphs"]

@@ -85,8 +85,14 @@ def make_jobs(lm: LoadedModel, texts, n_mem: int, max_length: int | None, seed: 
     token_lists = [tokenize(lm, t, max_length, n_mem) for t in texts]
     settings = _per_text_settings(base, per_text, len(texts))
     starts = _start_mems(lm, init_mems, len(texts), n_mem)
-    return [Job(i, ids, s.for_model(lm.embedding_std(), torch.finfo(lm.dtype).bits).for_text(len(ids)), start, seed)
+    return [Job(i, ids, settings_for(lm, s, ids), start, seed)
             for i, (ids, s, start) in enumerate(zip(token_lists, settings, starts))]
+
+
+def settings_for(lm: LoadedModel, settings: TextSettings, ids: list[int]) -> TextSettings:
+    """``settings`` resolved for this model (its std(E), the bits of its weights) and this
+    text's length: what a text's attempts run with."""
+    return settings.for_model(lm.embedding_std(), torch.finfo(lm.dtype).bits).for_text(len(ids))
 
 
 def _one_per_text(name: str, values, n_texts: int) -> bool:

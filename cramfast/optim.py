@@ -42,6 +42,10 @@ class SlotState:
         """One per-slot hyperparameter of ``rows`` (e.g. "lr", "focal_gamma")."""
         return self.hyper[rows, SLOT_FLOATS.index(name)]
 
+    def set_hyper_column(self, name: str, rows, values: torch.Tensor):
+        """Change one per-slot hyperparameter of ``rows`` mid-run (a study's own schedule)."""
+        self.hyper[rows, SLOT_FLOATS.index(name)] = values.to(self.hyper)
+
     def start(self, slot: int, mem: torch.Tensor, n_pred: int, settings: TextSettings,
               draws: torch.Tensor | None = None):
         """A new attempt in ``slot``: its start, fresh moments and counts, its settings."""

@@ -30,9 +30,9 @@ import torch
 import _probe
 from cramfast.constants import IGNORE_INDEX
 from cramfast.engine import (SlotState, TextSettings, apply_stop_rule, init_mem, mem_dtype,
-                             mem_update, objective_weights, pad_batch, predict)
+                             mem_update, objective_weights, pad_batch, predict, settings_for)
 from cramfast.models import load_model
-from cramfast.settings import SLOT_FLOATS, parse_settings, preset_settings, split
+from cramfast.settings import parse_settings, preset_settings, split
 
 
 def base_settings(changes: dict) -> TextSettings:
@@ -59,15 +59,15 @@ def main(args):
     L, n, steps = args.length, args.texts, args.steps
     texts = _probe.study_passages(lm.tokenizer, args.file, L, n, 0)   # the first n of 24
     changes = parse_settings(args.settings)
-    settings = base_settings(changes).for_model(lm.embedding_std())
+    base = base_settings(changes)
     state = SlotState(n, 1, lm.hidden_size, mem_dtype(lm), lm.device)
     for i, ids in enumerate(texts):
+        settings = settings_for(lm, base, ids)
         state.start(i, start_of(lm, ids, settings, args.bow, args.bow_tokens), len(ids) - 1,
-                    settings.for_text(len(ids)))
-    lr_column = SLOT_FLOATS.index("lr")
-    lr0 = state.hyper[:, lr_column].clone()
-    mult, prev = torch.ones(n), torch.full((n,), float("inf"))
+                    settings)
     rows = torch.arange(n)
+    lr0 = state.hyper_column("lr", rows).clone()
+    mult, prev = torch.ones(n), torch.full((n,), float("inf"))
     ids, targets = pad_batch(texts, L, lm.device)
     first = [None] * n
     for t in range(steps):
@@ -82,7 +82,7 @@ def main(args):
         apply_stop_rule(state, rows, active, correct, plain, mem.detach())
         mult = torch.where(plain < prev, mult * args.up, mult * args.down)
         prev = plain
-        state.hyper[:, lr_column] = lr0 * mult
+        state.set_hyper_column("lr", rows, lr0 * mult)
         mem_update(state, rows, mem.grad, state.active)
         for i in range(n):
             if first[i] is None and correct[i] == L - 1:
