@@ -12,9 +12,19 @@ import os
 import sys
 import time
 
+import torch
+from tqdm import tqdm
+
+import cramfast
+from cramfast import sources
 from cramfast.clitools import Parser, at_least, run
 from cramfast.errors import CramfastError
-
+from cramfast.hooks import Hooks
+from cramfast.models import DTYPES
+from cramfast.ops import BACKENDS
+from cramfast.presets import DEFAULT_PRESET, PRESETS
+from cramfast.results_io import ResultWriter, read_results
+from cramfast.settings import parse_settings
 COLUMNS = ("#", "text", "tokens", "n_mem", "steps", "stop", "accuracy", "exact", "margin",
            "ce_no_mem", "ce_mem", "gain_bits", "token_gain", "seconds")
 WIDTHS = (4, 24, 6, 5, 5, 9, 8, 5, 6, 9, 8, 9, 10, 7)
@@ -28,9 +38,6 @@ def main(argv=None) -> int:
 
 
 def _parser():
-    from cramfast.models import DTYPES
-    from cramfast.ops import BACKENDS
-    from cramfast.presets import DEFAULT_PRESET, PRESETS
     p = Parser(prog="python -m cramfast", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(required=True)
     c = sub.add_parser("compress", help="cram texts into mem vectors and check them by decoding")
@@ -78,7 +85,6 @@ def _parser():
 
 
 def _texts(args, tokenizer) -> list:
-    from cramfast import sources
     texts = list(args.text or [])
     if args.file:
         for path in sources.text_files(args.file):
@@ -92,9 +98,6 @@ def _texts(args, tokenizer) -> list:
 
 
 def _compress(args) -> int:
-    import cramfast
-    from cramfast.results_io import ResultWriter
-    from cramfast.settings import parse_settings
     settings = dict(max_steps=args.max_steps, patience=args.patience, lr=args.lr,
                     max_slots=args.max_slots, cuda_graphs=args.cuda_graphs,
                     **parse_settings(args.set))
@@ -161,12 +164,10 @@ class Progress:
         self.text_steps, self.seconds = 0, 0.0
 
     def start(self, total: int):
-        from tqdm import tqdm
         self.bar = tqdm(total=total, unit="text", file=sys.stderr, disable=self.quiet,
                         dynamic_ncols=True, leave=False)
 
     def hooks(self):
-        from cramfast.hooks import Hooks
         return Hooks(on_timing=self._timing)
 
     def _timing(self, timing):
@@ -210,7 +211,6 @@ def _write_tables(args, rows):
 def _set_threads(threads):
     """--threads, else torch's default capped at the cores other work leaves free: on a busy
     machine more threads than free cores make every step many times slower."""
-    import torch
     if threads is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
@@ -228,8 +228,6 @@ def default_threads(torch_threads: int, cores: int, busy: int) -> int:
 
 
 def _decode(args) -> int:
-    import cramfast
-    from cramfast.results_io import read_results
     results, problems = read_results(args.path)
     for res in results:
         lm = cramfast.load_model(args.model or res.model, dtype=args.dtype, device=args.device)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cramfast import sources
+from cramfast.models import DEFAULT_MODEL, embedded_model_path, local_path, parse_dtype
 from cramfast.sources import CHUNKINGS
 from cramfast.errors import CramfastError
 from cramfast.settings import RESULT_SETTINGS, defaults, parse_settings, preset_settings, split
@@ -62,7 +63,6 @@ class Grid:
         """What the results depend on (not batching or sync knobs): hashed into the job key.
         Only the settings that differ from the published protocol (settings.defaults())
         enter it, so a setting added later, off by default, leaves stored keys as they are."""
-        from cramfast.models import parse_dtype
         optim, published = self.settings(), defaults()
         changed = {k: optim[k] for k in HASHED_SETTINGS if optim[k] != published[k]}
         return dict(changed, dtype=str(parse_dtype(self.dtype)), warm_start=self.warm_start)
@@ -134,7 +134,6 @@ def _build_grid(args) -> Grid:
     flags = {k: v for k, v in vars(args).items() if v is not None and k in DEFAULTS}
     merged.update(flags)
     lengths_given = "lengths" in config or "lengths" in flags
-    from cramfast.models import DEFAULT_MODEL
     models = [str(m) for m in (merged["models"] or [DEFAULT_MODEL])]
     if not merged["sources"]:
         raise CramfastError("no source: pass --source (a text file, a folder of .txt files, "
@@ -180,8 +179,7 @@ def model_id(name: str) -> str:
 
 def model_context(name: str) -> int | None:
     """The model's context length from its config alone (the weights are loaded later)."""
-    from cramfast import models
-    path = models.embedded_model_path() if name == models.DEFAULT_MODEL else models.local_path(name)
+    path = embedded_model_path() if name == DEFAULT_MODEL else local_path(name)
     from transformers import AutoConfig
     try:
         cfg = AutoConfig.from_pretrained(path)

@@ -17,8 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-from cramfast import clitools
+import cramfast
+from cramfast import clitools, sources
 from cramfast.errors import CramfastError
+from cramfast.metrics import CAPACITY_THRESHOLD, capacity
 from cramfast.presets import PRESETS
 from cramfast.settings import PER_TEXT, TextSettings, parse_settings, preset_settings, split
 from cramfast.tables import markdown_table, write_csv
@@ -54,7 +56,6 @@ def run_optimizer_study(model, token_lists_by_length: dict, n_mems, candidates: 
                         seed: int = 0, texts_out: list | None = None, **optim):
     """Rows of {length, n_mem, candidate, lossless, median_steps, p90_steps, token_steps, ...};
     one record per text and candidate is appended to ``texts_out`` when given."""
-    import cramfast
     lm = cramfast.load_model(model)
     rows = []
     for length, token_lists in token_lists_by_length.items():
@@ -109,7 +110,6 @@ def _fmt(v):
 def capacity_lines(rows) -> list[str]:
     """Per (n_mem, candidate): the paper's capacity (largest L with mean accuracy >= 0.99),
     only over the lengths this study tried and within its step budget: a lower bound."""
-    from cramfast.metrics import CAPACITY_THRESHOLD, capacity
     out = []
     for n_mem, name in dict.fromkeys((r["n_mem"], r["candidate"]) for r in rows):
         mine = [r for r in rows if (r["n_mem"], r["candidate"]) == (n_mem, name)]
@@ -188,8 +188,6 @@ def _study_and_write(args) -> int:
 def _sample_texts_and_study(args, texts_out):
     """The study the flags ask for: passages sampled from --file at each length, every
     candidate run on them."""
-    import cramfast
-    from cramfast import sources
     candidates = {n: parse_candidate(n) for n in args.candidates.split(",") if n}
     lm = cramfast.load_model(args.model, dtype=args.dtype)
     text = sources.joined_text(args.file)

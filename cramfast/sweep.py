@@ -34,10 +34,12 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from cramfast import clitools, store
+import torch
+
+import cramfast
+from cramfast import clitools, models, store
 from cramfast.errors import CramfastError
 from cramfast.grid import DEFAULTS, Grid, SweepJobs, build_grid, shipped_grids, text_of
-from cramfast.models import DTYPES
 from cramfast.ops import BACKENDS
 from cramfast.presets import PRESETS
 from cramfast.sources import CHUNKINGS
@@ -119,7 +121,6 @@ class Summary:
 def run_sweep(grid: Grid, quiet: bool = False, compress_iter=None, rank: int | None = None,
               world: int | None = None) -> Summary:
     """Run (this rank's share of) the grid, storing each finished job at once."""
-    import cramfast
     compress_iter = compress_iter or cramfast.compress_iter
     if rank is None:
         rank, world = rank_world()
@@ -225,14 +226,11 @@ class _RankRunner:
                               "model's context")
 
     def _load(self, mid):
-        import cramfast
-        from cramfast import models
         if self.loaded and self.loaded[0] != mid:   # one model in memory at a time
             models.unload(self.loaded[1])
             self.loaded = None
         device = None
         if self.world > 1:
-            import torch
             if torch.cuda.is_available():
                 device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
         lm = cramfast.load_model(self.sweep_jobs.models[mid], dtype=self.grid.dtype, device=device)
@@ -323,7 +321,7 @@ def _parser():
                         "e.g. --set stall_steps=100 (repeatable; in TOML: "
                         "set = [\"stall_steps=100\"])")
     p.add_argument("--max-slots", type=int, help="texts optimized at once (not part of the job key)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), help="model weights (default fp32)")
+    p.add_argument("--dtype", choices=sorted(models.DTYPES), help="model weights (default fp32)")
     p.add_argument("--backend", choices=BACKENDS, help="the fused ops' implementation "
                    "(default auto)")
     p.add_argument("--chunking", choices=CHUNKINGS, help="how passages are cut "
