@@ -45,10 +45,12 @@ from _common import Timer, bench_texts, device, machine, quick, texts_source
 from cramfast import compress
 from cramfast.engine import greedy_decode
 from cramfast.models import load_model
+from cramfast.settings import TextSettings
 
 N_MEM = 1
 SEED = 0
-PATIENCE = 2000
+PUBLISHED = TextSettings()      # the published protocol's budget: max_steps, patience
+PATIENCE = PUBLISHED.patience
 
 
 def _env_ints(name, default):
@@ -58,7 +60,7 @@ def _env_ints(name, default):
 
 LENGTHS = _env_ints("CRAMFAST_BENCH_LENGTHS", (16,) if quick() else (16, 32, 64))
 N_TEXTS = _env_ints("CRAMFAST_BENCH_TEXTS", (2,) if quick() else (8,))[0]
-MAX_STEPS = _env_ints("CRAMFAST_BENCH_MAX_STEPS", (15,) if quick() else (5000,))[0]
+MAX_STEPS = _env_ints("CRAMFAST_BENCH_MAX_STEPS", (15,) if quick() else (PUBLISHED.max_steps,))[0]
 METHODS = ("paper_reload", "paper_noreload", "cramfast_paper", "cramfast_fast")
 
 _results: dict[tuple[int, str], dict] = {}   # (L, method) -> extra_info, for the ratios

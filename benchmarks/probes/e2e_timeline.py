@@ -18,7 +18,7 @@ import collections
 import time
 
 import _probe
-from cramfast.engine import Hooks, Timing, compress, mem_update
+from cramfast.engine import Hooks, TextSettings, Timing, compress, mem_update
 from cramfast.models import load_model
 
 
@@ -71,6 +71,8 @@ if __name__ == "__main__":
     p = _probe.parser(__doc__, "bench")
     p.add_argument("--texts", type=int, default=8, help="passages (default %(default)s)")
     p.add_argument("--length", type=int, default=16, help="tokens each (default %(default)s)")
-    p.add_argument("--steps", type=int, default=5000, help="max_steps (default %(default)s)")
-    p.add_argument("--patience", type=int, default=2000, help="default %(default)s")
+    p.add_argument("--steps", type=int, default=TextSettings().max_steps,
+                   help="max_steps (default %(default)s, the published protocol's)")
+    p.add_argument("--patience", type=int, default=TextSettings().patience,
+                   help="default %(default)s, the published protocol's")
     _probe.run(main, p.parse_args())
