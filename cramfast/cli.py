@@ -213,12 +213,34 @@ def _set_threads(threads):
     machine more threads than free cores make every step many times slower."""
     if threads is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+        busy = busy_cores()
         threads = default_threads(torch.get_num_threads(), cores, busy)
         if threads < torch.get_num_threads():
             print(f"cramfast: {threads} thread(s): other work keeps {busy} of {cores} cores busy "
                   "(--threads to choose)", file=sys.stderr)
     torch.set_num_threads(threads)
+
+
+def busy_cores(window: float = 0.25) -> int:
+    """Cores other work keeps busy now: the machine's CPU time over a short window while this
+    process waits (Linux /proc/stat); elsewhere the 1-minute load average, which also counts
+    work that ended in the last minute."""
+    try:
+        before = _cpu_times()
+        time.sleep(window)
+        after = _cpu_times()
+    except (OSError, ValueError, IndexError):
+        return round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    busy, total = (a - b for a, b in zip(after, before))
+    return round(busy / max(total, 1) * (os.cpu_count() or 1))
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot: /proc/stat's first line."""
+    with open("/proc/stat") as f:
+        user, nice, system, idle, iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    total = user + nice + system + idle + iowait + irq + softirq + steal
+    return total - idle - iowait, total
 
 
 def default_threads(torch_threads: int, cores: int, busy: int) -> int:

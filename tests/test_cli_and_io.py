@@ -2,6 +2,7 @@
 import dataclasses
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -255,6 +256,18 @@ def test_threads_default_leaves_busy_cores_alone():
     assert default_threads(2, 2, 1) == 1          # another job on one of two cores
     assert default_threads(8, 4, 9) == 1          # overloaded: still one
     assert default_threads(4, 16, 2) == 4         # never more than torch would use
+
+
+def test_busy_cores_sees_a_process_spinning_now():
+    from cramfast.cli import busy_cores
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 3\n"
+                                "while time.time() < end: pass"])
+    try:
+        time.sleep(0.5)                           # the spinner is running
+        assert busy_cores(window=0.5) >= 1
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def test_loading_a_model_prints_no_bar(trained_path, capfd):
