@@ -223,7 +223,10 @@ def test_ctrl_c_keeps_the_finished_results(trained_path, tmp_path):
         [sys.executable, "-m", "cramfast", "compress", "--model", trained_path, "--quiet",
          "--text", "a cat sat on the mat", "--text", "zebra quartz vortex jumbled " * 2,
          "--max-steps", "100000", "--patience", "100000", "--set", "stall_steps=0",
-         "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # Ctrl-C as a terminal delivers it: a test run in the background (nohup, `cmd &`)
+        # passes SIGINT on ignored, and Python then never raises KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while not (out / "cram-0000.json").exists() and time.time() < deadline:
         time.sleep(0.5)
