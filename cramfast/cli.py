@@ -25,6 +25,7 @@ from cramfast.ops import BACKENDS
 from cramfast.presets import DEFAULT_PRESET, PRESETS
 from cramfast.results_io import ResultWriter, read_results
 from cramfast.settings import parse_settings
+
 COLUMNS = ("#", "text", "tokens", "n_mem", "steps", "stop", "accuracy", "exact", "margin",
            "ce_no_mem", "ce_mem", "gain_bits", "token_gain", "seconds")
 WIDTHS = (4, 24, 6, 5, 5, 9, 8, 5, 6, 9, 8, 9, 10, 7)
