@@ -227,12 +227,16 @@ def test_ctrl_c_keeps_the_finished_results(trained_path, tmp_path):
         # Ctrl-C as a terminal delivers it: a test run in the background (nohup, `cmd &`)
         # passes SIGINT on ignored, and Python then never raises KeyboardInterrupt
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 240
-    while not (out / "cram-0000.json").exists() and time.time() < deadline:
-        time.sleep(0.5)
-    assert (out / "cram-0000.json").exists(), proc.kill() or proc.communicate()
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    try:                        # its second text never ends: never leave it running
+        deadline = time.time() + 240
+        while not (out / "cram-0000.json").exists() and time.time() < deadline:
+            time.sleep(0.5)
+        assert (out / "cram-0000.json").exists()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
     assert proc.returncode == 130, stderr
     assert stderr.strip().splitlines()[-1] == \
         f"cramfast: interrupted: 1 of 2 results done, kept in {out}"
