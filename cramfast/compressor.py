@@ -28,7 +28,7 @@ from cramfast.decoding import evaluate, greedy_decode
 from cramfast.hooks import Hooks, Timing
 from cramfast.inits import mem_dtype
 from cramfast.jobs import Attempt, Job, make_jobs
-from cramfast.metrics import CompressionResult, make_result
+from cramfast.metrics import CompressionResult, decoded_back, make_result
 from cramfast.models import LoadedModel, load_model
 from cramfast.optim import SlotState
 from cramfast.presets import DEFAULT_PRESET
@@ -240,7 +240,7 @@ def verify_decodes(lm: LoadedModel, sched, attempts: dict, jobs: list[Job], next
     done = []
     for job, out in zip(jobs, decoded):
         job.result["decoded_ids"] = out = out[:len(job.token_ids) - 1]
-        if job.result["stop_reason"] != StopReason.LOSSLESS.label or out == job.token_ids[1:]:
+        if job.result["stop_reason"] != StopReason.LOSSLESS.label or decoded_back(out, job.token_ids):
             done.append(job)
             continue
         job.decode_retries += 1

@@ -9,7 +9,7 @@ import torch
 
 from cramfast.constants import IGNORE_INDEX
 from cramfast.errors import CramfastError
-from cramfast.metrics import CompressionResult
+from cramfast.metrics import CompressionResult, decoded_back
 from cramfast.models import LoadedModel, load_model
 from cramfast.step import pad_batch, predict
 
@@ -61,7 +61,7 @@ def decodes_back(lm: LoadedModel, results: list[CompressionResult], batch_size: 
         decoded = greedy_decode(lm, torch.stack([r.mem for r in group]),
                                 [r.token_ids[0] for r in group],
                                 max(r.n_tokens for r in group) - 1)
-        exact += [d[:r.n_tokens - 1] == r.token_ids[1:] for d, r in zip(decoded, group)]
+        exact += [decoded_back(d, r.token_ids) for d, r in zip(decoded, group)]
     return exact
 
 

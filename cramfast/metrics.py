@@ -66,6 +66,11 @@ class CompressionResult:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "mem"}
 
 
+def decoded_back(decoded_ids, token_ids) -> bool:
+    """Whether greedy decoding gave the text back: tokens 2..N (the first is given)."""
+    return list(decoded_ids[:len(token_ids) - 1]) == list(token_ids[1:])
+
+
 def make_result(*, token_ids, correct_with_mem: int, correct_without_mem: int,
                 ce_without_mem: float, ce_with_mem: float, decoded_ids, stop_reason, **rest):
     n_pred = len(token_ids) - 1
@@ -75,7 +80,7 @@ def make_result(*, token_ids, correct_with_mem: int, correct_without_mem: int,
     error = "non-finite loss during optimization" if stop_reason == "nonfinite" else None
     return CompressionResult(
         token_ids=list(token_ids), stop_reason=stop_reason, accuracy=accuracy,
-        accuracy_without_mem=accuracy_without, exact=list(decoded_ids) == list(token_ids[1:]),
+        accuracy_without_mem=accuracy_without, exact=decoded_back(decoded_ids, token_ids),
         decoded_ids=list(decoded_ids), ce_without_mem=ce_without_mem, ce_with_mem=ce_with_mem,
         info_gain_nats=gain_nats, info_gain_bits=gain_nats / math.log(2),
         token_gain=(accuracy - accuracy_without) * n_pred, error=error, **rest)
