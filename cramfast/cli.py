@@ -214,9 +214,9 @@ def _set_threads(threads):
     machine more threads than free cores make every step many times slower."""
     if threads is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        busy = busy_cores()
-        threads = default_threads(torch.get_num_threads(), cores, busy)
-        if threads < torch.get_num_threads():
+        busy, torch_threads = busy_cores(), torch.get_num_threads()
+        threads = default_threads(torch_threads, cores, busy)
+        if threads < torch_threads:
             print(f"cramfast: {threads} thread(s): other work keeps {busy} of {cores} cores busy "
                   "(--threads to choose)", file=sys.stderr)
     torch.set_num_threads(threads)
@@ -245,8 +245,8 @@ def _cpu_times() -> tuple[int, int]:
 
 
 def default_threads(torch_threads: int, cores: int, busy: int) -> int:
-    """torch's thread count, at most the cores that ``busy`` (the load average) leaves free,
-    at least one."""
+    """torch's thread count, at most the cores that ``busy`` (busy_cores) leaves free, at least
+    one."""
     return max(1, min(torch_threads, cores - busy))
 
 

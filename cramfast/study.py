@@ -21,6 +21,7 @@ import cramfast
 from cramfast import clitools, sources
 from cramfast.errors import CramfastError
 from cramfast.metrics import CAPACITY_THRESHOLD, capacity
+from cramfast.models import DTYPES
 from cramfast.presets import PRESETS
 from cramfast.settings import PER_TEXT, TextSettings, parse_settings, preset_settings, split
 from cramfast.tables import markdown_table, write_csv
@@ -146,7 +147,7 @@ def _parser():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", choices=["optimizer"])
     p.add_argument("--model", default=None)
-    p.add_argument("--dtype", default=None, help="model weights: fp32 (default), bf16, fp16")
+    p.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="model weights (default fp32)")
     p.add_argument("--file", required=True, help="a UTF-8 text file or folder to sample from")
     p.add_argument("--lengths", type=clitools.csv_ints, default="16,32,64")
     p.add_argument("--n-mem", type=clitools.csv_ints, default="1,2")
@@ -154,9 +155,10 @@ def _parser():
     p.add_argument("--candidates", default=",".join(CANDIDATES),
                    help="comma-separated candidates: a preset name, or key=value settings "
                         "joined by '+' (lr may be a multiple of std(E): lr=0.5std)")
-    p.add_argument("--max-steps", type=int, default=TextSettings().max_steps,
+    published = TextSettings()
+    p.add_argument("--max-steps", type=int, default=published.max_steps,
                    help="updates per text at most (default %(default)s)")
-    p.add_argument("--patience", type=int, default=TextSettings().patience,
+    p.add_argument("--patience", type=int, default=published.patience,
                    help="updates without a better accuracy before a text stops (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/study")
