@@ -11,7 +11,7 @@ has never seen; sources.sample_passages, seed 0), m = 1, preset fast:
   by_hand      the same with max_slots = fill_slots = the number of texts (the best setting
                found by hand on the H200)
   fp32         the defaults on the fp32 model
-  paper        benchmarks/paper_baseline.cram_one on the first --paper-texts passages (batch 1,
+  paper        benchmarks/paper_baseline.cram_all on the first --paper-texts passages (batch 1,
                full logits, torch AdamW, bf16 autocast over fp32 weights, as the original)
 Per run: lossless (stop reason), exact (greedy decode), texts whose decode failed once and went
 on with a larger margin, steps median / p90 / max, lossless tokens per second, and the ratio to
@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import paper_baseline  # noqa: E402
-from _common import sync  # noqa: E402
+from _common import Timer, sync  # noqa: E402
 import cramfast  # noqa: E402
 from cramfast import engine, sources  # noqa: E402
 
@@ -57,16 +57,14 @@ def summary(results, seconds: float, length: int) -> dict:
 
 
 def timed_compress(texts, lm, length, **settings) -> tuple[dict, list]:
-    sync()
-    start = time.perf_counter()
-    results = cramfast.compress(texts, model=lm, **settings)
-    sync()
-    return summary(results, time.perf_counter() - start, length), results
+    with Timer() as timer:
+        results = cramfast.compress(texts, model=lm, **settings)
+    return summary(results, timer.seconds, length), results
 
 
 def paper_loop(lm, texts, length) -> dict:
     start = time.perf_counter()
-    runs = [paper_baseline.cram_one(lm, ids, 1, 0, reload=False) for ids in texts]
+    runs = paper_baseline.cram_all(lm, texts, 1, 0, reload=False)
     seconds = time.perf_counter() - start
     lossless = sum(r.lossless for r in runs)
     return dict(texts=len(runs), seconds=round(seconds, 2), lossless=lossless,

@@ -217,7 +217,6 @@ def test_compress_streams_rows_and_tables(trained_path, tmp_path):
 
 def test_ctrl_c_keeps_the_finished_results(trained_path, tmp_path):
     import signal
-    import time
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "cramfast", "compress", "--model", trained_path, "--quiet",

@@ -26,9 +26,10 @@ def main(args):
     smallest = min((r.margin for r in lossless), default=float("nan"))
     print(f"made in {args.made}: {len(lossless)}/{len(results)} lossless, smallest margin "
           f"{smallest:.3g}, settings {args.settings}")
+    models = {args.made: made}                  # each precision loaded once
     for combo in args.decode.split(","):
         dtype, batch = combo.split(":")
-        lm = cramfast.load_model(args.model, dtype=dtype)
+        lm = models.get(dtype) or models.setdefault(dtype, cramfast.load_model(args.model, dtype=dtype))
         print(f"decoded in {dtype}, batch {batch}: {sum(engine.decodes_back(lm, lossless, int(batch)))}"
               f"/{len(lossless)} exact", flush=True)
 
