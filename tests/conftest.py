@@ -9,25 +9,11 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+TRAINED = Path(__file__).resolve().parent / "data" / "tiny-llama-trained"
 BOOKS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "books"
 CORPUS = ("the quick brown fox jumps over the lazy dog. a cat sat on the mat and looked at "
           "the sky. it was a truth universally acknowledged that a single man must want a wife. "
           "numbers one two three four five six seven eight nine ten. ") * 4
-
-
-def make_tokenizer(folder: Path):
-    """A small byte-level BPE tokenizer trained here (no hub), saved as a HF fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([CORPUS], trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
-    fast.save_pretrained(folder)
-    return fast
 
 
 def tiny_config(arch: str, vocab: int):
@@ -61,41 +47,24 @@ def _tiny_config(arch: str, vocab: int):
 ARCHS = ("llama", "gpt_neox", "gpt2", "opt")
 
 
-def pretrain(model, tokenizer, steps: int = 150, window: int = 32):
-    """A few hundred AdamW steps on CORPUS, so the tiny model predicts its text the way a
-    pretrained LM predicts prose: then a mem vector has little left to fix and cramming
-    converges in tens of steps, as tests need."""
-    ids = torch.tensor(tokenizer(CORPUS)["input_ids"])
-    gen = torch.Generator().manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(steps):
-        starts = torch.randint(0, len(ids) - window, (8,), generator=gen)
-        batch = torch.stack([ids[s:s + window] for s in starts])
-        loss = model(input_ids=batch, labels=batch).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-
-
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
-    """{arch: folder} of tiny causal LMs saved with save_pretrained (random init), and
-    "llama-trained": the llama one after a short pretraining on CORPUS."""
-    from transformers import AutoModelForCausalLM
+    """{arch: folder} of tiny causal LMs saved with save_pretrained (random init, the shipped
+    tokenizer), and "llama-trained": the shipped pretrained one (tests/data/make_tiny_llama.py).
+    Only the random ones are made here: nothing pins a result on them, only comparisons made on
+    the same machine (batched vs solo, fused vs HF's logits)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     root = tmp_path_factory.mktemp("tiny_models")
-    tokenizer = make_tokenizer(root / "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(TRAINED)
     folders = {}
-    for arch in ARCHS + ("llama-trained",):
+    for arch in ARCHS:
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(tiny_config(arch.split("-")[0], len(tokenizer)))
-        if arch.endswith("-trained"):
-            pretrain(model, tokenizer)
+        model = AutoModelForCausalLM.from_config(tiny_config(arch, len(tokenizer)))
         folder = root / arch
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         folders[arch] = str(folder)
+    folders["llama-trained"] = str(TRAINED)
     return folders
 
 

@@ -13,10 +13,13 @@ def test_embedded_model_loads_frozen():
 
 
 def test_eight_tokens_of_a_novel_crammed_and_decoded(books_dir):
+    """With the default preset, well inside its budget at this length on any CPU. (Under the
+    paper's plain Adam whether one of these passages is lossless in time changes with the
+    thread count: fp32 rounding alone decides it, so that cannot be asserted here.)"""
     lm = cramfast.load_model()
     text = sources.read_text_file(books_dir / "pg84-frankenstein.txt")
     passages = sources.sample_passages(lm.tokenizer, text, 8, 2, seed=0)
-    results = cramfast.compress(passages, model=lm, preset="paper", max_steps=300, patience=300)
+    results = cramfast.compress(passages, model=lm, max_steps=300, patience=300)
     for ids, res in zip(passages, results):
         assert res.token_ids == ids and res.n_tokens == 8
         assert res.stop_reason == "lossless" and res.accuracy == 1.0 and res.exact
