@@ -45,19 +45,29 @@ def _unit_last_stride(t):
 
 def mem_embed_forward(input_ids, embedding, mem):
     """[mem ; embedding[input_ids]] (forward only); shapes checked by cramfast.ops.mem_embed."""
-    (b, t), (_, d), (_, m, _) = input_ids.shape, embedding.shape, mem.shape
     if not INTERPRET and not embedding.is_cuda:
         raise RuntimeError("mem_embed (triton): tensors must be on CUDA, or set TRITON_INTERPRET=1 "
                            "before importing cramfast to run the kernels on CPU")
+    out, launches = mem_embed_launches(input_ids, embedding, mem)
+    for kernel, grid, args, kwargs in launches:
+        kernel[grid](*args, **kwargs)
+    return out
+
+
+def mem_embed_launches(input_ids, embedding, mem):
+    """(out, launches): the output [B, m+T, d], allocated, and the kernel launches that fill it
+    as (kernel, grid, args, kwargs); no kernel runs (kernels/aot.py lists them on the meta
+    device)."""
+    (b, t), (_, d), (_, m, _) = input_ids.shape, embedding.shape, mem.shape
     # mem is cast on the host side so the kernel is a same-dtype copy: mem is only B*m rows, and
     # the interpreter's fp32 -> bf16 cast truncates where torch (and CUDA) round to nearest even.
     mem = mem.to(embedding.dtype)
     input_ids, embedding, mem = (_unit_last_stride(x) for x in (input_ids, embedding, mem))
     out = torch.empty(b, m + t, d, dtype=embedding.dtype, device=embedding.device)
-    if out.numel():
-        _mem_embed_kernel[(b * (m + t),)](
-            input_ids, embedding, mem, out, m, m + t, d,
-            input_ids.stride(0), embedding.stride(0), mem.stride(0), mem.stride(1),
-            out.stride(0), out.stride(1),
-            BLOCK_D=min(triton.next_power_of_2(d), MAX_BLOCK_D), num_warps=4)
-    return out
+    if not out.numel():
+        return out, []
+    return out, [(_mem_embed_kernel, (b * (m + t),),
+                  (input_ids, embedding, mem, out, m, m + t, d,
+                   input_ids.stride(0), embedding.stride(0), mem.stride(0), mem.stride(1),
+                   out.stride(0), out.stride(1)),
+                  dict(BLOCK_D=min(triton.next_power_of_2(d), MAX_BLOCK_D), num_warps=4))]
