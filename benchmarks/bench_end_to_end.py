@@ -40,12 +40,13 @@ import statistics
 import pytest
 import torch
 
-import paper_baseline
-from _common import Timer, bench_texts, device, machine, quick, texts_source
 from cramfast import compress
 from cramfast.engine import greedy_decode
 from cramfast.models import load_model
 from cramfast.settings import TextSettings
+
+import paper_baseline
+from _common import Timer, bench_texts, device, machine, quick, texts_source
 
 N_MEM = 1
 SEED = 0

@@ -125,8 +125,9 @@ if __name__ == "__main__" and sys.argv[1:2] == ["--memory"]:
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from _common import device, machine, quick, sync  # noqa: E402
 from cramfast import ops  # noqa: E402
+
+from _common import device, machine, quick, sync  # noqa: E402
 
 DEV = device()
 DTYPE = torch.bfloat16 if DEV.type == "cuda" else torch.float32   # mem_embed's

@@ -35,10 +35,11 @@ import time
 import pytest
 import torch
 
-import paper_baseline
-from _common import bench_texts, device, machine, quick, texts_source
 from cramfast.engine import Hooks, compress, mem_update
 from cramfast.models import load_model
+
+import paper_baseline
+from _common import bench_texts, device, machine, quick, texts_source
 
 L, N_MEM, SEED = 16, 1, 0
 N_TEXTS = 2 if quick() else 8

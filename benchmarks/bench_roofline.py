@@ -38,10 +38,11 @@ import time
 import pytest
 import torch
 
-from _common import bench_texts, device, machine, quick, sync
 from cramfast import engine
 from cramfast.models import load_model
 from cramfast.settings import CPU_SIZES
+
+from _common import bench_texts, device, machine, quick, sync
 
 DEV = device()
 CUDA = DEV.type == "cuda"

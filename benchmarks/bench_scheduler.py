@@ -31,7 +31,7 @@ import time
 import numpy as np
 import pytest
 
-from cramfast.scheduler import Scheduler, static_batching_token_steps
+from cramfast.engine.scheduler import Scheduler, static_batching_token_steps
 
 SEED = 20250
 N_JOBS = 64

@@ -33,10 +33,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import paper_baseline  # noqa: E402
-from _common import Timer, sync  # noqa: E402
-import cramfast  # noqa: E402
-from cramfast import engine, sources  # noqa: E402
+import cramfast
+from cramfast import engine, sources
+
+import paper_baseline
+from _common import Timer, sync
 
 
 def passages(lm, books: Path, length: int, n: int) -> list[list[int]]:

@@ -35,10 +35,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import paper_baseline  # noqa: E402
-from bench_roofline import step_flops  # noqa: E402
-from cramfast.engine import BatchSettings, TextSettings, make_stepper, start_batch  # noqa: E402
-from cramfast.models import load_model  # noqa: E402
+from bench_roofline import step_flops
+
+from cramfast.engine import BatchSettings, TextSettings, make_stepper, start_batch
+from cramfast.models import load_model
+
+import paper_baseline
 
 L, N_MEM = 64, 1
 SHAPES = {

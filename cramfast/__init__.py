@@ -8,10 +8,10 @@
 
 The engine's parts, for studies and benchmarks: cramfast.engine.
 """
-from cramfast.compressor import compress, compress_iter
-from cramfast.decoding import decode
+from cramfast.engine.compressor import compress, compress_iter
+from cramfast.engine.decoding import decode
+from cramfast.engine.hooks import Hooks
 from cramfast.errors import CramfastError
-from cramfast.hooks import Hooks
 from cramfast.metrics import CompressionResult, capacity
 from cramfast.models import DEFAULT_MODEL, LoadedModel, load_model, theoretical_capacity
 from cramfast.results_io import load_results, save
@@ -20,4 +20,5 @@ from cramfast.version import __version__
 
 __all__ = ["compress", "compress_iter", "decode", "load_model", "save", "load_results",
            "theoretical_capacity", "capacity", "CompressionResult", "TextSettings",
-           "BatchSettings", "Hooks", "LoadedModel", "CramfastError", "DEFAULT_MODEL"]
+           "BatchSettings", "Hooks", "LoadedModel", "CramfastError", "DEFAULT_MODEL",
+           "__version__"]

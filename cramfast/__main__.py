@@ -1,5 +1,5 @@
 import sys
 
-from cramfast.cli import main
+from cramfast.cli.compress import main
 
 sys.exit(main())

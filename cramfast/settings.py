@@ -163,7 +163,7 @@ class TextSettings:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def for_model(self, embedding_std: float, bits: int = 32) -> "TextSettings":
+    def for_model(self, embedding_std: float, bits: int = 32) -> TextSettings:
         """The per-model settings resolved for a model with this std(E) and ``bits`` of weight
         precision: lr_std into lr, margin_16bit into margin (both forms stay recorded)."""
         resolved = {}
@@ -173,7 +173,7 @@ class TextSettings:
             resolved["margin"] = self.margin_16bit
         return replace(self, **resolved) if resolved else self
 
-    def for_text(self, n_tokens: int) -> "TextSettings":
+    def for_text(self, n_tokens: int) -> TextSettings:
         """The per-token settings resolved into their absolute forms for a text of ``n_tokens``
         tokens (both forms stay recorded)."""
         resolved = {absolute: max(1, round(getattr(self, relative) * (n_tokens - 1)))

@@ -263,6 +263,6 @@ def _pg19_books(split: str) -> list[str]:
     try:
         records = datasets.load_dataset("deepmind/pg19", split=split)
         return [r["text"] for r in records]
-    except Exception as exc:  # noqa: BLE001 - any hub/cache failure becomes one line
+    except Exception as exc:
         raise CramfastError(f"cannot load PG-19 ({split}) through datasets: "
                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None

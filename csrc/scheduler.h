@@ -6,7 +6,7 @@
 // report() receives the k x max_slots matrix of n_correct values, applies the stop rule and
 // frees the slots of finished jobs.  The next plan() refills them.
 //
-// Stop rule (must agree bit for bit with the compressor on the device): a job is evaluated at
+// Stop rule (must agree bit for bit with cramfast/engine/optim.py on the device): a job is evaluated at
 // s = 0, 1, 2, ... (s = optimizer updates applied so far).  At each evaluation, with
 // n_correct the number of its n_tokens - 1 predicted tokens that are right:
 //     if n_correct > best_correct: best_correct = n_correct, best_step = s   (best_correct = -1)

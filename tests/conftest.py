@@ -4,10 +4,10 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 TRAINED = Path(__file__).resolve().parent / "data" / "tiny-llama-trained"
 BOOKS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "books"

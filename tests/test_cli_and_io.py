@@ -6,11 +6,11 @@ import time
 
 import pytest
 import torch
+from test_compressor import corpus_texts
 
 import cramfast
 from cramfast import engine
-from cramfast.cli import main
-from test_compressor import corpus_texts
+from cramfast.cli.compress import main
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +257,7 @@ def test_wheel_declares_what_the_default_model_sweeps_and_reports_need(tmp_path)
 
 
 def test_threads_default_leaves_busy_cores_alone():
-    from cramfast.cli import default_threads
+    from cramfast.cli.compress import default_threads
     assert default_threads(2, 2, 0) == 2          # an idle machine: torch's own count
     assert default_threads(2, 2, 1) == 1          # another job on one of two cores
     assert default_threads(8, 4, 9) == 1          # overloaded: still one
@@ -265,7 +265,7 @@ def test_threads_default_leaves_busy_cores_alone():
 
 
 def test_busy_cores_sees_a_process_spinning_now():
-    from cramfast.cli import busy_cores
+    from cramfast.cli.compress import busy_cores
     spinner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 3\n"
                                 "while time.time() < end: pass"])
     try:

@@ -8,7 +8,8 @@ import torch
 import cramfast
 import cramfast.settings
 from cramfast import engine, ops
-from cramfast.engine import Hooks, SlotState, TextSettings, mem_update
+from cramfast.engine import Hooks, SlotState, TextSettings, count_step, mem_update
+
 from conftest import CORPUS
 
 
@@ -34,6 +35,7 @@ def test_adamw_matches_torch_optim():
     for _ in range(7):
         grad = torch.randn(3, 2, 5, dtype=torch.float64)
         mem_update(state, rows, grad, torch.tensor([False, True, False]))
+        count_step(state, rows, torch.tensor([False, True, False]))
         ref.grad = grad[1].clone()
         opt.step()
     torch.testing.assert_close(state.mem[1], ref.detach(), rtol=1e-12, atol=1e-12)
@@ -58,6 +60,7 @@ def test_lamb_matches_a_reference_and_mixes_with_adamw_in_one_batch():
     for t in range(1, 8):
         grad = torch.randn(2, 2, 5, dtype=torch.float64)
         mem_update(state, torch.tensor([0, 1]), grad, torch.tensor([True, True]))
+        count_step(state, torch.tensor([0, 1]), torch.tensor([True, True]))
         ref_adamw.grad = grad[1].clone()
         opt.step()
         m1 = 0.9 * m1 + 0.1 * grad[0]
@@ -101,6 +104,7 @@ def test_lr_schedule_matches_torch_lambda_lr():
     for _ in range(12):
         grad = torch.randn(2, 1, 4, dtype=torch.float64)
         mem_update(state, torch.tensor([0, 1]), grad, torch.tensor([True, True]))
+        count_step(state, torch.tensor([0, 1]), torch.tensor([True, True]))
         for k in range(2):
             refs[k].grad = grad[k].clone()
             opts[k].step()
@@ -520,7 +524,7 @@ def test_batch_sizes_left_to_the_device(tiny_models, monkeypatch):
     """max_slots 0, token_budget 0 and fill_slots -1 are sized to the device: fixed on a CPU
     (and recorded in every result); on CUDA every text at once (at least CUDA_MIN_SLOTS), as
     far as half the free memory holds them at the measured bytes per token."""
-    from cramfast import sizing
+    from cramfast.engine import sizing
     lm = cramfast.load_model(tiny_models["llama"], dtype=torch.float64)
     [res] = cramfast.compress([[3, 50, 7, 9]], model=lm, max_steps=2)     # preset fast
     assert {k: res.settings[k] for k in cramfast.settings.CPU_SIZES} == cramfast.settings.CPU_SIZES
@@ -537,7 +541,7 @@ def test_batch_sizes_left_to_the_device(tiny_models, monkeypatch):
 
 
 def test_graphed_batches_are_padded_to_few_shapes():
-    from cramfast.compressor import idle_rows
+    from cramfast.engine.compressor import idle_rows
     for occupied, slots in (([0, 3, 5], 8), ([1], 8), (list(range(5)), 6), ([2, 4, 6, 7, 1], 8)):
         rows = occupied + idle_rows(occupied, slots)
         assert len(set(rows)) == len(rows) and all(0 <= r < slots for r in rows)

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cramfast
-from cramfast import compressor
+from cramfast.engine import compressor
+
 from conftest import CORPUS
 
 

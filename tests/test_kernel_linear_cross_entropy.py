@@ -17,9 +17,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cramfast import kernels, ops, twins
+from cramfast import kernels, ops
 from cramfast.kernels import linear_cross_entropy as lce_module
 from cramfast.kernels.linear_cross_entropy_partials import feature_groups
+from cramfast.ops import twins
 
 
 def triton_lce(hidden, weight, targets, bias=None):

@@ -13,7 +13,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cramfast import kernels, ops, twins
+from cramfast import kernels, ops
+from cramfast.ops import twins
 
 
 def triton_mem_embed(ids, emb, mem):

@@ -6,9 +6,13 @@ import subprocess
 import sys
 
 import pytest
-
-from cramfast import grid, report, report_figures, report_groups, store, sweep
 from test_sweep import bound_by_permissions, env, one_line_failure
+
+from cramfast.report import build as report
+from cramfast.report import figures as report_figures
+from cramfast.report import groups as report_groups
+from cramfast.sweep import grid, store
+from cramfast.sweep import runner as sweep
 
 SETTINGS = json.dumps({"identity": {"lr": 0.01, "warm_start": False}})
 
@@ -148,7 +152,6 @@ def test_tables_keep_their_layout():
 def test_fig1_labels_every_capacity_and_keeps_the_legend_off_the_bars(tmp_path, monkeypatch):
     """A capacity below the smallest length tried shows as an open bar up to that length,
     labelled "<8"; every bar has its value; the legend sits outside the axes."""
-    from cramfast import report_figures
     shown = {}
     monkeypatch.setattr(report_figures, "_save", lambda plt, fig, *rest: shown.update(fig=fig))
     base = dict(n_mem=1, model="m", settings="a", lengths="8 16", capacity_rows="", gain_rows="")

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cramfast.scheduler import Finished, Plan, Scheduler, static_batching_token_steps
+from cramfast.engine.scheduler import Finished, Plan, Scheduler, static_batching_token_steps
 
 # ---------------------------------------------------------------------------------------------
 # references
@@ -520,15 +520,15 @@ def test_missing_extension_gives_a_clear_import_error(monkeypatch):
     import cramfast
     monkeypatch.setitem(sys.modules, "cramfast._scheduler", None)  # import of it now fails
     monkeypatch.delattr(cramfast, "_scheduler")
-    monkeypatch.delitem(sys.modules, "cramfast.scheduler")
+    monkeypatch.delitem(sys.modules, "cramfast.engine.scheduler")
     with pytest.raises(ImportError, match=r"cramfast\._scheduler is not built: run `pip install -e \.`"):
-        importlib.import_module("cramfast.scheduler")
+        importlib.import_module("cramfast.engine.scheduler")
     monkeypatch.undo()
-    importlib.import_module("cramfast.scheduler")
+    importlib.import_module("cramfast.engine.scheduler")
 
 
 def test_failed_on_device_frees_the_slot_with_reason_nonfinite():
-    from cramfast.scheduler import FAILED_ON_DEVICE, Scheduler
+    from cramfast.engine.scheduler import FAILED_ON_DEVICE, Scheduler
     sched = Scheduler(2, 100, 1, "fifo")
     sched.add_job(0, 5, 100, 10)
     sched.add_job(1, 5, 100, 10)

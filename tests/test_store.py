@@ -6,11 +6,13 @@ import sqlite3
 
 import pytest
 import torch
+from test_sweep import fake_compressor
 
-from cramfast import grid, report, store, sweep
 from cramfast.errors import CramfastError
 from cramfast.metrics import CompressionResult, make_result
-from test_sweep import fake_compressor
+from cramfast.report import build as report
+from cramfast.sweep import grid, store
+from cramfast.sweep import runner as sweep
 
 
 def fake_result(n_tokens=6, correct=5, mem=None):

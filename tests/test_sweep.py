@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from cramfast import grid, sources, store, sweep
+from cramfast import sources
 from cramfast.errors import CramfastError
 from cramfast.metrics import make_result
+from cramfast.sweep import grid, store
+from cramfast.sweep import runner as sweep
+
 from conftest import CORPUS
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # benchmarks/, for _common
-import _common  # noqa: E402
-from cramfast import clitools, sources  # noqa: E402
-from cramfast.clitools import csv_ints  # noqa: E402,F401  (the probes' list flags)
-from cramfast.errors import CramfastError  # noqa: E402
-from cramfast.settings import RESULT_SETTINGS  # noqa: E402
+from cramfast import sources
+from cramfast.cli import tools
+from cramfast.cli.tools import csv_ints  # noqa: F401  (the probes' list flags)
+from cramfast.errors import CramfastError
+from cramfast.settings import RESULT_SETTINGS
+
+import _common
 
 # How a probe draws its passages: the end-to-end benchmark's (spread over the books) or the
 # optimizer study's (one text of all the books, as `python -m cramfast.study` samples).
@@ -26,7 +28,7 @@ FILE_HELP = {
 
 def parser(doc: str, sampling: str) -> argparse.ArgumentParser:
     """The probe's parser: its docstring as help, --model and --file."""
-    p = clitools.Parser(prog=Path(sys.argv[0]).name, description=doc,
+    p = tools.Parser(prog=Path(sys.argv[0]).name, description=doc,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None,
                    help="a model name or folder (default: the embedded SmolLM2-135M)")
@@ -66,4 +68,4 @@ def run(main: Callable[[argparse.Namespace], None], args: argparse.Namespace) ->
         return 0
     # a bad setting is named as the probes take settings: key=value
     flags = {name: f"{name}=VALUE" for name in RESULT_SETTINGS}
-    sys.exit(clitools.run(Path(sys.argv[0]).name, command, flags=flags))
+    sys.exit(tools.run(Path(sys.argv[0]).name, command, flags=flags))

@@ -17,9 +17,10 @@ from __future__ import annotations
 import collections
 import time
 
-import _probe
 from cramfast.engine import Hooks, TextSettings, Timing, compress, mem_update
 from cramfast.models import load_model
+
+import _probe
 
 
 class Timeline:

@@ -12,10 +12,11 @@ those changes over the `fast` preset.
 """
 from __future__ import annotations
 
-import _probe
-from cramfast import study
 from cramfast.errors import CramfastError
 from cramfast.models import load_model
+from cramfast.study import runner as study
+
+import _probe
 
 CANDIDATES = "fast+stall_steps=0,fast,fast+restart=perturb"
 

@@ -27,12 +27,24 @@ from dataclasses import replace
 
 import torch
 
-import _probe
 from cramfast.constants import IGNORE_INDEX
-from cramfast.engine import (SlotState, TextSettings, apply_stop_rule, init_mem, mem_dtype,
-                             mem_update, objective_weights, pad_batch, predict, settings_for)
+from cramfast.engine import (
+    SlotState,
+    TextSettings,
+    apply_stop_rule,
+    count_step,
+    init_mem,
+    mem_dtype,
+    mem_update,
+    objective_weights,
+    pad_batch,
+    predict,
+    settings_for,
+)
 from cramfast.models import load_model
 from cramfast.settings import parse_settings, preset_settings, split
+
+import _probe
 
 
 def base_settings(changes: dict) -> TextSettings:
@@ -84,6 +96,7 @@ def main(args):
         prev = plain
         state.set_hyper_column("lr", rows, lr0 * mult)
         mem_update(state, rows, mem.grad, state.active)
+        count_step(state, rows, state.active)
         for i in range(n):
             if first[i] is None and correct[i] == L - 1:
                 first[i] = t + 1

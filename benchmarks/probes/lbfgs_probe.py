@@ -15,9 +15,10 @@ import time
 
 import torch
 
-import _probe
 from cramfast.engine import init_mem, objective_weights, pad_batch, predict
 from cramfast.models import load_model
+
+import _probe
 
 
 class Lossless(Exception):

@@ -17,10 +17,11 @@ from dataclasses import replace
 
 import torch
 
-import _probe
 from cramfast.engine import Hooks, attempt_start, compress, restart_draws
 from cramfast.errors import CramfastError
 from cramfast.models import load_model
+
+import _probe
 
 # init scale -> length -> the passages (of 24) that restarted in the init study
 HARD = {10: {8: [16, 21, 23], 12: [11, 16, 21], 16: [15, 21]},

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import time
 
-import _probe
 from cramfast.engine import Hooks, compress
 from cramfast.models import load_model
+
+import _probe
 
 ARMS = (("leave at once", True), ("ride to the sync", False))
 

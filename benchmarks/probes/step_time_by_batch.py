@@ -9,10 +9,11 @@ repository root:
 """
 from __future__ import annotations
 
-import _probe
 from cramfast.engine import Hooks, compress
 from cramfast.errors import CramfastError
 from cramfast.models import load_model
+
+import _probe
 
 
 def seconds_per_step(lm, texts, evaluations: int) -> float:

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import time
 
-import _probe
 from cramfast.engine import compress
 from cramfast.models import load_model
 from cramfast.settings import parse_settings
+
+import _probe
 
 
 def main(args):

@@ -10,11 +10,11 @@ quoted in docs/study/margin/README.md, from the repository root:
 """
 from __future__ import annotations
 
-import _probe
-
 import cramfast
 from cramfast import engine
 from cramfast.settings import parse_settings
+
+import _probe
 
 
 def main(args):

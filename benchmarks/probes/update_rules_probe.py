@@ -24,9 +24,10 @@ import time
 
 import torch
 
-import _probe
 from cramfast.engine import Hooks, compress, scheduled_lr
 from cramfast.models import load_model
+
+import _probe
 
 RULES = ("adam", "lion", "normgd", "adamnorm", "lamb", "relgd")
 # `fast` as it stood before LAMB, over the preset paper
@@ -80,9 +81,6 @@ def make_rule(rule: str, lr_scale: float, eta: float, decay: bool, wd_scale: flo
         state.mem[rows] = torch.where(a, mem_new, mem)
         state.exp_avg[rows] = torch.where(a, m1_new, m1)
         state.exp_avg_sq[rows] = torch.where(a, m2_new, m2)
-        state.steps[rows] = torch.where(active, state.steps[rows] + 1, state.steps[rows])
-        state.opt_steps[rows] = torch.where(active, state.opt_steps[rows] + 1,
-                                            state.opt_steps[rows])
     return update
 
 

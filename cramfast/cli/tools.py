@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 from cramfast.errors import CramfastError
 from cramfast.settings import RESULT_SETTINGS, SettingError
@@ -35,7 +35,7 @@ def run(prog: str, command: Callable[[], int], flags: dict[str, str] | None = No
 class Parser(argparse.ArgumentParser):
     """argparse whose errors are one line, "NAME: error: MESSAGE", exit 2 (argparse would print
     the usage too); NAME is the module of ``prog`` ("python -m cramfast.study" -> cramfast.study),
-    the prefix clitools.run gives the same program's other errors."""
+    the prefix run gives the same program's other errors."""
 
     def error(self, message):
         if message.startswith("argument "):

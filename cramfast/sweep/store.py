@@ -29,7 +29,8 @@ from dataclasses import asdict, astuple, dataclass, fields
 from pathlib import Path
 
 import torch
-from safetensors.torch import load as st_load, save as st_save
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 
 from cramfast.errors import CramfastError
 from cramfast.metrics import CompressionResult

@@ -18,10 +18,17 @@ import warnings
 import torch
 
 from cramfast import ops
+from cramfast.engine.optim import (
+    SlotState,
+    apply_stop_rule,
+    count_step,
+    mem_update,
+    objective_weights,
+    restart_stalled,
+    solved_positions,
+)
+from cramfast.engine.scheduler import FAILED_ON_DEVICE
 from cramfast.models import LoadedModel
-from cramfast.optim import (SlotState, apply_stop_rule, mem_update, objective_weights,
-                            restart_stalled, solved_positions)
-from cramfast.scheduler import FAILED_ON_DEVICE
 from cramfast.settings import BatchSettings, StopReason
 
 
@@ -73,6 +80,7 @@ def step(lm: LoadedModel, state: SlotState, rows: torch.Tensor, ids: torch.Tenso
     correct = solved_positions(argmax, margin, scored, required).sum(dim=1)
     stalled = apply_stop_rule(state, rows, active, correct, per_text.detach(), mem.detach())
     update(state, rows, mem.grad.to(state.mem.dtype), state.active[rows])
+    count_step(state, rows, state.active[rows])
     restart_stalled(state, rows, stalled)
     failed = active & (state.reason[rows] == StopReason.NONFINITE)
     return torch.where(failed, FAILED_ON_DEVICE, torch.where(active, correct, -1))

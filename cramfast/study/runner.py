@@ -18,13 +18,14 @@ import time
 from pathlib import Path
 
 import cramfast
-from cramfast import clitools, sources
+from cramfast import sources
+from cramfast.cli.tools import Parser, csv_ints, run
 from cramfast.errors import CramfastError
 from cramfast.metrics import CAPACITY_THRESHOLD, capacity
 from cramfast.models import DTYPES
 from cramfast.presets import PRESETS
+from cramfast.report.tables import markdown_table, write_csv
 from cramfast.settings import PER_TEXT, TextSettings, parse_settings, preset_settings, split
-from cramfast.tables import markdown_table, write_csv
 
 # The default candidates. A candidate is settings joined by "+", each key=value of
 # the per-text settings (settings.PER_TEXT), optionally after a preset's name (else over "paper"); lr
@@ -33,7 +34,7 @@ CANDIDATES = ("paper", "lr=0.2std", "lr=0.5std", "lr=0.5std+decay_steps=300",
               "lr=0.2std+stall_steps=100", "lr=0.5std+decay_steps=300+stall_steps=100")
 
 # a bad setting's error names the flag that sets it: a candidate's, or the study's budget
-SETTING_FLAGS = dict({name: "--candidates" for name in PER_TEXT},
+SETTING_FLAGS = dict(dict.fromkeys(PER_TEXT, "--candidates"),
                      max_steps="--max-steps", patience="--patience")
 
 
@@ -143,14 +144,14 @@ def plot(rows, path: Path):
 
 
 def _parser():
-    p = clitools.Parser(prog="python -m cramfast.study", description=__doc__,
+    p = Parser(prog="python -m cramfast.study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", choices=["optimizer"])
     p.add_argument("--model", default=None)
     p.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="model weights (default fp32)")
     p.add_argument("--file", required=True, help="a UTF-8 text file or folder to sample from")
-    p.add_argument("--lengths", type=clitools.csv_ints, default="16,32,64")
-    p.add_argument("--n-mem", type=clitools.csv_ints, default="1,2")
+    p.add_argument("--lengths", type=csv_ints, default="16,32,64")
+    p.add_argument("--n-mem", type=csv_ints, default="1,2")
     p.add_argument("--texts", type=int, default=24)
     p.add_argument("--candidates", default=",".join(CANDIDATES),
                    help="comma-separated candidates: a preset name, or key=value settings "
@@ -167,7 +168,7 @@ def _parser():
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    return clitools.run("cramfast.study", lambda: _study_and_write(args), flags=SETTING_FLAGS)
+    return run("cramfast.study", lambda: _study_and_write(args), flags=SETTING_FLAGS)
 
 
 def _study_and_write(args) -> int:

@@ -7,8 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from cramfast.metrics import CAPACITY_THRESHOLD
-from cramfast.report_groups import PAPER_FIG4, Group, mean_of, published
-from cramfast.tables import write_csv
+from cramfast.report.groups import PAPER_FIG4, Group, mean_of, published
+from cramfast.report.tables import write_csv
 
 FIGURES = ("fig1_capacity.png", "fig3_ce.png", "fig4_capacity_vs_nmem.png", "fig5_theory_vs_measured.png")
 

@@ -12,16 +12,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import tomllib
+
 from cramfast import sources
-from cramfast.models import DEFAULT_MODEL, embedded_model_path, local_path, parse_dtype
-from cramfast.sources import CHUNKINGS
 from cramfast.errors import CramfastError
+from cramfast.models import DEFAULT_MODEL, embedded_model_path, local_path, parse_dtype
 from cramfast.settings import RESULT_SETTINGS, defaults, parse_settings, preset_settings, split
-from cramfast.store import JobKey
+from cramfast.sources import CHUNKINGS
+from cramfast.sweep.store import JobKey
 
 GRIDS_DIR = Path(__file__).with_name("grids")
 PAPER_LENGTHS = (8, 16, 32, 64, 80, 96, 128, 160, 192, 256, 384, 512, 768, 1024, 1280, 1568, 2048)
@@ -183,7 +184,7 @@ def model_context(name: str) -> int | None:
     from transformers import AutoConfig
     try:
         cfg = AutoConfig.from_pretrained(path)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise CramfastError(f"cannot read model {name!r}: {str(exc).splitlines()[0]}") from None
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         if getattr(cfg, key, None):

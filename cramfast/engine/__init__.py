@@ -18,17 +18,32 @@ from typing import NamedTuple
 
 import torch
 
-from cramfast.compressor import compress, compress_iter, optimize
-from cramfast.decoding import decodes_back, evaluate, greedy_decode
-from cramfast.hooks import Hooks, Timing
-from cramfast.inits import attempt_start, init_mem, mem_dtype, restart_draws, text_mean_init
-from cramfast.jobs import settings_for
+from cramfast.engine.compressor import compress, compress_iter, optimize
+from cramfast.engine.decoding import decodes_back, evaluate, greedy_decode
+from cramfast.engine.hooks import Hooks, Timing
+from cramfast.engine.inits import attempt_start, init_mem, mem_dtype, restart_draws, text_mean_init
+from cramfast.engine.jobs import settings_for
+from cramfast.engine.optim import (
+    SlotState,
+    apply_stop_rule,
+    count_step,
+    mem_update,
+    objective_weights,
+    restart_stalled,
+    scheduled_lr,
+    trust_ratio,
+)
+from cramfast.engine.step import (
+    EagerSteps,
+    GraphedSteps,
+    make_stepper,
+    pad_batch,
+    predict,
+    step,
+    use_cuda_graphs,
+)
 from cramfast.models import LoadedModel
-from cramfast.optim import (SlotState, apply_stop_rule, mem_update, objective_weights,
-                            restart_stalled, scheduled_lr, trust_ratio)
 from cramfast.settings import BatchSettings, TextSettings
-from cramfast.step import (EagerSteps, GraphedSteps, make_stepper, pad_batch, predict, step,
-                           use_cuda_graphs)
 
 
 class Batch(NamedTuple):
@@ -56,7 +71,7 @@ def start_batch(lm: LoadedModel, token_lists: list[list[int]], settings: TextSet
 
 
 __all__ = ["Batch", "BatchSettings", "EagerSteps", "GraphedSteps", "Hooks", "SlotState",
-           "TextSettings", "Timing", "apply_stop_rule", "attempt_start", "compress",
+           "TextSettings", "Timing", "apply_stop_rule", "count_step", "attempt_start", "compress",
            "compress_iter", "decodes_back", "evaluate", "greedy_decode", "init_mem", "make_stepper", "mem_dtype",
            "mem_update", "objective_weights", "optimize", "pad_batch", "predict",
            "restart_draws", "restart_stalled", "scheduled_lr", "settings_for", "start_batch", "step",

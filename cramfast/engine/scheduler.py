@@ -45,7 +45,7 @@ Policies (``plan`` starts jobs one at a time into the lowest free slot, while on
     jobs): every job stops by its max_steps, so plans that start something are at most
     max_steps + 1 apart, and once starving it waits only for the batch to drain enough.
 
-Stop rule (identical on the device, see cramfast.compressor): a job is evaluated at
+Stop rule (identical on the device, see cramfast.engine.optim.apply_stop_rule): a job is evaluated at
 s = 0, 1, 2, ... (s = optimizer updates applied so far). With n_correct the number of its
 n_tokens - 1 predicted tokens that are right: if n_correct > best_correct (initially -1) then
 best_correct, best_step = n_correct, s; then stop "lossless" if n_correct == n_tokens - 1, else
@@ -68,7 +68,8 @@ This module imports numpy and cramfast.settings only (no torch): it sits below t
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 

@@ -8,10 +8,10 @@ from typing import NamedTuple
 import torch
 
 from cramfast.constants import IGNORE_INDEX
+from cramfast.engine.step import pad_batch, predict
 from cramfast.errors import CramfastError
 from cramfast.metrics import CompressionResult, decoded_back
 from cramfast.models import LoadedModel, load_model
-from cramfast.step import pad_batch, predict
 
 
 class Evaluation(NamedTuple):

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from cramfast.metrics import CAPACITY_THRESHOLD
 from cramfast.metrics import capacity as paper_capacity
 
-
 # Kuratov, Arkhipov, Bulatov, Burtsev (2025), arXiv 2502.13063, Table 1 (one vector):
 # d, V, MaxCap, PG-19 capacity / token gain / CE reduction, random capacity / gain / CE red.
 PAPER_TABLE1 = {

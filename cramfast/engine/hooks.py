@@ -3,11 +3,12 @@
 ``compress`` always does; nothing else of the engine is meant to be patched."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
-from cramfast.inits import attempt_start
-from cramfast.optim import mem_update
+from cramfast.engine.inits import attempt_start
+from cramfast.engine.optim import mem_update
 
 
 class Timing(NamedTuple):
@@ -23,7 +24,11 @@ class Timing(NamedTuple):
 
 @dataclass
 class Hooks:
-    # the per-slot update rule: update(state, rows, grad, active), optim.mem_update's contract
+    # the per-slot update rule: update(state, rows, grad, active), optim.mem_update's contract.
+    # It may change, for the rows where ``active``, the mems and its own moments (state.mem,
+    # exp_avg, exp_avg_sq) and read anything. It must not change the counters (steps,
+    # opt_steps: step() advances them after the rule, for the stop rule and the C++ scheduler
+    # alike), the stop bookkeeping (best_*, reason, active) or the hyperparameters.
     update: Callable = mem_update
     # where an attempt starts: start(lm, ids, n_mem, seed, settings, attempt) -> (mem [m, d],
     # restart draws [r, m, d] or None), inits.attempt_start's contract

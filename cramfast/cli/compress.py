@@ -17,9 +17,9 @@ from tqdm import tqdm
 
 import cramfast
 from cramfast import sources
-from cramfast.clitools import Parser, at_least, run
+from cramfast.cli.tools import Parser, at_least, run
+from cramfast.engine.hooks import Hooks
 from cramfast.errors import CramfastError
-from cramfast.hooks import Hooks
 from cramfast.models import DTYPES
 from cramfast.ops import BACKENDS
 from cramfast.presets import DEFAULT_PRESET, PRESETS

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from cramfast.engine.inits import mem_dtype
 from cramfast.errors import CramfastError
-from cramfast.inits import mem_dtype
 from cramfast.models import LoadedModel
 from cramfast.settings import PER_TEXT, TextSettings, with_overrides
 

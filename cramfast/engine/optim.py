@@ -126,7 +126,8 @@ def scheduled_lr(lr, warmup, decay_steps, final_ratio, t):
 def mem_update(state: SlotState, rows: torch.Tensor, grad: torch.Tensor, active: torch.Tensor):
     """torch.optim.AdamW's update (or LAMB's, per slot), vectorized over slots, each with its own
     hyperparameters, lr schedule and step count (so a refilled or restarted slot starts its bias
-    correction afresh), applied where ``active``. The default of Hooks.update."""
+    correction afresh), applied where ``active``. The default of Hooks.update; like any rule
+    it reads the counters and leaves them to count_step."""
     a = active.view(-1, 1, 1)
     hyper = dict(zip(SLOT_FLOATS, state.hyper[rows].T.reshape(len(SLOT_FLOATS), -1, 1, 1)))
     beta1, beta2, wd = hyper["beta1"], hyper["beta2"], hyper["weight_decay"]
@@ -144,6 +145,13 @@ def mem_update(state: SlotState, rows: torch.Tensor, grad: torch.Tensor, active:
     state.mem[rows] = torch.where(a, mem_new, mem)
     state.exp_avg[rows] = torch.where(a, m1_new, m1)
     state.exp_avg_sq[rows] = torch.where(a, m2_new, m2)
+
+
+def count_step(state: SlotState, rows: torch.Tensor, active: torch.Tensor):
+    """Advance the step counters of the slots that stepped: ``steps`` (the text's, which the
+    stop rule and the C++ scheduler both count) and ``opt_steps`` (the attempt's since its start
+    or last restart: the update rule's bias correction and schedule). step() calls it after the
+    update rule, so no rule can leave the two stop rules out of step."""
     state.steps[rows] = torch.where(active, state.steps[rows] + 1, state.steps[rows])
     state.opt_steps[rows] = torch.where(active, state.opt_steps[rows] + 1, state.opt_steps[rows])
 

@@ -26,12 +26,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cramfast import clitools, store, tables
+from cramfast.cli.tools import Parser, run
 from cramfast.errors import CramfastError
 from cramfast.metrics import CAPACITY_THRESHOLD
-from cramfast.report_figures import FIGURES, fig1, fig3, fig4, fig5
-from cramfast.report_groups import (groups_of, per_length_rows, search_rows, sweep_identity,
-                                    table_rows, warm_start_rows)
+from cramfast.report import tables
+from cramfast.report.figures import FIGURES, fig1, fig3, fig4, fig5
+from cramfast.report.groups import (
+    groups_of,
+    per_length_rows,
+    search_rows,
+    sweep_identity,
+    table_rows,
+    warm_start_rows,
+)
+from cramfast.sweep import store
 
 
 def _fmt(v, digits=1):
@@ -144,7 +152,7 @@ def make_report(dbs, out_dir, threshold: float = CAPACITY_THRESHOLD, paper: bool
 
 
 def _parser():
-    p = clitools.Parser(prog="python -m cramfast.report", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m cramfast.report", description=__doc__.split("\n\n")[0])
     p.add_argument("dbs", nargs="+", metavar="DB", help="results file(s) written by cramfast.sweep "
                    "(their .rank*.db shards are merged in)")
     p.add_argument("--out", default="report", help="folder for the tables and figures (default report)")
@@ -155,7 +163,7 @@ def _parser():
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    return clitools.run("cramfast.report", lambda: _report_and_print(args))
+    return run("cramfast.report", lambda: _report_and_print(args))
 
 
 def _report_and_print(args) -> int:

@@ -14,12 +14,17 @@ from dataclasses import replace
 
 import torch
 
-from cramfast.inits import mem_dtype
+from cramfast.engine.inits import mem_dtype
+from cramfast.engine.optim import SlotState
+from cramfast.engine.step import pad_batch, step
 from cramfast.models import LoadedModel
-from cramfast.optim import SlotState
-from cramfast.settings import (CPU_SIZES, CUDA_MAX_SLOTS, CUDA_MEMORY_FRACTION, CUDA_MIN_SLOTS,
-                               BatchSettings)
-from cramfast.step import pad_batch, step
+from cramfast.settings import (
+    CPU_SIZES,
+    CUDA_MAX_SLOTS,
+    CUDA_MEMORY_FRACTION,
+    CUDA_MIN_SLOTS,
+    BatchSettings,
+)
 
 CALIBRATION_TEXTS = 8
 

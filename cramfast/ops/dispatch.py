@@ -17,10 +17,10 @@ import warnings
 
 import torch
 
-from cramfast import twins
-from cramfast.autograd import LinearCrossEntropy, MemEmbed
 from cramfast.constants import IGNORE_INDEX  # noqa: F401  (re-exported: callers mask with it)
 from cramfast.errors import CramfastError
+from cramfast.ops import twins
+from cramfast.ops.autograd import LinearCrossEntropy, MemEmbed
 
 BACKENDS = ("auto", "triton", "torch", "naive")
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)

@@ -24,18 +24,18 @@ from dataclasses import replace
 
 import torch
 
-from cramfast.decoding import evaluate, greedy_decode
-from cramfast.hooks import Hooks, Timing
-from cramfast.inits import mem_dtype
-from cramfast.jobs import Attempt, Job, make_jobs
+from cramfast.engine.decoding import evaluate, greedy_decode
+from cramfast.engine.hooks import Hooks, Timing
+from cramfast.engine.inits import mem_dtype
+from cramfast.engine.jobs import Attempt, Job, make_jobs
+from cramfast.engine.optim import SlotState
+from cramfast.engine.scheduler import Scheduler
+from cramfast.engine.sizing import size_batch
+from cramfast.engine.step import GraphedSteps, make_stepper, pad_batch, use_cuda_graphs
 from cramfast.metrics import CompressionResult, decoded_back, make_result
 from cramfast.models import LoadedModel, load_model
-from cramfast.optim import SlotState
 from cramfast.presets import DEFAULT_PRESET
-from cramfast.scheduler import Scheduler
 from cramfast.settings import BatchSettings, StopReason, preset_settings, split
-from cramfast.sizing import size_batch
-from cramfast.step import GraphedSteps, make_stepper, pad_batch, use_cuda_graphs
 
 
 def compress(texts, model=None, n_mem: int = 1, max_length: int | None = None, seed: int = 0,

@@ -37,15 +37,17 @@ from pathlib import Path
 import torch
 
 import cramfast
-from cramfast import clitools, models, store
+from cramfast import models
+from cramfast.cli.tools import Parser, run
 from cramfast.errors import CramfastError
-from cramfast.grid import DEFAULTS, Grid, SweepJobs, build_grid, shipped_grids, text_of
 from cramfast.ops import BACKENDS
 from cramfast.presets import PRESETS
 from cramfast.sources import CHUNKINGS
-from cramfast.store import JobKey
+from cramfast.sweep import store
+from cramfast.sweep.grid import DEFAULTS, Grid, SweepJobs, build_grid, shipped_grids, text_of
+from cramfast.sweep.store import JobKey
 
-# the flags of this program that set a setting (clitools names them in a bad setting's error)
+# the flags of this program that set a setting (cli.tools names them in a bad setting's error)
 SETTING_FLAGS = {"max_steps": "--max-steps", "lr": "--lr", "patience": "--patience",
                  "max_slots": "--max-slots"}
 
@@ -264,7 +266,7 @@ class _RankRunner:
 
     def _previous(self, job: JobKey):
         """(ref, mem) of the same text's row at the previous grid length, if stored."""
-        earlier = [L for L in self.grid.lengths if L < job.length]
+        earlier = [L for L in self.grid.lengths if job.length > L]
         if not earlier:
             return None
         prev = replace(job, length=earlier[-1])
@@ -298,7 +300,7 @@ def _groups(items, key):
 
 
 def _parser():
-    p = clitools.Parser(prog="python -m cramfast.sweep", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="python -m cramfast.sweep", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="grid TOML file, or the name of a shipped grid "
                    f"({', '.join(shipped_grids())}); flags override it")
@@ -339,7 +341,7 @@ def _parser():
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    return clitools.run("cramfast.sweep", lambda: _sweep_and_report(args), flags=SETTING_FLAGS,
+    return run("cramfast.sweep", lambda: _sweep_and_report(args), flags=SETTING_FLAGS,
                         interrupted="interrupted; rerun the same command to resume")
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from cramfast.report.build import main
+
+sys.exit(main())

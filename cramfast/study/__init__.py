@@ -1,0 +1,1 @@
+"""``python -m cramfast.study``: optimizer studies, candidates side by side on the same texts."""

@@ -1,0 +1,5 @@
+import sys
+
+from cramfast.study.runner import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from cramfast.sweep.runner import main
+
+sys.exit(main())
