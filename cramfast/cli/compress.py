@@ -8,34 +8,30 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 import time
 
-import torch
 from tqdm import tqdm
 
 import cramfast
 from cramfast import sources
+from cramfast.cli.flags import add_flags, setting_flags
+from cramfast.cli.threads import busy_cores, default_threads, set_threads  # noqa: F401 (tests)
 from cramfast.cli.tools import Parser, at_least, run
 from cramfast.engine.hooks import Hooks
 from cramfast.errors import CramfastError
-from cramfast.models import DTYPES
-from cramfast.ops import BACKENDS
-from cramfast.presets import DEFAULT_PRESET, PRESETS
+from cramfast.presets import DEFAULT_PRESET
 from cramfast.results_io import ResultWriter, read_results
 from cramfast.settings import parse_settings
 
 COLUMNS = ("#", "text", "tokens", "n_mem", "steps", "stop", "accuracy", "exact", "margin",
            "ce_no_mem", "ce_mem", "gain_bits", "token_gain", "seconds")
 WIDTHS = (4, 24, 6, 5, 5, 9, 8, 5, 6, 9, 8, 9, 10, 7)
-SETTING_FLAGS = {"max_steps": "--max-steps", "patience": "--patience", "lr": "--lr",
-                 "max_slots": "--max-slots", "preset": "--preset", "cuda_graphs": "--no-cuda-graphs"}
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    return run("cramfast", lambda: args.func(args), flags=SETTING_FLAGS)
+    return run("cramfast", lambda: args.func(args), flags=args.setting_flags)
 
 
 def _parser():
@@ -49,39 +45,25 @@ def _parser():
     c.add_argument("--length", type=at_least(2), help="cut texts to L tokens; with --file, "
                    "sample passages of L tokens")
     c.add_argument("--samples", type=at_least(1), default=1, help="passages per file with --length")
-    c.add_argument("--model", default=None, help="HF folder, cached HF id, or smollm2-135m-q4")
-    c.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="model weights (fp32)")
-    c.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if "
-                   "there is one)")
-    c.add_argument("--threads", type=at_least(1), help="CPU threads (default: the cores torch "
-                   "would use, at most the cores not busy with other work)")
     c.add_argument("--n-mem", type=at_least(1), default=1)
     c.add_argument("--out", help="a new (or empty) folder for the mem vectors (.safetensors) and "
                    "metadata (.json), written as each text finishes")
     c.add_argument("--json", help="write the table as JSON to this file")
     c.add_argument("--csv", help="write the table as CSV to this file")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
-                   help="fast (fewer steps) or paper (the published settings); default "
-                        "%(default)s")
-    c.add_argument("--max-steps", type=at_least(0))
-    c.add_argument("--patience", type=at_least(1))
-    c.add_argument("--lr", type=float)
-    c.add_argument("--max-slots", type=at_least(1))
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any setting that changes results (docs/algorithm.md), e.g. "
-                        "--set stall_steps=100 --set margin=1")
-    c.add_argument("--backend", default=None, choices=BACKENDS)
+    add_flags(c, "--model", "--dtype", "--device", "--threads", "--preset", "--max-steps",
+              "--patience", "--lr", "--max-slots", "--set", "--backend",
+              defaults={"--preset": DEFAULT_PRESET, "--set": []})
     c.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                    help="on CUDA, launch every kernel eagerly instead of replaying CUDA graphs")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
-    c.set_defaults(func=_compress)
+    c.set_defaults(func=_compress,
+                   setting_flags=dict(setting_flags(c), cuda_graphs="--no-cuda-graphs"))
     d = sub.add_parser("decode", help="regenerate texts from saved mem vectors")
     d.add_argument("path", help="a folder written by compress --out, or one of its files")
-    d.add_argument("--model", default=None, help="override the model stored with the result")
-    d.add_argument("--dtype", default=None, choices=sorted(DTYPES))
-    d.add_argument("--device", default=None)
-    d.set_defaults(func=_decode)
+    add_flags(d, "--model", "--dtype", "--device",
+              model=dict(help="override the model stored with the result"))
+    d.set_defaults(func=_decode, setting_flags={})
     return p
 
 
@@ -112,7 +94,7 @@ def _compress(args) -> int:
         texts, model=lm, n_mem=args.n_mem, max_length=args.length, seed=args.seed,
         backend=args.backend, preset=args.preset, hooks=progress.hooks(),
         **{k: v for k, v in settings.items() if v is not None})
-    _set_threads(args.threads)
+    set_threads(args.threads)
     progress.start(len(texts))
     progress.line(_format_row(COLUMNS))
     rows, start = [], time.perf_counter()
@@ -207,47 +189,6 @@ def _write_tables(args, rows):
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-
-
-def _set_threads(threads):
-    """--threads, else torch's default capped at the cores other work leaves free: on a busy
-    machine more threads than free cores make every step many times slower."""
-    if threads is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        busy, torch_threads = busy_cores(), torch.get_num_threads()
-        threads = default_threads(torch_threads, cores, busy)
-        if threads < torch_threads:
-            print(f"cramfast: {threads} thread(s): other work keeps {busy} of {cores} cores busy "
-                  "(--threads to choose)", file=sys.stderr)
-    torch.set_num_threads(threads)
-
-
-def busy_cores(window: float = 0.25) -> int:
-    """Cores other work keeps busy now: the machine's CPU time over a short window while this
-    process waits (Linux /proc/stat); elsewhere the 1-minute load average, which also counts
-    work that ended in the last minute."""
-    try:
-        before = _cpu_times()
-        time.sleep(window)
-        after = _cpu_times()
-    except (OSError, ValueError, IndexError):
-        return round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-    busy, total = (a - b for a, b in zip(after, before))
-    return round(busy / max(total, 1) * (os.cpu_count() or 1))
-
-
-def _cpu_times() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs since boot: /proc/stat's first line."""
-    with open("/proc/stat") as f:
-        user, nice, system, idle, iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
-    total = user + nice + system + idle + iowait + irq + softirq + steal
-    return total - idle - iowait, total
-
-
-def default_threads(torch_threads: int, cores: int, busy: int) -> int:
-    """torch's thread count, at most the cores that ``busy`` (busy_cores) leaves free, at least
-    one."""
-    return max(1, min(torch_threads, cores - busy))
 
 
 def _decode(args) -> int:

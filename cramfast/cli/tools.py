@@ -16,7 +16,8 @@ def run(prog: str, command: Callable[[], int], flags: dict[str, str] | None = No
         interrupted: str = "interrupted") -> int:
     """Run ``command``; a CramfastError becomes "PROG: error: MESSAGE" and exit 2 (a bad setting
     also says which flag sets it: ``flags`` maps setting names to this program's flags, other
-    result-changing settings are set with --set), KeyboardInterrupt "PROG: " + ``interrupted`` and 130."""
+    result-changing settings are set with --set), KeyboardInterrupt "PROG: " + ``interrupted``
+    and 130."""
     quiet_libraries()
     warnings.formatwarning = lambda message, *args, **kwargs: f"{prog}: warning: {message}\n"
     try:

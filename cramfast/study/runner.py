@@ -19,17 +19,18 @@ from pathlib import Path
 
 import cramfast
 from cramfast import sources
+from cramfast.cli.flags import add_flags
+from cramfast.cli.threads import set_threads
 from cramfast.cli.tools import Parser, csv_ints, run
 from cramfast.errors import CramfastError
 from cramfast.metrics import CAPACITY_THRESHOLD, capacity
-from cramfast.models import DTYPES
 from cramfast.presets import PRESETS
 from cramfast.report.tables import markdown_table, write_csv
 from cramfast.settings import PER_TEXT, TextSettings, parse_settings, preset_settings, split
 
-# The default candidates. A candidate is settings joined by "+", each key=value of
-# the per-text settings (settings.PER_TEXT), optionally after a preset's name (else over "paper"); lr
-# may be given as a multiple of std(E) ("0.2std").
+# The default candidates. A candidate is settings joined by "+", each key=value of the per-text
+# settings (settings.PER_TEXT), optionally after a preset's name (else over "paper"); lr may be
+# given as a multiple of std(E) ("0.2std").
 CANDIDATES = ("paper", "lr=0.2std", "lr=0.5std", "lr=0.5std+decay_steps=300",
               "lr=0.2std+stall_steps=100", "lr=0.5std+decay_steps=300+stall_steps=100")
 
@@ -79,8 +80,9 @@ def run_optimizer_study(model, token_lists_by_length: dict, n_mems, candidates: 
                 rows.append(summarize(length, n_mem, name, mine, seconds))
                 if texts_out is not None:
                     texts_out += [dict(length=length, n_mem=n_mem, candidate=name, text=i,
-                                       n_tokens=r.n_tokens, steps=r.steps, stop_reason=r.stop_reason,
-                                       accuracy=r.accuracy, exact=r.exact, restarts=r.restarts,
+                                       n_tokens=r.n_tokens, steps=r.steps,
+                                       stop_reason=r.stop_reason, accuracy=r.accuracy,
+                                       exact=r.exact, restarts=r.restarts,
                                        margin=round(r.margin, 4), decode_retries=r.decode_retries)
                                   for i, r in enumerate(mine)]
     return rows
@@ -135,7 +137,8 @@ def plot(rows, path: Path):
     for g, (length, n_mem) in enumerate(groups):
         med = [next(r["median_steps"] for r in rows if r["candidate"] == n and
                     (r["length"], r["n_mem"]) == (length, n_mem)) for n in names]
-        ax.bar([i + g * width for i in range(len(names))], med, width, label=f"L={length}, m={n_mem}")
+        ax.bar([i + g * width for i in range(len(names))], med, width,
+               label=f"L={length}, m={n_mem}")
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, rotation=20, ha="right")
     ax.set_ylabel("median steps (lossless or stopped)")
     ax.legend()
@@ -145,10 +148,11 @@ def plot(rows, path: Path):
 
 def _parser():
     p = Parser(prog="python -m cramfast.study", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", choices=["optimizer"])
-    p.add_argument("--model", default=None)
-    p.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="model weights (default fp32)")
+    published = TextSettings()
+    add_flags(p, "--model", "--dtype", "--threads", "--max-steps", "--patience",
+              defaults={"--max-steps": published.max_steps, "--patience": published.patience})
     p.add_argument("--file", required=True, help="a UTF-8 text file or folder to sample from")
     p.add_argument("--lengths", type=csv_ints, default="16,32,64")
     p.add_argument("--n-mem", type=csv_ints, default="1,2")
@@ -156,11 +160,6 @@ def _parser():
     p.add_argument("--candidates", default=",".join(CANDIDATES),
                    help="comma-separated candidates: a preset name, or key=value settings "
                         "joined by '+' (lr may be a multiple of std(E): lr=0.5std)")
-    published = TextSettings()
-    p.add_argument("--max-steps", type=int, default=published.max_steps,
-                   help="updates per text at most (default %(default)s)")
-    p.add_argument("--patience", type=int, default=published.patience,
-                   help="updates without a better accuracy before a text stops (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/study")
     return p
@@ -168,6 +167,7 @@ def _parser():
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    set_threads(args.threads, "cramfast.study")
     return run("cramfast.study", lambda: _study_and_write(args), flags=SETTING_FLAGS)
 
 

@@ -1,6 +1,7 @@
 """``python -m cramfast.sweep``: resumable capacity sweeps into an SQLite store.
 
-    python -m cramfast.sweep --source book.txt --lengths 8,16,32 --n-mem 1,2 --samples 4 --db runs.db
+    python -m cramfast.sweep --source book.txt --lengths 8,16,32 --n-mem 1,2 --samples 4 \
+        --db runs.db
     python -m cramfast.sweep --config paper-pg19 --source ../pg19-test/      # a shipped grid
     torchrun --nproc-per-node 4 -m cramfast.sweep ...                        # ranks share the jobs
     python -m cramfast.report runs.db --out report/
@@ -38,18 +39,14 @@ import torch
 
 import cramfast
 from cramfast import models
+from cramfast.cli.flags import add_flags, setting_flags
+from cramfast.cli.threads import set_threads
 from cramfast.cli.tools import Parser, run
 from cramfast.errors import CramfastError
-from cramfast.ops import BACKENDS
-from cramfast.presets import PRESETS
 from cramfast.sources import CHUNKINGS
 from cramfast.sweep import store
 from cramfast.sweep.grid import DEFAULTS, Grid, SweepJobs, build_grid, shipped_grids, text_of
 from cramfast.sweep.store import JobKey
-
-# the flags of this program that set a setting (cli.tools names them in a bad setting's error)
-SETTING_FLAGS = {"max_steps": "--max-steps", "lr": "--lr", "patience": "--patience",
-                 "max_slots": "--max-slots"}
 
 
 def rank_world() -> tuple[int, int]:
@@ -81,8 +78,8 @@ class Progress:
         if not quiet:
             from tqdm import tqdm
             self.bar = tqdm(total=total, initial=done, unit=unit, dynamic_ncols=True,
-                            position=rank if world > 1 else None, desc=self.prefix.strip() or "sweep",
-                            file=sys.stderr)
+                            position=rank if world > 1 else None,
+                            desc=self.prefix.strip() or "sweep", file=sys.stderr)
 
     def log(self, message: str):
         if self.bar is not None:
@@ -115,9 +112,11 @@ class Summary:
 
     def line(self) -> str:
         unit, done = ("texts", "probes") if self.mode == "search" else ("jobs", "")
-        extra = f", {self.skipped_context} past the context left out" if self.skipped_context else ""
-        return (f"cramfast.sweep: {self.total} {unit}, {self.already} {done + ' ' if done else ''}already "
-                f"stored, {self.ran} rows written in {self.seconds:.1f} s{extra} -> {self.db}")
+        extra = (f", {self.skipped_context} past the context left out"
+                 if self.skipped_context else "")
+        done = done + " " if done else ""
+        return (f"cramfast.sweep: {self.total} {unit}, {self.already} {done}already stored, "
+                f"{self.ran} rows written in {self.seconds:.1f} s{extra} -> {self.db}")
 
 
 def run_sweep(grid: Grid, quiet: bool = False, compress_iter=None, rank: int | None = None,
@@ -136,7 +135,8 @@ def run_sweep(grid: Grid, quiet: bool = False, compress_iter=None, rank: int | N
         stored = store.family_key_values(grid.db, "accuracy")
         summary = Summary(db=str(db), skipped_context=0 if grid.search else sweep_jobs.skipped,
                           mode="search" if grid.search else "warm" if grid.warm_start else "grid")
-        runner = _RankRunner(grid, sweep_jobs, out, stored, quiet, rank, world, compress_iter, summary)
+        runner = _RankRunner(grid, sweep_jobs, out, stored, quiet, rank, world, compress_iter,
+                             summary)
         if grid.search:
             runner.search()
         elif grid.warm_start:
@@ -180,7 +180,8 @@ class _RankRunner:
         self._start(len(jobs), len(jobs) - len(todo))
         for (mid, n_mem, seed), group in _groups(todo, lambda j: (j.model, j.n_mem, j.seed)):
             lm = self._load(mid)
-            for length in self.grid.lengths:      # one round per length: it needs the last one's mem
+            # one round per length: it needs the last one's mem
+            for length in self.grid.lengths:
                 round_jobs = [j for j in group if j.length == length]
                 if round_jobs:
                     self._compress(lm, round_jobs, n_mem, seed, origin="warm", warm=True)
@@ -194,7 +195,8 @@ class _RankRunner:
             if self.grid.lengths_given:
                 cap = min(cap, max(self.grid.lengths)) if cap else max(self.grid.lengths)
             if cap is None:
-                raise CramfastError(f"{mid}: no context limit; give --lengths MIN,MAX for the search")
+                raise CramfastError(f"{mid}: no context limit; give --lengths MIN,MAX for the "
+                                    "search")
             state = {u: [1, None] for u in group}   # lo: largest lossless, hi: smallest lossy
             lm = None
             while state:
@@ -232,9 +234,8 @@ class _RankRunner:
             models.unload(self.loaded[1])
             self.loaded = None
         device = None
-        if self.world > 1:
-            if torch.cuda.is_available():
-                device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
+        if self.world > 1 and torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
         lm = cramfast.load_model(self.sweep_jobs.models[mid], dtype=self.grid.dtype, device=device)
         self.model_info = dict(label=Path(mid).name if Path(mid).is_dir() else mid,
                                hidden_size=lm.hidden_size, vocab_size=lm.vocab_size,
@@ -251,11 +252,13 @@ class _RankRunner:
             kwargs["init_mems"] = [None if i is None else i[1] for i in inits]
         self.progress.log(f"{self.model_info['label']}: n_mem {n_mem}, seed {seed}: "
                           f"{len(jobs)} job(s) to run")
-        results = self.compress_iter(texts, model=lm, n_mem=n_mem, seed=seed, backend=self.grid.backend,
-                                     preset=self.grid.preset, **self.grid.optim, **kwargs)
+        results = self.compress_iter(texts, model=lm, n_mem=n_mem, seed=seed,
+                                     backend=self.grid.backend, preset=self.grid.preset,
+                                     **self.grid.optim, **kwargs)
         for index, result in results:
             job = jobs[index]
-            row = store.result_row(result, key=job.as_dict(), origin=origin, model_info=self.model_info,
+            row = store.result_row(result, key=job.as_dict(), origin=origin,
+                                   model_info=self.model_info,
                                    source_label=self.sweep_jobs.sources[job.source].label,
                                    init_from=inits[index][0] if inits[index] else None,
                                    sweep=self.record, rank=self.rank)
@@ -304,48 +307,46 @@ def _parser():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="grid TOML file, or the name of a shipped grid "
                    f"({', '.join(shipped_grids())}); flags override it")
-    p.add_argument("--model", action="append", dest="models",
-                   help="HF folder, cached HF id, or smollm2-135m-q4 (the default); repeatable")
+    add_flags(p, "--model", model=dict(action="append", dest="models", help="HF folder, cached "
+                                       "HF id, or smollm2-135m-q4 (the default); repeatable"))
     p.add_argument("--source", action="append", dest="sources",
-                   help="a text file, a folder of .txt files, 'random', or 'pg19[:split]'; repeatable")
+                   help="a text file, a folder of .txt files, 'random', or 'pg19[:split]'; "
+                        "repeatable")
     p.add_argument("--lengths", help=f"text lengths in tokens (default {DEFAULTS['lengths']})")
-    p.add_argument("--n-mem", help=f"numbers of mem vectors, e.g. 1,2 (default {DEFAULTS['n_mem']})")
+    p.add_argument("--n-mem",
+                   help=f"numbers of mem vectors, e.g. 1,2 (default {DEFAULTS['n_mem']})")
     p.add_argument("--samples", type=int, help=f"texts per source (default {DEFAULTS['samples']})")
     p.add_argument("--seeds", help=f"mem-init seeds, e.g. 0,1 (default {DEFAULTS['seeds']})")
     p.add_argument("--db", help=f"SQLite results file (default {DEFAULTS['db']})")
-    p.add_argument("--preset", choices=sorted(PRESETS),
-                   help=f"optimization settings (default {DEFAULTS['preset']})")
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--patience", type=int)
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="any setting that changes results (the per-text ones and fill_slots), "
-                        "e.g. --set stall_steps=100 (repeatable; in TOML: "
-                        "set = [\"stall_steps=100\"])")
-    p.add_argument("--max-slots", type=int, help="texts optimized at once (not part of the job key)")
-    p.add_argument("--dtype", choices=sorted(models.DTYPES), help="model weights (default fp32)")
-    p.add_argument("--backend", choices=BACKENDS, help="the fused ops' implementation "
-                   "(default auto)")
+    # None: the grid's value (its TOML, else grid.DEFAULTS); --max-slots is not part of the key
+    add_flags(p, "--preset", "--max-steps", "--lr", "--patience", "--set", "--max-slots",
+              "--dtype", "--backend", "--threads",
+              preset=dict(help=f"fast or paper (default {DEFAULTS['preset']})"))
     p.add_argument("--chunking", choices=CHUNKINGS, help="how passages are cut "
                    f"(cramfast.sources.FileSource; default {DEFAULTS['chunking']})")
     p.add_argument("--sample-seed", type=int,
                    help=f"seed of the text sampling (default {DEFAULTS['sample_seed']})")
-    p.add_argument("--vocab-file", help="word list for 'random' (one word a line; default wordfreq)")
+    p.add_argument("--vocab-file",
+                   help="word list for 'random' (one word a line; default wordfreq)")
     p.add_argument("--search", choices=["capacity"], help="per text, the largest lossless length")
-    p.add_argument("--search-tol", type=int, help=f"bisection stops when hi - lo <= this (default {DEFAULTS['search_tol']})")
+    p.add_argument("--search-tol", type=int, help="bisection stops when hi - lo <= this "
+                   f"(default {DEFAULTS['search_tol']})")
     p.add_argument("--warm-start", action="store_true", default=None,
-                   help="start each length from the previous length's mem (not the paper's protocol)")
+                   help="start each length from the previous length's mem (not the paper's "
+                        "protocol)")
     p.add_argument("--quiet", action="store_true", help="no progress bar: a few log lines")
     return p
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    return run("cramfast.sweep", lambda: _sweep_and_report(args), flags=SETTING_FLAGS,
-                        interrupted="interrupted; rerun the same command to resume")
+    parser = _parser()
+    args = parser.parse_args(argv)
+    return run("cramfast.sweep", lambda: _sweep_and_report(args), flags=setting_flags(parser),
+               interrupted="interrupted; rerun the same command to resume")
 
 
 def _sweep_and_report(args) -> int:
+    set_threads(args.threads, "cramfast.sweep")
     summary = run_sweep(build_grid(args), quiet=args.quiet)
     print(summary.line())
     if summary.search:
