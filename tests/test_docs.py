@@ -1,6 +1,6 @@
 """The docs stay true to the code and to themselves: the settings table of docs/algorithm.md is
 what docs/settings_table.py generates from settings.py now; every relative link in README.md,
-docs/**/*.md and benchmarks/probes/README.md reaches an existing file or folder (and, with a
+docs/**/*.md, lab/**/*.md and benchmarks/probes/README.md reaches an existing file or folder (and, with a
 #fragment into a markdown file, one of its headings); and every repository file a doc names in
 its text (a probe's command, a script, a data file) exists."""
 from __future__ import annotations
@@ -58,7 +58,7 @@ HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$", re.M)
 
 def _markdown_files() -> list[Path]:
     return ([ROOT / "README.md"] + sorted((ROOT / "docs").rglob("*.md"))
-            + [ROOT / "benchmarks" / "probes" / "README.md"])
+            + sorted((ROOT / "lab").rglob("*.md")) + [ROOT / "benchmarks" / "probes" / "README.md"])
 
 
 def _prose(text: str) -> str:
