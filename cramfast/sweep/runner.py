@@ -41,7 +41,7 @@ import cramfast
 from cramfast import models
 from cramfast.cli.flags import add_flags, setting_flags
 from cramfast.cli.threads import set_threads
-from cramfast.cli.tools import Parser, run
+from cramfast.cli.tools import Parser, at_least, run
 from cramfast.errors import CramfastError
 from cramfast.sources import CHUNKINGS
 from cramfast.sweep import store
@@ -335,6 +335,16 @@ def _parser():
                    help="start each length from the previous length's mem (not the paper's "
                         "protocol)")
     p.add_argument("--quiet", action="store_true", help="no progress bar: a few log lines")
+    e = p.add_argument_group("scale-out (not part of the job key)")
+    e.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process (a rank's share under torchrun); ray: a pool of Ray "
+                        "actors, this process owning the store (pip install 'cramfast[ray]')")
+    e.add_argument("--address", help="with --engine ray: a running cluster (auto or HOST:PORT); "
+                   "default a new local one")
+    e.add_argument("--workers", type=at_least(1), default=2,
+                   help="with --engine ray: actors, each with its model loaded once (default 2)")
+    e.add_argument("--gpus-per-worker", type=float, default=0,
+                   help="with --engine ray: GPUs per actor (default 0: CPU)")
     return p
 
 
@@ -346,14 +356,30 @@ def main(argv=None) -> int:
 
 
 def _sweep_and_report(args) -> int:
-    set_threads(args.threads, "cramfast.sweep")
-    summary = run_sweep(build_grid(args), quiet=args.quiet)
+    grid = build_grid(args)
+    if args.engine == "ray":
+        summary = _on_ray(grid, args)
+    else:
+        set_threads(args.threads, "cramfast.sweep")
+        summary = run_sweep(grid, quiet=args.quiet)
     print(summary.line())
     if summary.search:
         caps = sorted(summary.search.values())
         print(f"cramfast.sweep: largest lossless length per text: median {caps[len(caps) // 2]}, "
               f"min {caps[0]}, max {caps[-1]} ({len(caps)} texts)")
     return 0
+
+
+def _on_ray(grid: Grid, args) -> Summary:
+    """The sweep with its texts computed by Ray actors; this process plans and stores."""
+    from cramfast.sweep.ray_engine import RayPool
+    pool = RayPool(args.address, args.workers, args.gpus_per_worker, args.threads,
+                   log=lambda line: print(f"cramfast.sweep: {line}", file=sys.stderr))
+    try:
+        return run_sweep(grid, quiet=args.quiet, compress_iter=pool.compress_iter, rank=0,
+                         world=1)
+    finally:
+        pool.close()
 
 
 if __name__ == "__main__":
