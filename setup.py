@@ -15,7 +15,8 @@ if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
              "(e.g. apt-get install g++) to build the scheduler extension.")
 
 setup(
-    ext_modules=[Pybind11Extension("cramfast._scheduler", ["csrc/scheduler.cpp", "csrc/bindings.cpp"],
+    ext_modules=[Pybind11Extension("cramfast._scheduler", ["csrc/scheduler.cpp",
+                                                           "csrc/bindings.cpp"],
                                    include_dirs=["csrc"], cxx_std=17, extra_compile_args=["-O2"])],
     cmdclass={"build_ext": build_ext},
 )

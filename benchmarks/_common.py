@@ -12,7 +12,8 @@ from cramfast import sources
 
 HERE = Path(__file__).resolve().parent
 # The books of ../shared/data (relative to the repository root); CRAMFAST_BENCH_BOOKS overrides.
-BOOKS = Path(os.environ.get("CRAMFAST_BENCH_BOOKS", HERE.parent.parent / "shared" / "data" / "books"))
+BOOKS = Path(os.environ.get("CRAMFAST_BENCH_BOOKS",
+                            HERE.parent.parent / "shared" / "data" / "books"))
 
 
 def quick() -> bool:

@@ -87,7 +87,8 @@ def _run_paper(paper_lm, token_lists, reload):
     lossless = [r.lossless for r in results]
     # the original never checks greedy decoding; checked here, untimed, for the same figures
     mems = torch.stack([r.mem for r in results])
-    decoded = greedy_decode(paper_lm, mems, [ids[0] for ids in token_lists], len(token_lists[0]) - 1)
+    decoded = greedy_decode(paper_lm, mems, [ids[0] for ids in token_lists],
+                            len(token_lists[0]) - 1)
     exact = [out == ids[1:] for out, ids in zip(decoded, token_lists)]
     return dict(seconds=timer.seconds, steps=[r.steps for r in results],
                 reasons=[r.stop_reason for r in results], lossless=sum(lossless),
@@ -121,7 +122,8 @@ def test_end_to_end(benchmark, models, length, method):
                 patience=PATIENCE, steps_mean=round(statistics.mean(out["steps"]), 1), **out,
                 lossless_rate=round(out["lossless"] / n, 3),
                 tok_per_s=round(length * out["lossless"] / out["seconds"], 3),
-                tokens_lossless=length * out["lossless"], device=machine(), texts_from=texts_source(),
+                tokens_lossless=length * out["lossless"], device=machine(),
+                texts_from=texts_source(),
                 torch=torch.__version__,
                 dtype="bf16" if device().type == "cuda" else "fp32")
     if quick():

@@ -228,7 +228,8 @@ def test_mem_embed(benchmark, impl):
     if impl == "mem_embed":
         fn = lambda: ops.mem_embed(ids, embedding, mem)
     else:
-        fn = lambda: torch.cat([mem.to(DTYPE), torch.nn.functional.embedding(ids, embedding)], dim=1)
+        fn = lambda: torch.cat([mem.to(DTYPE), torch.nn.functional.embedding(ids, embedding)],
+                               dim=1)
 
     def step():
         mem.grad = None

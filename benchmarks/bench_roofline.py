@@ -119,7 +119,8 @@ def test_roofline_batched_step(benchmark, lm):
                 fraction_non_embedding=round(count["flops_non_embedding"] / seconds / peak, 3),
                 params=count["params"], non_embedding_params=count["non_embedding_params"],
                 matmul_n=MM_N,
-                dtype=str(lm.dtype).split(".")[-1], device=machine(), threads=torch.get_num_threads())
+                dtype=str(lm.dtype).split(".")[-1], device=machine(),
+                threads=torch.get_num_threads())
     if not CUDA:
         info["target_met"] = info["fraction"] >= TARGET_CPU
     if quick():
@@ -127,4 +128,5 @@ def test_roofline_batched_step(benchmark, lm):
     benchmark.extra_info.update(info)
     print(f"\nbatched step B={BATCH} L={L}: {info['ms_per_step']} ms, {info['achieved_gflops']} "
           f"GFLOP/s of {info['peak_gflops']} peak = {info['fraction']:.0%} "
-          f"(exact count {info['fraction_exact']:.0%}, non-embedding {info['fraction_non_embedding']:.0%})")
+          f"(exact count {info['fraction_exact']:.0%}, non-embedding "
+          f"{info['fraction_non_embedding']:.0%})")

@@ -84,7 +84,8 @@ def simulate(policy, sync_every, lengths, trajectories):
 
 
 def ideal_token_steps(lengths, steps):
-    """No padding and no idle slot: every job pays only its own (n_tokens + n_mem) per evaluation."""
+    """No padding and no idle slot: every job pays only its own (n_tokens + n_mem) per
+    evaluation."""
     return sum((n + N_MEM) * (s + 1) for n, s in zip(lengths, steps))
 
 
@@ -92,7 +93,8 @@ def ideal_token_steps(lengths, steps):
 @pytest.mark.parametrize("policy", ["bucketed", "fifo"])
 def test_token_steps_vs_static_batching(benchmark, policy, sync_every):
     lengths, trajectories = make_workload()
-    sched, results, _ = benchmark.pedantic(simulate, args=(policy, sync_every, lengths, trajectories),
+    sched, results, _ = benchmark.pedantic(simulate, args=(policy, sync_every, lengths,
+                                                           trajectories),
                                            rounds=3, iterations=1)
     assert sorted(results) == list(range(N_JOBS))
     steps = [results[j].steps for j in range(N_JOBS)]
@@ -102,8 +104,10 @@ def test_token_steps_vs_static_batching(benchmark, policy, sync_every):
     reasons = [results[j].reason for j in range(N_JOBS)]
     benchmark.extra_info.update(
         policy=policy, sync_every=sync_every, scheduler_token_steps=sched.token_steps(),
-        static_token_steps=static, ideal_token_steps=ideal, ratio_static_over_scheduler=round(ratio, 3),
-        scheduler_efficiency=round(ideal / sched.token_steps(), 3), static_efficiency=round(ideal / static, 3),
+        static_token_steps=static, ideal_token_steps=ideal, ratio_static_over_scheduler=round(ratio,
+                                                                                              3),
+        scheduler_efficiency=round(ideal / sched.token_steps(), 3),
+        static_efficiency=round(ideal / static, 3),
         evaluations=sched.evaluations(), reports=math.ceil(sched.evaluations() / sync_every),
         reasons={r: reasons.count(r) for r in ("lossless", "stalled", "max_steps")})
     print(f"\n{policy:8s} sync_every={sync_every:2d}: static/scheduler = {ratio:.2f} "
@@ -140,5 +144,6 @@ def test_microseconds_per_plan_and_report(benchmark, layer):
     benchmark.extra_info.update(layer=layer, plan_report_steps=steps,
                                 us_per_plan_report=round(us_per_step, 3))
     if stats is not None:
-        benchmark.extra_info["us_per_step_whole_replay"] = round(1e6 * stats.stats.median / steps, 3)
+        benchmark.extra_info["us_per_step_whole_replay"] = round(1e6 * stats.stats.median / steps,
+                                                                 3)
     print(f"\n{layer}: {us_per_step:.2f} us per plan+report (median over replays of {steps} steps)")

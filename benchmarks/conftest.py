@@ -68,7 +68,8 @@ def pytest_terminal_summary(terminalreporter):
     for bench in benchmarks:
         by_file.setdefault(bench.fullname.split("::")[0].rsplit("/", 1)[-1], []).append(bench)
     write = terminalreporter.write_line
-    terminalreporter.section("cramfast benchmark figures (extra_info)" + (" [quick]" if quick() else ""))
+    terminalreporter.section("cramfast benchmark figures (extra_info)"
+                             + (" [quick]" if quick() else ""))
     for fname, benches in by_file.items():
         columns = SUMMARY_COLUMNS.get(fname)
         if columns is None:   # a file without a declared layout: its scalar keys

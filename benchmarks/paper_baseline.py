@@ -156,6 +156,7 @@ def cram_one(lm: LoadedModel, token_ids: list[int], n_mem: int = 1, seed: int = 
                        mem=best_mem[0].cpu())
 
 
-def cram_all(lm: LoadedModel, token_lists, n_mem: int = 1, seed: int = 0, **kw) -> list[PaperResult]:
+def cram_all(lm: LoadedModel, token_lists, n_mem: int = 1, seed: int = 0,
+             **kw) -> list[PaperResult]:
     """The original's outer loop: texts one after another."""
     return [cram_one(lm, ids, n_mem, seed, **kw) for ids in token_lists]

@@ -96,7 +96,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CRAMFAST_CACHE", Path.home() / ".cache" / "cramfast"))
 
 
-def load_model(name_or_path: str | LoadedModel | None = None, dtype: torch.dtype | str | None = None,
+def load_model(name_or_path: str | LoadedModel | None = None,
+               dtype: torch.dtype | str | None = None,
                device: str | torch.device | None = None) -> LoadedModel:
     """Load (once per process) and freeze a causal LM; see the module docstring for names."""
     if isinstance(name_or_path, LoadedModel):
@@ -174,7 +175,8 @@ def _load_frozen(name: str, path: str, dtype, device) -> LoadedModel:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as exc:
-        raise CramfastError(f"cannot load model {name!r} from {path}: {exc}".splitlines()[0]) from None
+        message = f"cannot load model {name!r} from {path}: {exc}".splitlines()[0]
+        raise CramfastError(message) from None
     finally:
         if bars:
             logging.enable_progress_bar()
@@ -190,7 +192,8 @@ def check_supported(model) -> None:
     for key in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
         if getattr(cfg, key, None) not in (None, 1, 1.0):
             raise CramfastError(f"model type {cfg.model_type!r} transforms its logits ({key}="
-                                f"{getattr(cfg, key)}); cramfast's fused cross-entropy does not support it")
+                                f"{getattr(cfg, key)}); cramfast's fused cross-entropy does not "
+                                f"support it")
     if model.get_output_embeddings() is None or not isinstance(model.get_output_embeddings(),
                                                                torch.nn.Linear):
         raise CramfastError(f"model type {cfg.model_type!r} has no linear LM head")
@@ -218,7 +221,8 @@ def _convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
     model loaded that way keeps a GGUF quantization config and cannot be saved as is: rebuild it
     from a clean config, copy the weights in, save once."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file,
+                                                     dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     config_dict = quantized.config.to_dict()
     config_dict.pop("quantization_config", None)

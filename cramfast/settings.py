@@ -126,7 +126,8 @@ class TextSettings:
         0.0, "The objective: the mean over the text's positions of (1 - p_target) ** gamma * CE, "
         "the weight held constant in the gradient, so positions already predicted with "
         "confidence give way to those still wrong or unsure (0: the paper's mean CE). Solved "
-        "still means the argmax is right (by the margin asked), and every reported CE is the plain one.", at_least=0,
+        "still means the argmax is right (by the margin asked), and every reported CE is the plain "
+        "one.", at_least=0,
         slot="float")
     margin: float = _setting(
         0.0, "A text is solved only when at every predicted position the target's logit leads "
@@ -204,8 +205,8 @@ class BatchSettings:
         0, "Parallel attempts: when nothing is queued and fewer than this many slots are busy, "
         "the idle slots run extra attempts of running texts (other seeded starts, within what "
         "is left of the text's max_steps); a text ends with its first lossless attempt (0: "
-        f"off; -1: sized to the device, {CPU_SIZES['fill_slots']} on a CPU, max_slots on CUDA). Idle "
-        "slots are nearly "
+        f"off; -1: sized to the device, {CPU_SIZES['fill_slots']} on a CPU, max_slots on CUDA). "
+        "Idle slots are nearly "
         "free where a small batch is bound by reading the weights.", at_least=-1)
     sync_every: int = _setting(16, "Updates between host syncs (the stop rules run on the "
                                "device).", at_least=1, result=False)

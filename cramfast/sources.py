@@ -25,7 +25,8 @@ DEMO_PASSAGES = (
     "In the beginning God created the heaven and the earth.",   # Genesis 1:1, King James Version
 )
 
-TAIL_CHARS = 16_000   # a sweep passage starts where at least this much of its book follows, if it can
+# a sweep passage starts where at least this much of its book follows, if it can
+TAIL_CHARS = 16_000
 CHUNKINGS = ("prefix", "paper")   # how FileSource cuts a sweep passage (its docstring)
 TOKEN_MARGIN = 8      # tokens beyond L that a window must yield, so that the cut is stable
 
@@ -41,7 +42,8 @@ def read_text_file(path, encoding: str = "utf-8") -> str:
     try:
         text = path.read_text(encoding=encoding)
     except LookupError:
-        raise CramfastError(f"unknown encoding {encoding!r} (e.g. utf-8, cp1252, latin-1)") from None
+        raise CramfastError(f"unknown encoding {encoding!r} (e.g. utf-8, cp1252, "
+                            "latin-1)") from None
     except UnicodeDecodeError as exc:
         hint = "; old Gutenberg files are often cp1252 (--encoding cp1252)" \
             if encoding.lower().replace("-", "") == "utf8" else ""
@@ -157,7 +159,8 @@ class FileSource:
     paper's chunking: a span from that start is split into sentences, its second half is kept and
     its first L tokens are used."""
 
-    def __init__(self, canonical: str, label: str, books: list[str], chunking: str, sample_seed: int):
+    def __init__(self, canonical: str, label: str, books: list[str], chunking: str,
+                 sample_seed: int):
         self.canonical, self.label, self.chunking = canonical, label, chunking
         self.books = [paragraphs(b) for b in books]
         starts, fallback = [], []
@@ -175,7 +178,8 @@ class FileSource:
                                 f"{samples} samples asked for")
 
     def stream(self, sample: int, chars: int) -> str:
-        """At least ``chars`` characters of sample ``sample``'s text (wrapping at its book's end)."""
+        """At least ``chars`` characters of sample ``sample``'s text (wrapping at its book's
+        end)."""
         b, p = self.starts[sample]
         paras, parts, n = self.books[b], [], 0
         while n < chars:
@@ -230,7 +234,8 @@ def open_source(spec: str, chunking: str = "prefix", sample_seed: int = 0, vocab
     if spec == "random":
         if vocab_file:
             try:
-                vocab = [w.strip() for w in Path(vocab_file).read_text(encoding="utf-8").splitlines()]
+                lines = Path(vocab_file).read_text(encoding="utf-8").splitlines()
+                vocab = [w.strip() for w in lines]
             except (OSError, UnicodeDecodeError) as exc:
                 raise CramfastError(f"{vocab_file}: cannot read the word list ({exc})") from None
             vocab, name = [w for w in vocab if w], "vocab"
@@ -265,4 +270,5 @@ def _pg19_books(split: str) -> list[str]:
         return [r["text"] for r in records]
     except Exception as exc:
         raise CramfastError(f"cannot load PG-19 ({split}) through datasets: "
-                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                            ) from None

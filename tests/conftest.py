@@ -30,11 +30,14 @@ INIT_RANGE = 0.3
 def _tiny_config(arch: str, vocab: int):
     from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, OPTConfig
     if arch == "llama":
-        return LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        return LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2,
+                           max_position_embeddings=128,
                            tie_word_embeddings=True)
     if arch == "gpt_neox":
-        return GPTNeoXConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        return GPTNeoXConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                             num_hidden_layers=2,
                              num_attention_heads=4, max_position_embeddings=128)
     if arch == "gpt2":
         return GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=128)

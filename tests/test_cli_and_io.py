@@ -210,7 +210,8 @@ def test_compress_streams_rows_and_tables(trained_path, tmp_path):
     rows = json.loads((tmp_path / "t.json").read_text())
     assert sorted(r["#"] for r in rows) == [0, 1] and {r["exact"] for r in rows} == {"yes"}
     assert rows[0]["text"] in ("a cat sat on the mat", "the quick brown fox jumps")
-    assert list(csv.DictReader(open(tmp_path / "t.csv")))[0]["#"] == str(rows[0]["#"])
+    with open(tmp_path / "t.csv") as f:
+        assert next(csv.DictReader(f))["#"] == str(rows[0]["#"])
     assert "text/s" in proc.stderr or "text-steps/s" in proc.stderr     # the progress bar
     assert len(cramfast.load_results(tmp_path / "run")) == 2
 
@@ -232,7 +233,7 @@ def test_ctrl_c_keeps_the_finished_results(trained_path, tmp_path):
             time.sleep(0.5)
         assert (out / "cram-0000.json").exists()
         proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=120)
+        _, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
         proc.wait()
@@ -249,8 +250,8 @@ def test_wheel_declares_what_the_default_model_sweeps_and_reports_need(tmp_path)
     subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path)],
                    cwd=root, check=True, capture_output=True)
     [requires] = tmp_path.glob("*.egg-info/requires.txt")
-    declared = {line.split("=")[0].split(">")[0].strip() for line in requires.read_text().splitlines()
-                if line and not line.startswith("[")}
+    declared = {line.split("=")[0].split(">")[0].strip()
+                for line in requires.read_text().splitlines() if line and not line.startswith("[")}
     assert {"torch", "transformers", "safetensors", "gguf", "accelerate", "matplotlib",
             "wordfreq"} <= declared
     assert "torch==2.13.0" in requires.read_text()

@@ -198,7 +198,8 @@ def test_decay_per_token_equals_explicit_decays(tiny_models):
 def test_per_text_settings_equal_separate_runs(tiny_models):
     lm = cramfast.load_model(tiny_models["llama"], dtype=torch.float64)
     text = [3, 50, 7, 9, 11, 40]
-    mixed = cramfast.compress([text, text], model=lm, max_steps=6, per_text=[{"lr": 0.1}, {"lr": 0.01}])
+    mixed = cramfast.compress([text, text], model=lm, max_steps=6, per_text=[{"lr": 0.1},
+                                                                             {"lr": 0.01}])
     for res, lr in zip(mixed, (0.1, 0.01)):
         [alone] = cramfast.compress([text], model=lm, max_steps=6, lr=lr)
         torch.testing.assert_close(res.mem, alone.mem, rtol=1e-9, atol=1e-9)
@@ -212,7 +213,7 @@ def test_fused_loss_matches_full_logits(tiny_models):
     toks = [[3, 50, 7, 9, 11], [4, 8, 15, 16, 23, 42, 99]]
     ids, targets = engine.pad_batch(toks, 7, "cpu")
     mem = torch.randn(2, 1, lm.hidden_size, dtype=torch.float64, requires_grad=True)
-    loss, argmax, margin = engine.predict(lm, ids, targets, mem, backend="torch")
+    loss, argmax, _ = engine.predict(lm, ids, targets, mem, backend="torch")
     (loss.sum(1) / torch.tensor([4, 6])).sum().backward()
     grad = mem.grad.clone()
     mem.grad = None
@@ -247,7 +248,8 @@ def test_focal_objective_step_matches_reference(trained_path):
             opt.zero_grad()
             x = torch.cat([mem, lm.embedding[ids]], 1)
             logits = lm.model(inputs_embeds=x).logits[:, 1:-1]
-            ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+            ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets,
+                                                   reduction="none")
             weight = (1 - torch.exp(-ce.detach())) ** gamma
             ((weight * ce).sum(1) / torch.tensor([5, 8])).sum().backward()
             opt.step()

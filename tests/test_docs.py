@@ -1,6 +1,7 @@
 """The docs stay true to the code and to themselves: the settings table of docs/algorithm.md is
 what docs/settings_table.py generates from settings.py now; every relative link in README.md,
-docs/**/*.md, lab/**/*.md and benchmarks/probes/README.md reaches an existing file or folder (and, with a
+docs/**/*.md, lab/**/*.md and benchmarks/probes/README.md reaches an existing file or folder (and,
+with a
 #fragment into a markdown file, one of its headings); and every repository file a doc names in
 its text (a probe's command, a script, a data file) exists."""
 from __future__ import annotations
@@ -17,7 +18,8 @@ REGENERATE = ".venv/bin/python docs/settings_table.py --write"
 
 
 def _settings_table():
-    spec = importlib.util.spec_from_file_location("settings_table", ROOT / "docs" / "settings_table.py")
+    spec = importlib.util.spec_from_file_location("settings_table",
+                                                  ROOT / "docs" / "settings_table.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -80,7 +80,8 @@ def test_decode_failures_are_caught_and_a_margin_prevents_them(bf16_model):
     assert kept[0].settings["margin"] == 0.5 and kept[0].settings["margin_16bit"] == 0.5
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=6, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10 ** 6))
 def test_with_a_margin_every_lossless_text_decodes_alone(bf16_model, seed):
     """Any texts, any seed: with the margin, a lossless result needs no retry, and decoding it
@@ -116,7 +117,8 @@ def test_a_text_that_does_not_decode_back_goes_on_with_a_margin(trained_path, mo
         return out
     monkeypatch.setattr(compressor, "greedy_decode", first_decode_of_text_0_wrong)
     timings = []
-    retried = cramfast.compress(texts, max_steps=300, hooks=cramfast.Hooks(on_timing=timings.append),
+    retried = cramfast.compress(texts, max_steps=300,
+                                hooks=cramfast.Hooks(on_timing=timings.append),
                                 **kw)
     assert [r.decode_retries for r in retried] == [1, 0, 0]
     checked = {phase: sum(t.texts for t in timings if t.phase == phase)

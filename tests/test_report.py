@@ -21,7 +21,8 @@ def row(sample, length, acc, n_mem=1, origin="grid", gain=None, ce0=None, source
     ce0 = ce0 if ce0 is not None else 3.0 * length
     ce1 = 0.0 if acc >= 1 else ce0 - 2.0 * length * acc
     return dict(model="EleutherAI/pythia-160m", source=source, sample=sample, length=length,
-                n_mem=n_mem, seed=0, settings_hash="h1", origin=origin, model_label="EleutherAI/pythia-160m",
+                n_mem=n_mem, seed=0, settings_hash="h1", origin=origin,
+                model_label="EleutherAI/pythia-160m",
                 source_label="pg19", hidden_size=768, vocab_size=50304, max_cap=787, context=2048,
                 accuracy=acc, token_gain=gain if gain is not None else acc * (length - 1) - 1,
                 info_gain_nats=ce0 - ce1, info_gain_bits=(ce0 - ce1) / 0.6931471805599453,
@@ -38,7 +39,8 @@ def db(tmp_path):
                   row(0, 64, 1.0, origin="search")]:       # one text only: must not count
             s.add(r)
     with store.Store(store.shard_path(path, 1)) as s:     # a torchrun shard: merged in
-        for r in [row(0, 16, 1.0, n_mem=2), row(0, 32, 1.0, n_mem=2), row(0, 64, 0.5, n_mem=2, gain=25.0)]:
+        for r in [row(0, 16, 1.0, n_mem=2), row(0, 32, 1.0, n_mem=2), row(0, 64, 0.5, n_mem=2,
+                                                                          gain=25.0)]:
             s.add(r)
     return path
 
@@ -50,8 +52,10 @@ def test_table1_follows_the_papers_definitions(db, tmp_path):
     by_m = {r["n_mem"]: r for r in result["table"]}
     one = by_m[1]
     assert (one["d"], one["V"], one["max_cap"]) == (768, 50304, 787)
-    assert one["capacity"] == 16 and not one["capacity_is_lower_bound"]     # mean acc at 16 = 0.9925
-    assert one["lengths"] == "8 16 32"                                       # 64: probed for one text
+    # mean acc at 16 = 0.9925
+    assert one["capacity"] == 16 and not one["capacity_is_lower_bound"]
+    # 64: probed for one text
+    assert one["lengths"] == "8 16 32"
     assert one["token_gain"] == pytest.approx(20.0)                          # runs with acc <= 0.99
     assert one["gain_runs"] == 3 and one["utilisation"] == pytest.approx(20.0 / 787)
     ce = [3.0 * L - (3.0 * L - 2.0 * L * a) for L, a in ((16, 0.985), (32, 0.9), (32, 0.8))]
@@ -70,7 +74,8 @@ def test_table1_follows_the_papers_definitions(db, tmp_path):
     assert rows[0]["capacity"] == "16" and rows[0]["paper_capacity"] == "80"
     md = (out / "report.md").read_text()
     assert "| EleutherAI/pythia-160m | pg19 | 1 |" in md and "fig3_ce.png" in md
-    per_length = list(csv.DictReader(open(out / "per_length.csv")))
+    with open(out / "per_length.csv") as f:
+        per_length = list(csv.DictReader(f))
     assert {(r["length"], r["complete"]) for r in per_length if r["n_mem"] == "1"} == {
         ("8", "True"), ("16", "True"), ("32", "True"), ("64", "False")}
 
@@ -93,7 +98,8 @@ def test_published_names_match():
 
 def test_sweep_then_report_end_to_end(trained_path, tmp_path):
     src = tmp_path / "book.txt"
-    sentences = ["the quick brown fox jumps over the lazy dog.", "a cat sat on the mat and looked at the sky.",
+    sentences = ["the quick brown fox jumps over the lazy dog.",
+                 "a cat sat on the mat and looked at the sky.",
                  "numbers one two three four five six seven eight nine ten."]
     src.write_text("\n\n".join(" ".join((sentences[k:] + sentences[:k]) * 2) for k in range(3)))
     db = tmp_path / "e2e.db"
@@ -121,8 +127,10 @@ def test_unwritable_out_refused_before_reading(db, tmp_path):
         for out in (locked, locked / "sub", blocker / "rep"):
             # an absent DB: the folder is checked first, so its error is the one reported
             run = subprocess.run(bound_by_permissions([sys.executable, "-m", "cramfast.report",
-                                                       str(tmp_path / "absent.db"), "--out", str(out)]),
-                                 cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
+                                                       str(tmp_path / "absent.db"), "--out",
+                                                       str(out)]),
+                                 cwd=tmp_path, env=env(), capture_output=True, text=True,
+                                 timeout=120)
             err = one_line_failure(run, "cramfast.report")
             assert f"{out}: cannot write the report there" in err, err
     finally:
@@ -131,7 +139,8 @@ def test_unwritable_out_refused_before_reading(db, tmp_path):
 
 
 def test_tables_keep_their_layout():
-    warm = [dict(model="m", source="s", n_mem=1, length=16, pairs=2, cold_steps=40.0, warm_steps=30.0,
+    warm = [dict(model="m", source="s", n_mem=1, length=16, pairs=2, cold_steps=40.0,
+                 warm_steps=30.0,
                  steps_saved=0.25), dict(model="m", source="s", n_mem=1, length=32, pairs=1,
                                          cold_steps=None, warm_steps=5.0, steps_saved=None)]
     assert report.warm_start_table(warm) == (

@@ -42,7 +42,8 @@ class OracleScheduler:
     """Pure-Python twin of csrc/scheduler.cpp (same tie rules), written for clarity not speed."""
 
     def __init__(self, max_slots, token_budget, n_mem, policy="bucketed", max_passes=None):
-        self.max_slots, self.token_budget, self.n_mem, self.policy = max_slots, token_budget, n_mem, policy
+        self.max_slots, self.token_budget = max_slots, token_budget
+        self.n_mem, self.policy = n_mem, policy
         self.max_passes = max_slots if max_passes is None else max_passes
         self.queue = []  # oldest first: dicts id, n, max_steps, patience, seq
         self.slots = [None] * max_slots  # dicts job, s, best_correct, best_step
@@ -70,7 +71,8 @@ class OracleScheduler:
         if self.policy == "fifo" or occupied == 0 or starving:
             return head if self.fits(head["n"], padded, occupied) else None
         fitting = [job for job in self.queue if self.fits(job["n"], padded, occupied)]
-        waste = lambda job: padded - job["n"] if job["n"] <= padded else occupied * (job["n"] - padded)
+        def waste(job):
+            return padded - job["n"] if job["n"] <= padded else occupied * (job["n"] - padded)
         return min(fitting, key=lambda job: (waste(job), job["seq"]), default=None)
 
     def plan(self):
@@ -86,7 +88,8 @@ class OracleScheduler:
             new_slots.append(slot)
         if self.queue:  # only the job that is oldest now keeps a count
             oldest = self.queue[0]["seq"]
-            self.passes = {oldest: self.passes.get(oldest, 0) + any(seq > oldest for seq in started)}
+            self.passes = {oldest: self.passes.get(oldest,
+                                                   0) + any(seq > oldest for seq in started)}
         self.plan_cost = self.occupied() * (self.padded() + self.n_mem)
         return Plan(tuple(slot["job"]["id"] if slot else -1 for slot in self.slots),
                     tuple(new_slots), self.padded(), self.occupied())
@@ -106,7 +109,8 @@ class OracleScheduler:
                 if reason is None:
                     slot["s"] += 1
                     continue
-                out.append(Finished(job["id"], i, reason, slot["s"], slot["best_step"], slot["best_correct"]))
+                out.append(Finished(job["id"], i, reason, slot["s"], slot["best_step"],
+                                    slot["best_correct"]))
                 self.slots[i] = None
             self.evals += 1
             self.tokens += self.plan_cost
@@ -272,7 +276,7 @@ def test_oldest_job_waits_a_bounded_number_of_plans(w):
 
     def check(s, plan):
         started = {j for j in plan.slot_jobs if j >= 0}
-        for job_id, since in list(head_since.items()):
+        for job_id in list(head_since):
             if job_id in started:
                 del head_since[job_id]
         if s.queue:
@@ -373,7 +377,8 @@ def test_rows_after_a_stop_are_ignored():
     sched.plan()
     # job 0 stops at row 0; its later entries are garbage and must not be looked at
     finished = sched.report([[4, 1], [10**9, 2], [-7, 4]])
-    assert [(f.job_id, f.reason, f.steps) for f in finished] == [(0, "lossless", 0), (1, "lossless", 2)]
+    assert [(f.job_id, f.reason, f.steps) for f in finished] == [(0, "lossless", 0), (1, "lossless",
+                                                                                      2)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,7 +423,8 @@ def test_refill_respects_budget_growth():
     for job_id, n in enumerate([10, 10, 10, 30]):
         sched.add_job(job_id, n, 5, 5)
     plan = sched.plan()
-    assert plan.slot_jobs == (0, 1, 2, -1) and plan.padded_length == 10 and plan.new_slots == (0, 1, 2)
+    assert plan.slot_jobs == (0, 1, 2, -1) and plan.padded_length == 10 and plan.new_slots == (0, 1,
+                                                                                               2)
     sched.report([[9, 9, 9, -1]])  # all lossless
     plan = sched.plan()
     assert plan.slot_jobs == (3, -1, -1, -1) and plan.new_slots == (0,) and plan.padded_length == 30
@@ -433,7 +439,8 @@ def test_bucketed_prefers_least_padding_and_fifo_does_not():
             sched.add_job(job_id, n, 5, 5)
         picks[policy] = sched.plan().slot_jobs
     assert picks["fifo"] == (0, 1, 2)
-    assert picks["bucketed"] == (0, 5, 2)  # 20 anchors; then 20 (waste 0), then 19 (waste 1 < 21's 2)
+    # 20 anchors; then 20 (waste 0), then 19 (waste 1 < 21's 2)
+    assert picks["bucketed"] == (0, 5, 2)
 
 
 def test_token_steps_count_the_planned_batch():
@@ -457,7 +464,8 @@ def test_oversized_job_is_refused_with_one_line():
     assert sched.pending() == 1
 
 
-@pytest.mark.parametrize("args", [(-1, 5, 1, 1), (0, 5, 1, 1), (1, 0, 1, 1), (1, 5, -1, 1), (1, 5, 1, 0)])
+@pytest.mark.parametrize("args", [(-1, 5, 1, 1), (0, 5, 1, 1), (1, 0, 1, 1), (1, 5, -1, 1), (1, 5,
+                                                                                             1, 0)])
 def test_bad_jobs_are_refused(args):
     sched = Scheduler(2, 100, 1)
     sched.add_job(0, 5, 1, 1)
@@ -521,7 +529,8 @@ def test_missing_extension_gives_a_clear_import_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "cramfast._scheduler", None)  # import of it now fails
     monkeypatch.delattr(cramfast, "_scheduler")
     monkeypatch.delitem(sys.modules, "cramfast.engine.scheduler")
-    with pytest.raises(ImportError, match=r"cramfast\._scheduler is not built: run `pip install -e \.`"):
+    with pytest.raises(ImportError,
+                       match=r"cramfast\._scheduler is not built: run `pip install -e \.`"):
         importlib.import_module("cramfast.engine.scheduler")
     monkeypatch.undo()
     importlib.import_module("cramfast.engine.scheduler")

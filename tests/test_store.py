@@ -96,7 +96,8 @@ def test_every_result_field_is_a_column_of_its_type(tmp_path):
     for f in dataclasses.fields(CompressionResult):
         assert f.name in conn_types, f.name
     assert {n: conn_types[n] for n in ("restarts", "attempts", "attempt", "exact", "accuracy",
-                                       "stop_reason", "token_ids", "settings", "error", "mem")} == dict(
+                                       "stop_reason", "token_ids", "settings", "error",
+                                       "mem")} == dict(
         restarts="INTEGER", attempts="INTEGER", attempt="INTEGER", exact="INTEGER", accuracy="REAL",
         stop_reason="TEXT", token_ids="TEXT", settings="TEXT", error="TEXT", mem="BLOB")
     for name in store.PROVENANCE:
@@ -130,14 +131,17 @@ def test_a_new_result_field_needs_no_store_edit(monkeypatch):
 # The schema of cramfast 7b3a1b0 (results schema 1), as its store.py created it.
 V1_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, model TEXT NOT NULL, source TEXT NOT "
-    "NULL, sample INTEGER NOT NULL, length INTEGER NOT NULL, n_mem INTEGER NOT NULL, seed INTEGER NOT "
-    "NULL, settings_hash TEXT NOT NULL, origin TEXT, model_label TEXT, source_label TEXT, hidden_size "
-    "INTEGER, vocab_size INTEGER, max_cap INTEGER, context INTEGER, n_tokens INTEGER, token_ids TEXT, "
-    "decoded_ids TEXT, text TEXT, steps INTEGER, best_step INTEGER, stop_reason TEXT, accuracy REAL, "
-    "accuracy_without_mem REAL, exact INTEGER, ce_without_mem REAL, ce_with_mem REAL, info_gain_nats "
-    "REAL, info_gain_bits REAL, token_gain REAL, seconds REAL, error TEXT, mem BLOB, mem_shape TEXT, "
-    "init_from TEXT, settings TEXT, cramfast_version TEXT, created_at REAL, host TEXT, rank INTEGER, "
-    "UNIQUE (model, source, sample, length, n_mem, seed, settings_hash));"
+    "NULL, sample INTEGER NOT NULL, length INTEGER NOT NULL, n_mem INTEGER NOT NULL, seed INTEGER "
+    "NOT NULL, settings_hash TEXT NOT NULL, origin TEXT, model_label TEXT, source_label TEXT, "
+    "hidden_size "
+    "INTEGER, vocab_size INTEGER, max_cap INTEGER, context INTEGER, n_tokens INTEGER, token_ids "
+    "TEXT, "
+    "decoded_ids TEXT, text TEXT, steps INTEGER, best_step INTEGER, stop_reason TEXT, accuracy "
+    "REAL, accuracy_without_mem REAL, exact INTEGER, ce_without_mem REAL, ce_with_mem REAL, "
+    "info_gain_nats "
+    "REAL, info_gain_bits REAL, token_gain REAL, seconds REAL, error TEXT, mem BLOB, mem_shape "
+    "TEXT, init_from TEXT, settings TEXT, cramfast_version TEXT, created_at REAL, host TEXT, rank "
+    "INTEGER, UNIQUE (model, source, sample, length, n_mem, seed, settings_hash));"
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);"
 )
 
@@ -182,7 +186,8 @@ def test_version_1_database_upgraded_resumed_and_reported(trained_path, tmp_path
         [row] = s.rows(with_mem=True)
         version = s.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
     assert version == "2"
-    assert (row["accuracy"], row["steps"], row["stop_reason"], row["ref"]) == (1.0, 12, "lossless", "v1.db#1")
+    assert (row["accuracy"], row["steps"], row["stop_reason"], row["ref"]) == (1.0, 12, "lossless",
+                                                                               "v1.db#1")
     assert torch.equal(store.blob_to_mem(row["mem"]), torch.ones(1, 32))
     assert (row["restarts"], row["attempts"], row["attempt"]) == (None, None, None)   # new columns
     assert json.loads(row["sweep"]) == record
@@ -202,7 +207,8 @@ def test_version_1_row_without_a_sweep_record_keeps_its_settings(tmp_path):
     db = tmp_path / "plain.db"
     v1_database(db, [v1_row(key(), {"lr": 0.01}), dict(key(sample=1), settings=None)])
     rows = store.read_runs([db])
-    assert [json.loads(r["settings"]) if r["settings"] else None for r in rows] == [{"lr": 0.01}, None]
+    assert [json.loads(r["settings"]) if r["settings"] else None for r in rows] == [{"lr": 0.01},
+                                                                                    None]
     assert [r["sweep"] for r in rows] == [None, None]
 
 

@@ -76,7 +76,8 @@ def test_grid_from_toml_and_flags(tmp_path):
     assert g.optim == {"max_steps": 100, "lr": 0.5} and g.settings()["lr"] == 0.5
     # the key hashes what changes results, not batching knobs
     h = g.settings_hash()
-    assert grid_args("--config", str(cfg), "--samples", "5", "--lr", "0.5", "--max-slots", "3").settings_hash() == h
+    assert grid_args("--config", str(cfg), "--samples", "5", "--lr", "0.5", "--max-slots",
+                     "3").settings_hash() == h
     assert grid_args("--config", str(cfg), "--lr", "0.4").settings_hash() != h
     # parallel attempts change results: hashed, though a batch-wide setting
     assert grid_args("--config", str(cfg), "--samples", "5", "--lr", "0.5",
@@ -167,7 +168,8 @@ def test_bad_input_one_line_exit_2_nothing_lost(tmp_path, capsys, corpus_file, t
     assert "unknown preset" in one_line_error(capsys, base + ["--config", str(unknown_preset)])
     assert "--dtype: invalid choice" in one_line_error(capsys, base + ["--source", "random",
                                                                         "--dtype", "int8"])
-    assert "expected key=value" in one_line_error(capsys, base + ["--source", "random", "--set", "x"])
+    assert "expected key=value" in one_line_error(capsys, base + ["--source", "random", "--set",
+                                                                  "x"])
     assert store.Store(db).count() == 1
 
 
@@ -184,16 +186,21 @@ def fake_compressor(capacity_of, accept_init=False):
         for i, ids in enumerate(texts):
             ok = len(ids) <= capacity_of(ids)
             n = len(ids) - 1
-            yield i, make_result(token_ids=ids, correct_with_mem=n if ok else n // 2, correct_without_mem=0,
+            yield i, make_result(token_ids=ids, correct_with_mem=n if ok else n // 2,
+                                 correct_without_mem=0,
                                  ce_without_mem=3.0 * n, ce_with_mem=0.0 if ok else 1.5 * n,
                                  decoded_ids=ids[1:], stop_reason="lossless" if ok else "max_steps",
-                                 mem=torch.full((n_mem, 32), float(len(ids))), n_mem=n_mem, model="fake",
-                                 seed=seed, steps=len(ids), best_step=len(ids), seconds=0.0, text="")
+                                 mem=torch.full((n_mem, 32), float(len(ids))), n_mem=n_mem,
+                                 model="fake",
+                                 seed=seed, steps=len(ids), best_step=len(ids), seconds=0.0,
+                                 text="")
 
     if accept_init:
-        def with_init(texts, model=None, n_mem=1, seed=0, backend=None, preset="paper", init_mems=None,
+        def with_init(texts, model=None, n_mem=1, seed=0, backend=None, preset="paper",
+                      init_mems=None,
                       **optim):
-            return compress_iter(texts, model, n_mem, seed, backend, preset, init_mems=init_mems, **optim)
+            return compress_iter(texts, model, n_mem, seed, backend, preset, init_mems=init_mems,
+                                 **optim)
         with_init.calls = calls
         return with_init
     compress_iter.calls = calls
@@ -232,7 +239,8 @@ def test_warm_start_chains_lengths(trained_path, corpus_file, tmp_path):
                   "--lengths", "8,16,24", "--warm-start", "--db", str(db))
     fake = fake_compressor(lambda ids: 100, accept_init=True)
     sweep.run_sweep(g, quiet=True, compress_iter=fake)
-    assert [c["lengths"] for c in fake.calls] == [[8, 8], [16, 16], [24, 24]]  # one round per length
+    # one round per length
+    assert [c["lengths"] for c in fake.calls] == [[8, 8], [16, 16], [24, 24]]
     assert fake.calls[0]["init_mems"] == [None, None]
     assert all(torch.equal(m, torch.full((1, 32), 8.0)) for m in fake.calls[1]["init_mems"])
     assert all(torch.equal(m, torch.full((1, 32), 16.0)) for m in fake.calls[2]["init_mems"])
@@ -268,11 +276,14 @@ def test_next_probe():
 # real runs: kill -9 and resume; torchrun with two ranks
 
 
-def test_kill_9_then_resume_completes_without_duplicates(trained_path, corpus_file, tmp_path, capsys):
+def test_kill_9_then_resume_completes_without_duplicates(trained_path, corpus_file, tmp_path,
+                                                         capsys):
     db = tmp_path / "kill.db"
-    args = ["--model", trained_path, "--source", str(corpus_file), "--lengths", "8,16,24", "--samples", "2",
+    args = ["--model", trained_path, "--source", str(corpus_file), "--lengths", "8,16,24",
+            "--samples", "2",
             "--lr", "0.03", "--max-steps", "80", "--max-slots", "3", "--db", str(db), "--quiet"]
-    proc = subprocess.Popen([sys.executable, "-m", "cramfast.sweep", *args], cwd=tmp_path, env=env(),
+    proc = subprocess.Popen([sys.executable, "-m", "cramfast.sweep", *args], cwd=tmp_path,
+                            env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 90
     while time.time() < deadline and proc.poll() is None:
@@ -289,20 +300,24 @@ def test_kill_9_then_resume_completes_without_duplicates(trained_path, corpus_fi
     assert 1 <= killed_at < 6
     # the same command again (in this process: the same code path, without a second start-up)
     assert sweep.main(args) == 0
-    assert f"6 jobs, {killed_at} already stored, {6 - killed_at} rows written" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert f"6 jobs, {killed_at} already stored, {6 - killed_at} rows written" in said
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     keys = conn.execute("SELECT sample, length FROM runs").fetchall()
-    assert sorted(keys) == [(s, L) for s in range(2) for L in (8, 16, 24)]   # complete, no duplicate
+    # complete, no duplicate
+    assert sorted(keys) == [(s, L) for s in range(2) for L in (8, 16, 24)]
     assert sum(r["stop_reason"] == "lossless" for r in rows_of(db)) >= 3
 
 
 def test_torchrun_two_ranks_shard_and_merge(trained_path, corpus_file, tmp_path, capsys):
     db = tmp_path / "dist.db"
-    args = ["--model", trained_path, "--source", str(corpus_file), "--lengths", "8,16", "--samples", "2",
+    args = ["--model", trained_path, "--source", str(corpus_file), "--lengths", "8,16", "--samples",
+            "2",
             "--lr", "0.03", "--max-steps", "40", "--db", str(db), "--quiet"]
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc-per-node", "2", "-m", "cramfast.sweep", *args], cwd=tmp_path, env=env(),
+                          "--nproc-per-node", "2", "-m", "cramfast.sweep", *args], cwd=tmp_path,
+                          env=env(),
                          capture_output=True, text=True, timeout=150)
     assert run.returncode == 0, run.stderr[-2000:]
     shards = store.family(db)
@@ -347,10 +362,13 @@ def test_unwritable_db_refused_before_any_work(trained_path, corpus_file, tmp_pa
         for db, why in ((locked / "new.db", "cannot write the results database"),
                         (locked / "sub" / "new.db", "cannot create its folder"),
                         (stored, "cannot write the results database")):
-            run = subprocess.run(bound_by_permissions([sys.executable, "-m", "cramfast.sweep", *grid_flags,
+            run = subprocess.run(bound_by_permissions([sys.executable, "-m", "cramfast.sweep",
+                                                       *grid_flags,
                                                        "--db", str(db)]),
-                                 cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
-            err = one_line_failure(run, "cramfast.sweep")           # no "job(s) to run" line before it
+                                 cwd=tmp_path, env=env(), capture_output=True, text=True,
+                                 timeout=120)
+            # no "job(s) to run" line before it
+            err = one_line_failure(run, "cramfast.sweep")
             assert str(db) in err and why in err, err
     finally:
         locked.chmod(0o755)
@@ -359,7 +377,8 @@ def test_unwritable_db_refused_before_any_work(trained_path, corpus_file, tmp_pa
 
 
 def test_a_place_no_process_can_write_is_refused(trained_path, corpus_file, tmp_path):
-    run = subprocess.run([sys.executable, "-m", "cramfast.sweep", "--model", trained_path, "--source",
+    run = subprocess.run([sys.executable, "-m", "cramfast.sweep", "--model", trained_path,
+                          "--source",
                           str(corpus_file), "--lengths", "8", "--samples", "1", "--quiet",
                           "--db", "/proc/cramfast-sweep.db"],
                          cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
@@ -371,7 +390,8 @@ def test_store_failure_mid_sweep_is_one_line_and_keeps_rows(trained_path, corpus
     with store.Store(db) as s:   # stands in for a disk that fails after the sweep started
         s.conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON runs WHEN NEW.sample = 1 "
                        "BEGIN SELECT RAISE(ABORT, 'disk refused the row'); END")
-    run = subprocess.run([sys.executable, "-m", "cramfast.sweep", "--model", trained_path, "--source",
+    run = subprocess.run([sys.executable, "-m", "cramfast.sweep", "--model", trained_path,
+                          "--source",
                           str(corpus_file), "--lengths", "8", "--samples", "2", "--max-slots", "1",
                           "--lr", "0.03", "--max-steps", "20", "--db", str(db), "--quiet"],
                          cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
@@ -382,7 +402,7 @@ def test_store_failure_mid_sweep_is_one_line_and_keeps_rows(trained_path, corpus
 
 
 def test_ctrl_c_says_how_to_resume(monkeypatch, capsys):
-    def interrupted(grid, quiet=False):
+    def interrupted(grid, quiet=False, **_):
         raise KeyboardInterrupt
     monkeypatch.setattr(sweep, "run_sweep", interrupted)
     assert sweep.main(["--source", "random", "--quiet"]) == 130

@@ -29,9 +29,10 @@ def main(args):
     models = {args.made: made}                  # each precision loaded once
     for combo in args.decode.split(","):
         dtype, batch = combo.split(":")
-        lm = models.get(dtype) or models.setdefault(dtype, cramfast.load_model(args.model, dtype=dtype))
-        print(f"decoded in {dtype}, batch {batch}: {sum(engine.decodes_back(lm, lossless, int(batch)))}"
-              f"/{len(lossless)} exact", flush=True)
+        lm = models.get(dtype) or models.setdefault(dtype, cramfast.load_model(args.model,
+                                                                               dtype=dtype))
+        exact = sum(engine.decodes_back(lm, lossless, int(batch)))
+        print(f"decoded in {dtype}, batch {batch}: {exact}/{len(lossless)} exact", flush=True)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,9 @@ def start_batch(lm: LoadedModel, token_lists: list[list[int]], settings: TextSet
 
 __all__ = ["Batch", "BatchSettings", "EagerSteps", "GraphedSteps", "Hooks", "SlotState",
            "TextSettings", "Timing", "apply_stop_rule", "count_step", "attempt_start", "compress",
-           "compress_iter", "decodes_back", "evaluate", "greedy_decode", "init_mem", "make_stepper", "mem_dtype",
+           "compress_iter", "decodes_back", "evaluate", "greedy_decode", "init_mem", "make_stepper",
+           "mem_dtype",
            "mem_update", "objective_weights", "optimize", "pad_batch", "predict",
-           "restart_draws", "restart_stalled", "scheduled_lr", "settings_for", "start_batch", "step",
+           "restart_draws", "restart_stalled", "scheduled_lr", "settings_for", "start_batch",
+           "step",
            "text_mean_init", "trust_ratio", "use_cuda_graphs"]

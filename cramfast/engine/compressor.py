@@ -39,7 +39,8 @@ from cramfast.settings import BatchSettings, StopReason, preset_settings, split
 
 
 def compress(texts, model=None, n_mem: int = 1, max_length: int | None = None, seed: int = 0,
-             backend: str | None = None, preset: str = DEFAULT_PRESET, per_text: list[dict] | None = None,
+             backend: str | None = None, preset: str = DEFAULT_PRESET,
+             per_text: list[dict] | None = None,
              init_mems=None, hooks: Hooks | None = None, **settings) -> list[CompressionResult]:
     """Cram each text (str or list of token ids) into ``n_mem`` vectors of the frozen ``model``.
 
@@ -240,7 +241,8 @@ def verify_decodes(lm: LoadedModel, sched, attempts: dict, jobs: list[Job], next
     done = []
     for job, out in zip(jobs, decoded):
         job.result["decoded_ids"] = out = out[:len(job.token_ids) - 1]
-        if job.result["stop_reason"] != StopReason.LOSSLESS.label or decoded_back(out, job.token_ids):
+        if job.result["stop_reason"] != StopReason.LOSSLESS.label or decoded_back(out,
+                                                                                  job.token_ids):
             done.append(job)
             continue
         job.decode_retries += 1

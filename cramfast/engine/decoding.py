@@ -34,7 +34,8 @@ def evaluate(lm: LoadedModel, token_lists, mems: torch.Tensor | None, backend=No
 
 
 @torch.inference_mode()
-def greedy_decode(lm: LoadedModel, mems: torch.Tensor, first_ids: list[int], n_new: int) -> list[list[int]]:
+def greedy_decode(lm: LoadedModel, mems: torch.Tensor, first_ids: list[int],
+                  n_new: int) -> list[list[int]]:
     """Greedy generation, KV-cached and batched, from [mem ; first token]: the first token is
     given by the protocol, every later one must come from the mem vectors."""
     mems = mems.to(lm.device, lm.dtype)
@@ -52,7 +53,8 @@ def greedy_decode(lm: LoadedModel, mems: torch.Tensor, first_ids: list[int], n_n
     return torch.stack(generated, dim=1).tolist()
 
 
-def decodes_back(lm: LoadedModel, results: list[CompressionResult], batch_size: int = 1) -> list[bool]:
+def decodes_back(lm: LoadedModel, results: list[CompressionResult],
+                 batch_size: int = 1) -> list[bool]:
     """Whether each result's mem, greedy-decoded with ``lm`` (``batch_size`` mems at a time),
     gives its text back: how a mem travels to another precision, device or batch shape."""
     exact = []
@@ -84,7 +86,8 @@ def decode(mem, model=None, max_new_tokens: int | None = None, first_token_id: i
         warn_if_weaker(result, lm)
     mem = torch.as_tensor(mem)
     if mem.dim() != 2 or mem.shape[1] != lm.hidden_size:
-        raise CramfastError(f"mem must be [n_mem, {lm.hidden_size}] for {lm.name}, got {list(mem.shape)}")
+        raise CramfastError(f"mem must be [n_mem, {lm.hidden_size}] for {lm.name}, got "
+                            f"{list(mem.shape)}")
     ids = [first_token_id] + greedy_decode(lm, mem[None], [first_token_id], max_new_tokens)[0]
     return ids, lm.tokenizer.decode(ids)
 

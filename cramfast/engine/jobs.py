@@ -68,8 +68,8 @@ def tokenize(lm: LoadedModel, text, max_length: int | None, n_mem: int) -> list[
     limit = lm.max_positions
     if limit is not None and len(ids) + n_mem > limit:
         raise CramfastError(f"text too long: {len(ids)} tokens + {n_mem} mem > the model's "
-                            f"context of {limit}; cut it shorter (max_length= in the API, --length on "
-                            "the command line)")
+                            f"context of {limit}; cut it shorter (max_length= in the API, --length "
+                            "on the command line)")
     if max(ids) >= lm.vocab_size or min(ids) < 0:
         raise CramfastError(f"token id out of the model's vocabulary (size {lm.vocab_size})")
     return ids

@@ -31,7 +31,8 @@ class SlotState:
 
     def __init__(self, n_slots: int, n_mem: int, d: int, dtype, device, n_draws: int = 0):
         z = lambda *s, dt=dtype: torch.zeros(*s, dtype=dt, device=device)
-        self.mem, self.exp_avg, self.exp_avg_sq, self.best_mem = (z(n_slots, n_mem, d) for _ in range(4))
+        self.mem, self.exp_avg, self.exp_avg_sq, self.best_mem = (z(n_slots, n_mem,
+                                                                    d) for _ in range(4))
         self.draws = z(n_slots, n_draws, n_mem, d)
         self.hyper = z(n_slots, len(SLOT_FLOATS))
         for name in self.COUNTS:

@@ -1,4 +1,5 @@
-"""Continuous-batching scheduler of cramming jobs: the Python face of the C++ ``cramfast._scheduler``.
+"""Continuous-batching scheduler of cramming jobs: the Python face of the C++
+``cramfast._scheduler``.
 
 Each text to cram is a *job*; the batch has ``max_slots`` fixed *slots*, each holding one job
 with its own mem vectors and optimizer state. The loop that drives it::
@@ -8,7 +9,8 @@ with its own mem vectors and optimizer state. The loop that drives it::
         sched.add_job(i, len(ids), max_steps, patience)     # ValueError if it can never fit
     while not sched.done():
         plan = sched.plan()               # fills free slots; plan.new_slots need a fresh mem/AdamW
-        history = run_k_evaluations(plan) # k x max_slots n_correct matrix, -1 (ignored) for empty slots
+        history = run_k_evaluations(plan) # k x max_slots n_correct matrix, -1 (ignored) for empty
+        slots
         for fin in sched.report(history): # finished jobs, their slots are free for the next plan
             ...
 
@@ -16,7 +18,8 @@ API (all counts are Python ints):
     Scheduler(max_slots, token_budget, n_mem, policy="bucketed", max_passes=None)
     .add_job(job_id, n_tokens, max_steps, patience) -> None
     .plan() -> Plan(slot_jobs, new_slots, padded_length, n_occupied)
-    .report(n_correct_history) -> list[Finished(job_id, slot, reason, steps, best_step, best_correct)]
+    .report(n_correct_history) -> list[Finished(job_id, slot, reason, steps, best_step,
+    best_correct)]
     .cancel(job_id) -> bool   drop a queued or running job without a result (slot freed)
     .pending() / .running() / .finished() / .cancelled() -> int
                               queued / in a slot / stopped so far / cancelled so far
@@ -45,7 +48,8 @@ Policies (``plan`` starts jobs one at a time into the lowest free slot, while on
     jobs): every job stops by its max_steps, so plans that start something are at most
     max_steps + 1 apart, and once starving it waits only for the batch to drain enough.
 
-Stop rule (identical on the device, see cramfast.engine.optim.apply_stop_rule): a job is evaluated at
+Stop rule (identical on the device, see cramfast.engine.optim.apply_stop_rule): a job is evaluated
+at
 s = 0, 1, 2, ... (s = optimizer updates applied so far). With n_correct the number of its
 n_tokens - 1 predicted tokens that are right: if n_correct > best_correct (initially -1) then
 best_correct, best_step = n_correct, s; then stop "lossless" if n_correct == n_tokens - 1, else
@@ -58,7 +62,8 @@ device may also stop a job outside the rule (a non-finite loss): it reports FAIL
 
 ``report`` accepts a list of lists, a numpy array or a CPU/GPU torch tensor (integers) of shape
 (k, max_slots), or one row of length max_slots. Entries must lie in [0, n_tokens - 1] (or be
-FAILED_ON_DEVICE) for slots whose job is still running (ValueError otherwise, and the scheduler is left unchanged).
+FAILED_ON_DEVICE) for slots whose job is still running (ValueError otherwise, and the scheduler is
+left unchanged).
 
 Token-step accounting counts the batch as the device holds it: every reported row costs the
 last plan's ``n_occupied * (padded_length + n_mem)``, including slots whose job stopped earlier
@@ -111,7 +116,8 @@ class Scheduler:
         passes = -1 if max_passes is None else int(max_passes)
         if passes < 0 and max_passes is not None:
             raise ValueError(f"max_passes must be >= 0 or None, got {max_passes}")
-        self._core = _ext.Scheduler(int(max_slots), int(token_budget), int(n_mem), str(policy), passes)
+        self._core = _ext.Scheduler(int(max_slots), int(token_budget), int(n_mem), str(policy),
+                                    passes)
 
     @property
     def core(self):

@@ -32,8 +32,10 @@ from cramfast.models import LoadedModel
 from cramfast.settings import BatchSettings, StopReason
 
 
-def pad_batch(token_lists: list[list[int]], length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """ids [B, length] right-padded with 0, targets [B, length-1] with IGNORE_INDEX past each text."""
+def pad_batch(token_lists: list[list[int]], length: int, device) -> tuple[torch.Tensor,
+                                                                          torch.Tensor]:
+    """ids [B, length] right-padded with 0, targets [B, length-1] with IGNORE_INDEX past each
+    text."""
     ids = torch.zeros(len(token_lists), length, dtype=torch.long)
     targets = torch.full((len(token_lists), length - 1), ops.IGNORE_INDEX, dtype=torch.long)
     for row, toks in enumerate(token_lists):

@@ -1,4 +1,5 @@
-"""``python -m cramfast.report DB [DB...] --out DIR``: the paper's Table 1 and figures, from the store alone.
+"""``python -m cramfast.report DB [DB...] --out DIR``: the paper's Table 1 and figures, from the
+store alone.
 
 Rows are grouped by (model, source, n_mem, settings); a DB's rank shards (torchrun) are merged in,
 one row per job. For each group:
@@ -65,17 +66,20 @@ def markdown_table(rows: list[dict], show_settings: bool) -> str:
         head += ["paper capacity", "paper gain", "paper CE red."]
     body = []
     for r in rows:
-        cap = "<" + r["lengths"].split()[0] if r["capacity"] is None and r["lengths"] else _fmt(r["capacity"])
+        below = r["capacity"] is None and r["lengths"]
+        cap = "<" + r["lengths"].split()[0] if below else _fmt(r["capacity"])
         if r["capacity_is_lower_bound"]:
             cap = f"≥ {cap}"
-        cells = [r["model"], r["source"], str(r["n_mem"])] + ([r["settings"]] if show_settings else []) + [
+        cells = [r["model"], r["source"],
+                 str(r["n_mem"])] + ([r["settings"]] if show_settings else []) + [
             _fmt(r["d"]), _fmt(r["V"]), _fmt(r["max_cap"]), _fmt(r["texts"]), cap,
             _fmt(r["token_gain"]), _fmt(r["ce_reduction_nats"]), _fmt(r["utilisation"], 3),
             _fmt(r["bits_per_vector"])]
         if has_search:
             cells.append(_fmt(r["search_capacity_median"]))
         if has_paper:
-            cells += [_fmt(r["paper_capacity"]), _fmt(r["paper_token_gain"]), _fmt(r["paper_ce_reduction"])]
+            cells += [_fmt(r["paper_capacity"]), _fmt(r["paper_token_gain"]),
+                      _fmt(r["paper_ce_reduction"])]
         body.append(cells)
     return tables.markdown_table(head, body)
 
@@ -86,7 +90,8 @@ def warm_start_table(warm: list[dict]) -> str:
     return tables.markdown_table(head, [
         [w["model"], w["source"], str(w["n_mem"]), str(w["length"]), str(w["pairs"]),
          _fmt(w["cold_steps"]), _fmt(w["warm_steps"]),
-         f"{_fmt(100 * w['steps_saved'] if w['steps_saved'] is not None else None, 0)}%"] for w in warm])
+         f"{_fmt(None if w['steps_saved'] is None else 100 * w['steps_saved'], 0)}%"]
+        for w in warm])
 
 
 def writable_folder(path) -> Path:
@@ -98,7 +103,8 @@ def writable_folder(path) -> Path:
         with tempfile.NamedTemporaryFile(dir=out, prefix=".cramfast-write-probe-"):
             pass
     except OSError as exc:
-        raise CramfastError(f"{out}: cannot write the report there ({exc.strerror or exc})") from None
+        raise CramfastError(f"{out}: cannot write the report there "
+                            f"({exc.strerror or exc})") from None
     return out
 
 
@@ -112,7 +118,8 @@ def make_report(dbs, out_dir, threshold: float = CAPACITY_THRESHOLD, paper: bool
     table = table_rows(groups, threshold)
     if not paper:
         for r in table:
-            r.update(paper_model=None, paper_capacity=None, paper_token_gain=None, paper_ce_reduction=None)
+            r.update(paper_model=None, paper_capacity=None, paper_token_gain=None,
+                     paper_ce_reduction=None)
     show_settings = len({r["settings_hash"] for r in table}) > 1
     md = markdown_table(table, show_settings)
     tables.write_csv(out / "table1.csv", table)
@@ -126,15 +133,16 @@ def make_report(dbs, out_dir, threshold: float = CAPACITY_THRESHOLD, paper: bool
     fig3(groups, out, threshold)
     fig4(table, out)
     fig5(table, out)
-    legend = (f"capacity: largest length with mean accuracy ≥ {threshold:g} over the texts run at every "
-              f"length (≥: no length failed); token gain and CE reduction: means over runs with accuracy "
-              f"≤ {threshold:g}; "
+    legend = (f"capacity: largest length with mean accuracy ≥ {threshold:g} over the texts run at "
+              "every length (≥: no length failed); token gain and CE reduction: means over runs "
+              f"with accuracy ≤ {threshold:g}; "
               "utilisation = token gain / (MaxCap · m); bits/vector = CE reduction in bits / m. "
               "Inputs of every cell: table1.csv (row refs FILE#id) and per_length.csv.")
     settings_notes = []
     if show_settings:
         for r in table:
-            ident = sweep_identity(next(g.rows[0] for g in groups if g.settings_hash == r["settings_hash"]))
+            ident = sweep_identity(next(g.rows[0] for g in groups
+                                        if g.settings_hash == r["settings_hash"]))
             settings_notes.append(f"- `{r['settings']}`: {json.dumps(ident, sort_keys=True)}")
     text = ["# cramfast report", "", f"From {len(rows)} runs in {', '.join(map(str, dbs))}.", "",
             "## Table 1", "", md, "", legend, ""]
@@ -155,8 +163,10 @@ def _parser():
     p = Parser(prog="python -m cramfast.report", description=__doc__.split("\n\n")[0])
     p.add_argument("dbs", nargs="+", metavar="DB", help="results file(s) written by cramfast.sweep "
                    "(their .rank*.db shards are merged in)")
-    p.add_argument("--out", default="report", help="folder for the tables and figures (default report)")
-    p.add_argument("--threshold", type=float, default=CAPACITY_THRESHOLD, help="capacity's accuracy threshold")
+    p.add_argument("--out", default="report",
+                   help="folder for the tables and figures (default report)")
+    p.add_argument("--threshold", type=float, default=CAPACITY_THRESHOLD,
+                   help="capacity's accuracy threshold")
     p.add_argument("--no-paper", action="store_true", help="leave out the published numbers")
     return p
 

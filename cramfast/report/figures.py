@@ -10,7 +10,8 @@ from cramfast.metrics import CAPACITY_THRESHOLD
 from cramfast.report.groups import PAPER_FIG4, Group, mean_of, published
 from cramfast.report.tables import write_csv
 
-FIGURES = ("fig1_capacity.png", "fig3_ce.png", "fig4_capacity_vs_nmem.png", "fig5_theory_vs_measured.png")
+FIGURES = ("fig1_capacity.png", "fig3_ce.png", "fig4_capacity_vs_nmem.png",
+           "fig5_theory_vs_measured.png")
 
 
 def _plt():
@@ -38,7 +39,8 @@ def fig1(table: list[dict], out: Path, threshold=CAPACITY_THRESHOLD):
     fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(rows) + 2), 4))
     points = []
     if rows:
-        labels = [f"{r['model']}\n{r['source']}" + (f"\n{r['settings']}" if len({x['settings'] for x in rows}) > 1 else "")
+        several = len({x["settings"] for x in rows}) > 1
+        labels = [f"{r['model']}\n{r['source']}" + (f"\n{r['settings']}" if several else "")
                   for r in rows]
         caps = [r["capacity"] or 0 for r in rows]
         gains = [r["token_gain"] or 0 for r in rows]
@@ -50,18 +52,21 @@ def fig1(table: list[dict], out: Path, threshold=CAPACITY_THRESHOLD):
         if below:   # below the smallest length tried: an open bar up to that length
             ax.bar([i - 0.2 for i, _ in below], [L for _, L in below], 0.4, fill=False,
                    hatch="//", edgecolor="C0", label="capacity below the smallest length tried")
-        gain_bars = ax.bar([i + 0.2 for i in x], gains, 0.4, label=f"token gain (runs with acc ≤ {threshold:g})")
+        gain_bars = ax.bar([i + 0.2 for i in x], gains, 0.4,
+                           label=f"token gain (runs with acc ≤ {threshold:g})")
         ax.bar_label(gain_bars, [f"{g:.1f}" if g else "" for g in gains], fontsize=8)
         for i, r in enumerate(rows):
             if r["paper_capacity"]:
                 ax.plot(i - 0.2, r["paper_capacity"], "k_", markersize=18,
-                        label="paper capacity" if i == 0 or not any(rr["paper_capacity"] for rr in rows[:i]) else None)
+                        label=None if i and any(rr["paper_capacity"] for rr in rows[:i])
+                        else "paper capacity")
             points.append(dict(model=r["model"], source=r["source"], settings=r["settings"],
                                capacity=r["capacity"], token_gain=r["token_gain"],
                                paper_capacity=r["paper_capacity"], capacity_rows=r["capacity_rows"],
                                gain_rows=r["gain_rows"]))
         ax.set_xticks(list(x), labels, fontsize=8)
-        tallest = max(caps + gains + [L for _, L in below] + [r["paper_capacity"] or 0 for r in rows])
+        tallest = max(caps + gains + [L for _, L in below]
+                      + [r["paper_capacity"] or 0 for r in rows])
         ax.set_ylim(0, 1.15 * tallest or 1)
         # outside the axes: inside, the legend covered the top of the tallest bar
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -69,7 +74,8 @@ def fig1(table: list[dict], out: Path, threshold=CAPACITY_THRESHOLD):
         _no_data(ax, "one-vector runs")
     ax.set_ylabel("tokens")
     ax.set_title("Fig 1: tokens crammed into one vector")
-    _save(plt, fig, out / FIGURES[0], points, ["model", "source", "settings", "capacity", "token_gain",
+    _save(plt, fig, out / FIGURES[0], points, ["model", "source", "settings", "capacity",
+                                               "token_gain",
                                                "paper_capacity", "capacity_rows", "gain_rows"])
 
 
@@ -98,7 +104,8 @@ def fig3(groups: list[Group], out: Path, threshold=CAPACITY_THRESHOLD):
                     label=f"y = x + b, b = {b:.1f}")
             ax.axvline(-b, color=color, ls="--", lw=0.8)
         for r in g.rows:
-            points.append(dict(model=g.model_label, source=g.source_label, ref=r["ref"], length=r["length"],
+            points.append(dict(model=g.model_label, source=g.source_label, ref=r["ref"],
+                               length=r["length"],
                                ce_without_mem=r["ce_without_mem"], ce_with_mem=r["ce_with_mem"],
                                accuracy=r["accuracy"], fit_b=b))
     if one:
@@ -107,7 +114,8 @@ def fig3(groups: list[Group], out: Path, threshold=CAPACITY_THRESHOLD):
         _no_data(ax, "one-vector runs")
     ax.set_xlabel("CE of the text without mem (nats, summed)")
     ax.set_ylabel("CE with mem (nats, summed)")
-    ax.set_title(f"Fig 3: CE with vs without mem\n(solid: y = x + b fit on runs with acc ≤ {threshold:g}; "
+    ax.set_title(f"Fig 3: CE with vs without mem\n(solid: y = x + b fit on runs with acc ≤ "
+                 f"{threshold:g}; "
                  "dashed: lossless threshold x = -b)", fontsize=9)
     _save(plt, fig, out / FIGURES[1], points, ["model", "source", "ref", "length", "ce_without_mem",
                                                "ce_with_mem", "accuracy", "fit_b"])
@@ -130,7 +138,8 @@ def fig4(table: list[dict], out: Path):
         pub = published(model)
         if pub and pub[0] in PAPER_FIG4 and not source.startswith("random"):
             ref = PAPER_FIG4[pub[0]]
-            ax.plot(list(ref), list(ref.values()), "x--", color=f"C{i % 10}", label=f"{pub[0]} (paper)")
+            ax.plot(list(ref), list(ref.values()), "x--", color=f"C{i % 10}",
+                    label=f"{pub[0]} (paper)")
     if series:
         ax.set_xscale("log", base=2)
         ax.set_yscale("log", base=2)
@@ -156,11 +165,13 @@ def fig5(table: list[dict], out: Path):
                        label=f"{r['model']} / {r['source']} / m={r['n_mem']}")
         if r["token_gain"]:
             ax.scatter(theory, r["token_gain"], color=color, marker="^", facecolors="none")
-        points.append(dict(model=r["model"], source=r["source"], n_mem=r["n_mem"], theoretical=theory,
+        points.append(dict(model=r["model"], source=r["source"], n_mem=r["n_mem"],
+                           theoretical=theory,
                            capacity=r["capacity"], token_gain=r["token_gain"],
                            capacity_rows=r["capacity_rows"], gain_rows=r["gain_rows"]))
     if rows:
-        hi = max(max(p["theoretical"], p["capacity"] or 0, p["token_gain"] or 0) for p in points) * 1.3
+        hi = max(max(p["theoretical"], p["capacity"] or 0,
+                     p["token_gain"] or 0) for p in points) * 1.3
         ax.plot([1, hi], [1, hi], "k:", lw=1, label="measured = theoretical")
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -170,5 +181,6 @@ def fig5(table: list[dict], out: Path):
     ax.set(xlabel="theoretical capacity MaxCap · m = round(d·16/log2 V) · m",
            ylabel="measured tokens (o: capacity, △: token gain)",
            title="Fig 5: theoretical vs measured capacity")
-    _save(plt, fig, out / FIGURES[3], points, ["model", "source", "n_mem", "theoretical", "capacity",
+    _save(plt, fig, out / FIGURES[3], points, ["model", "source", "n_mem", "theoretical",
+                                               "capacity",
                                                "token_gain", "capacity_rows", "gain_rows"])

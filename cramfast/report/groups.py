@@ -87,7 +87,8 @@ class Group:
 
     def capacity(self, threshold=CAPACITY_THRESHOLD):
         lengths = self.complete_lengths()
-        cap = paper_capacity([(L, r["accuracy"]) for L, rows in lengths.items() for r in rows], threshold)
+        cap = paper_capacity([(L, r["accuracy"]) for L, rows in lengths.items() for r in rows],
+                             threshold)
         lower_bound = cap is not None and cap == max(lengths)
         refs = [r["ref"] for r in lengths.get(cap, [])]
         return cap, lower_bound, refs
@@ -119,7 +120,8 @@ def groups_of(rows) -> list[Group]:
             groups[k] = Group(r["model"], r["model_label"] or r["model"], r["source"],
                               r["source_label"] or r["source"], r["n_mem"], r["settings_hash"])
         groups[k].rows.append(r)
-    return sorted(groups.values(), key=lambda g: (g.model_label, g.source_label, g.n_mem, g.settings_hash))
+    return sorted(groups.values(), key=lambda g: (g.model_label, g.source_label, g.n_mem,
+                                                  g.settings_hash))
 
 
 def mean_of(values):
@@ -187,9 +189,11 @@ def search_rows(groups: list[Group]) -> list[dict]:
     for g in groups:
         for (sample, seed), cap in g.search_capacities().items():
             probes = [r for r in g.rows if (r["sample"], r["seed"]) == (sample, seed)]
-            out.append(dict(model=g.model_label, source=g.source_label, n_mem=g.n_mem, sample=sample,
+            out.append(dict(model=g.model_label, source=g.source_label, n_mem=g.n_mem,
+                            sample=sample,
                             seed=seed, largest_lossless_length=cap, probes=len(probes),
-                            probe_lengths=" ".join(str(r["length"]) for r in sorted(probes, key=lambda r: r["length"])),
+                            probe_lengths=" ".join(str(r["length"]) for r in
+                                                   sorted(probes, key=lambda r: r["length"])),
                             rows=" ".join(r["ref"] for r in probes)))
     return out
 
@@ -200,7 +204,8 @@ def warm_start_rows(groups: list[Group]) -> list[dict]:
     for g in groups:
         ident = sweep_identity(g.rows[0])
         if ident and not ident.get("warm_start"):
-            cold[(g.model, g.source, g.n_mem, json.dumps(dict(ident, warm_start=True), sort_keys=True))] = g
+            cold[(g.model, g.source, g.n_mem, json.dumps(dict(ident, warm_start=True),
+                                                         sort_keys=True))] = g
     out = []
     for g in groups:
         ident = sweep_identity(g.rows[0])
@@ -216,7 +221,8 @@ def warm_start_rows(groups: list[Group]) -> list[dict]:
             if c is not None:
                 by_length[r["length"]].append((c, r))
         for L, pairs in sorted(by_length.items()):
-            cs, ws = mean_of([c["steps"] for c, _ in pairs]), mean_of([w["steps"] for _, w in pairs])
+            cs = mean_of([c["steps"] for c, _ in pairs])
+            ws = mean_of([w["steps"] for _, w in pairs])
             out.append(dict(model=g.model_label, source=g.source_label, n_mem=g.n_mem, length=L,
                             pairs=len(pairs), cold_steps=cs, warm_steps=ws,
                             steps_saved=(cs - ws) / cs if cs else None,

@@ -167,7 +167,6 @@ def _parser():
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    set_threads(args.threads, "cramfast.study")
     return run("cramfast.study", lambda: _study_and_write(args), flags=SETTING_FLAGS)
 
 
@@ -196,6 +195,7 @@ def _sample_texts_and_study(args, texts_out):
     text = sources.joined_text(args.file)
     by_length = {L: sources.sample_passages(lm.tokenizer, text, L, args.texts, args.seed)
                  for L in args.lengths}
+    set_threads(args.threads, "cramfast.study")     # inputs checked: the work starts
     return run_optimizer_study(lm, by_length, args.n_mem,
                                candidates, seed=args.seed, texts_out=texts_out,
                                max_steps=args.max_steps, patience=args.patience)

@@ -27,8 +27,10 @@ from cramfast.sweep.store import JobKey
 GRIDS_DIR = Path(__file__).with_name("grids")
 PAPER_LENGTHS = (8, 16, 32, 64, 80, 96, 128, 160, 192, 256, 384, 512, 768, 1024, 1280, 1568, 2048)
 DEFAULTS = dict(models=None, sources=None, lengths="8,16,32", n_mem="1", samples=4, seeds="0",
-                db="sweep.db", preset="paper", dtype=None, backend=None, max_steps=None, lr=None, set=None,
-                patience=None, max_slots=None, chunking=CHUNKINGS[0], sample_seed=0, vocab_file=None,
+                db="sweep.db", preset="paper", dtype=None, backend=None, max_steps=None, lr=None,
+                set=None,
+                patience=None, max_slots=None, chunking=CHUNKINGS[0], sample_seed=0,
+                vocab_file=None,
                 search=None, search_tol=1, warm_start=False)
 CONFIG_KEYS = set(DEFAULTS) | {"model", "source"}
 HASHED_SETTINGS = RESULT_SETTINGS   # what a result depends on (batch size, sync do not)
@@ -100,7 +102,8 @@ def load_config(name) -> dict:
     if not path.is_file() and (GRIDS_DIR / f"{name}.toml").is_file():
         path = GRIDS_DIR / f"{name}.toml"
     if not path.is_file():
-        raise CramfastError(f"{name}: no such grid file (shipped grids: {', '.join(shipped_grids())})")
+        raise CramfastError(f"{name}: no such grid file (shipped grids: "
+                            f"{', '.join(shipped_grids())})")
     try:
         config = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -140,15 +143,18 @@ def _build_grid(args) -> Grid:
         raise CramfastError("no source: pass --source (a text file, a folder of .txt files, "
                             "'random' or 'pg19')")
     grid = Grid(
-        models=list(dict.fromkeys(models)), sources=list(dict.fromkeys(map(str, merged["sources"]))),
+        models=list(dict.fromkeys(models)), sources=list(dict.fromkeys(map(str,
+                                                                           merged["sources"]))),
         lengths=sorted(set(_int_list(merged["lengths"], "lengths"))),
         n_mem=sorted(set(_int_list(merged["n_mem"], "n_mem"))),
         samples=int(merged["samples"]), seeds=sorted(set(_int_list(merged["seeds"], "seeds"))),
-        db=str(merged["db"]), preset=merged["preset"], dtype=merged["dtype"], backend=merged["backend"],
+        db=str(merged["db"]), preset=merged["preset"], dtype=merged["dtype"],
+        backend=merged["backend"],
         optim=dict({k: merged[k] for k in ("max_steps", "lr", "patience", "max_slots")
                     if merged[k] is not None}, **parse_settings(merged["set"] or [])),
         chunking=merged["chunking"], sample_seed=int(merged["sample_seed"]),
-        vocab_file=merged["vocab_file"], search=merged["search"], search_tol=int(merged["search_tol"]),
+        vocab_file=merged["vocab_file"], search=merged["search"],
+        search_tol=int(merged["search_tol"]),
         lengths_given=lengths_given, warm_start=bool(merged["warm_start"]))
     if not grid.lengths or not grid.n_mem or not grid.seeds or grid.samples < 1:
         raise CramfastError("empty grid: lengths, n_mem and seeds need at least one value each "
@@ -158,7 +164,8 @@ def _build_grid(args) -> Grid:
     if min(grid.n_mem) < 1:
         raise CramfastError(f"n_mem must be >= 1, got {min(grid.n_mem)}")
     if grid.chunking not in CHUNKINGS:
-        raise CramfastError(f"chunking must be one of {', '.join(CHUNKINGS)}, got {grid.chunking!r}")
+        raise CramfastError(f"chunking must be one of {', '.join(CHUNKINGS)}, "
+                            f"got {grid.chunking!r}")
     if grid.search not in (None, "capacity"):
         raise CramfastError(f"search must be 'capacity', got {grid.search!r}")
     if grid.search and grid.warm_start:
@@ -234,8 +241,9 @@ class SweepJobs:
         """Every ``text_of`` a job: the unit of the search and warm-start modes."""
         if not self.grid.search:
             return list(dict.fromkeys(map(text_of, self.jobs)))
-        return [(mid, src, sample, n_mem, seed) for mid in self.models for n_mem in self.grid.n_mem
-                for seed in self.grid.seeds for src in self.sources for sample in range(self.grid.samples)]
+        return [(mid, src, sample, n_mem, seed) for mid in self.models
+                for n_mem in self.grid.n_mem for seed in self.grid.seeds for src in self.sources
+                for sample in range(self.grid.samples)]
 
 
 def text_of(job: JobKey) -> tuple:

@@ -120,8 +120,9 @@ class Summary:
 
 
 def run_sweep(grid: Grid, quiet: bool = False, compress_iter=None, rank: int | None = None,
-              world: int | None = None) -> Summary:
-    """Run (this rank's share of) the grid, storing each finished job at once."""
+              world: int | None = None, before_work=None) -> Summary:
+    """Run (this rank's share of) the grid, storing each finished job at once; ``before_work``
+    is called once the inputs are checked, before the first job (the CLI sets threads there)."""
     compress_iter = compress_iter or cramfast.compress_iter
     if rank is None:
         rank, world = rank_world()
@@ -137,6 +138,8 @@ def run_sweep(grid: Grid, quiet: bool = False, compress_iter=None, rank: int | N
                           mode="search" if grid.search else "warm" if grid.warm_start else "grid")
         runner = _RankRunner(grid, sweep_jobs, out, stored, quiet, rank, world, compress_iter,
                              summary)
+        if before_work:
+            before_work()
         if grid.search:
             runner.search()
         elif grid.warm_start:
@@ -360,8 +363,8 @@ def _sweep_and_report(args) -> int:
     if args.engine == "ray":
         summary = _on_ray(grid, args)
     else:
-        set_threads(args.threads, "cramfast.sweep")
-        summary = run_sweep(grid, quiet=args.quiet)
+        summary = run_sweep(grid, quiet=args.quiet,
+                            before_work=lambda: set_threads(args.threads, "cramfast.sweep"))
     print(summary.line())
     if summary.search:
         caps = sorted(summary.search.values())

@@ -1,4 +1,5 @@
-"""The results store of ``cramfast.sweep``: one SQLite file, table ``runs``, one row per finished job.
+"""The results store of ``cramfast.sweep``: one SQLite file, table ``runs``, one row per finished
+job.
 
 A job is identified by KEY = (model, source, sample, length, n_mem, seed, settings_hash) (a
 ``JobKey``), a UNIQUE constraint: a job is stored once whatever happens. Each row is written in its
@@ -20,6 +21,7 @@ each row with ``ref`` = "FILE#id" so every reported number can be traced to its 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import sqlite3
@@ -107,7 +109,8 @@ COLUMNS = list(COLUMN_KINDS)
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, "
-    + ", ".join(f"{n} {_SQL_TYPES[k]}{' NOT NULL' if n in KEY else ''}" for n, k in COLUMN_KINDS.items())
+    + ", ".join(f"{n} {_SQL_TYPES[k]}{' NOT NULL' if n in KEY else ''}"
+                for n, k in COLUMN_KINDS.items())
     + f", UNIQUE ({', '.join(KEY)}));"
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);"
 )
@@ -140,21 +143,25 @@ class Store:
                 self._write_probe()
         except sqlite3.DatabaseError as exc:
             if getattr(exc, "sqlite_errorname", "").startswith(_CANNOT_WRITE):
-                raise CramfastError(f"{self.path}: cannot write the results database ({exc})") from None
+                raise CramfastError(f"{self.path}: cannot write the results database "
+                                    f"({exc})") from None
             raise CramfastError(f"{self.path}: not a cramfast results database ({exc})") from None
 
     def _init_schema(self, create: bool):
-        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE "
+                                                  "type='table'")}
         if "runs" not in tables:
             if not create:
-                raise CramfastError(f"{self.path}: no table 'runs': not a cramfast results database")
+                raise CramfastError(f"{self.path}: no table 'runs': not a cramfast results "
+                                    "database")
             self.conn.executescript("BEGIN;" + _SCHEMA +
-                                    f"INSERT OR IGNORE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');"
+                                    f"INSERT OR IGNORE INTO meta VALUES ('schema_version', "
+                                    f"'{SCHEMA_VERSION}');"
                                     "COMMIT;")
         version = self._version()
         if version > SCHEMA_VERSION:
-            raise CramfastError(f"{self.path}: results schema {version} is newer than this cramfast "
-                                f"reads ({SCHEMA_VERSION}); upgrade cramfast")
+            raise CramfastError(f"{self.path}: results schema {version} is newer than this "
+                                f"cramfast reads ({SCHEMA_VERSION}); upgrade cramfast")
         if version < SCHEMA_VERSION or self._missing_columns():
             self._migrate()
 
@@ -178,7 +185,8 @@ class Store:
             self.conn.execute("BEGIN IMMEDIATE")
             version = self._version()
             for name in self._missing_columns():
-                self.conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {_SQL_TYPES[COLUMN_KINDS[name]]}")
+                self.conn.execute(f"ALTER TABLE runs ADD COLUMN {name} "
+                                  f"{_SQL_TYPES[COLUMN_KINDS[name]]}")
             if version < 2:
                 self._move_sweep_records()
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
@@ -198,7 +206,8 @@ class Store:
             record = json.loads(text) if text else None
             if isinstance(record, dict) and ("optim" in record or "identity" in record):
                 optim = record.get("optim")
-                moved.append((text, None if optim is None else json.dumps(optim, sort_keys=True), row_id))
+                moved.append((text, None if optim is None else json.dumps(optim, sort_keys=True),
+                              row_id))
         self.conn.executemany("UPDATE runs SET sweep = ?, settings = ? WHERE id = ?", moved)
 
     def _write_probe(self):
@@ -213,10 +222,9 @@ class Store:
 
     def _rollback(self):
         if self.conn.in_transaction:
-            try:
+            # the transaction may be gone with the failure that got us here
+            with contextlib.suppress(sqlite3.Error):
                 self.conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # the transaction is gone with the failure that got us here
 
     def close(self):
         self.conn.close()
@@ -234,7 +242,8 @@ class Store:
         missing = [k for k in KEY if k not in row]
         if missing:
             raise ValueError(f"row lacks key column(s) {missing}")
-        sql = f"INSERT OR IGNORE INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+        sql = (f"INSERT OR IGNORE INTO runs ({', '.join(names)}) "
+               f"VALUES ({', '.join('?' * len(names))})")
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             cur = self.conn.execute(sql, [row[c] for c in names])
@@ -254,8 +263,8 @@ class Store:
     def rows(self, with_mem: bool = False, where: str = "", params=()) -> list[dict]:
         """All rows (optionally filtered by an SQL ``where`` clause) as dicts, ``ref`` added."""
         cols = ["id"] + [c for c in COLUMNS if with_mem or c != "mem"]
-        cur = self.conn.execute(f"SELECT {', '.join(cols)} FROM runs {'WHERE ' + where if where else ''} "
-                                "ORDER BY id", params)
+        clause = f"WHERE {where} " if where else ""
+        cur = self.conn.execute(f"SELECT {', '.join(cols)} FROM runs {clause}ORDER BY id", params)
         out = []
         for values in cur:
             row = dict(zip(cols, values))
