@@ -40,7 +40,8 @@ def make_case(b, m, t, d, v=50, emb_dtype=torch.float32, mem_dtype=torch.float32
 
 
 @pytest.mark.parametrize("emb_dtype", DTYPES, ids=["fp32", "bf16", "fp16"])
-@pytest.mark.parametrize("mem_dtype", DTYPES + [torch.float64], ids=["fp32", "bf16", "fp16", "fp64"])
+@pytest.mark.parametrize("mem_dtype", DTYPES + [torch.float64], ids=["fp32", "bf16", "fp16",
+                                                                     "fp64"])
 def test_matches_torch_and_grad(emb_dtype, mem_dtype):
     ids, emb, mem = make_case(3, 4, 7, 47, emb_dtype=emb_dtype, mem_dtype=mem_dtype)
     out = triton_mem_embed(ids, emb, mem)
@@ -96,7 +97,8 @@ def test_property_random_shapes(b, m, t, d, v, seed):
 def test_ops_routes_triton_backend(monkeypatch):
     calls = []
     kernel = kernels.mem_embed_forward
-    monkeypatch.setattr(kernels, "mem_embed_forward", lambda *args: calls.append(1) or kernel(*args))
+    monkeypatch.setattr(kernels, "mem_embed_forward",
+                        lambda *args: calls.append(1) or kernel(*args))
     ids, emb, mem = make_case(2, 3, 5, 20, emb_dtype=torch.bfloat16)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the fallback to torch would warn
