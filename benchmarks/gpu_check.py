@@ -32,7 +32,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-os.environ["TRITON_INTERPRET"] = "0"  # before cramfast.kernels is imported: compile, never interpret
+# before cramfast.kernels is imported: compile, never interpret
+os.environ["TRITON_INTERPRET"] = "0"
 ROOT = Path(__file__).resolve().parent.parent
 
 # The targets of the vocabulary-parallel kernel (fp32: the one-program-per-row-block kernel with
@@ -227,7 +228,8 @@ def main():
         from cramfast import kernels, ops
         from cramfast.kernels import linear_cross_entropy as lce_module
     except ImportError as exc:
-        sys.exit(f"gpu_check: cannot import cramfast.kernels ({exc}); install with `pip install -e .`")
+        sys.exit(f"gpu_check: cannot import cramfast.kernels ({exc}); install with `pip install -e "
+                 f".`")
 
     device = torch.cuda.get_device_name()
     print(f"gpu_check on {device} (torch {torch.__version__}, triton {triton.__version__})",

@@ -51,7 +51,8 @@ def summary(results, seconds: float, length: int) -> dict:
     return dict(texts=len(results), seconds=round(seconds, 2), lossless=lossless,
                 exact=sum(r.exact for r in results),
                 decode_retried=sum(r.decode_retries > 0 for r in results),
-                steps_median=statistics.median(steps), steps_p90=steps[round(0.9 * (len(steps) - 1))],
+                steps_median=statistics.median(steps),
+                steps_p90=steps[round(0.9 * (len(steps) - 1))],
                 steps_max=steps[-1], lossless_tokens_per_s=round(length * lossless / seconds, 2),
                 batch={k: results[0].settings[k] for k in ("max_slots", "token_budget",
                                                            "fill_slots", "cuda_graphs")})
@@ -124,7 +125,8 @@ def main():
                                               fill_slots=len(texts))
         save()
         print("by_hand", report["by_hand"], flush=True)
-    fp32 = cramfast.load_model(device=args.device)   # paper loop: fp32 weights, bf16 autocast on CUDA
+    # paper loop: fp32 weights, bf16 autocast on CUDA
+    fp32 = cramfast.load_model(device=args.device)
     if "fp32" in runs:
         cramfast.compress(texts[:2], model=fp32, max_steps=2)
         report["fp32"], _ = timed_compress(texts, fp32, args.length)

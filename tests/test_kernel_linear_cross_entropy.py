@@ -64,7 +64,8 @@ def run(fn, hidden, weight, targets, bias, grad_loss):
 def reference(hidden, weight, targets, bias, grad_loss):
     """Full-logits answer in fp32 from the (possibly bf16-rounded) inputs, plus the logits."""
     up = lambda x: None if x is None else x.float()
-    out = run(twins.linear_cross_entropy_naive, up(hidden), up(weight), targets, up(bias), grad_loss)
+    out = run(twins.linear_cross_entropy_naive, up(hidden), up(weight), targets, up(bias),
+              grad_loss)
     logits = hidden.float() @ weight.float().T + (0 if bias is None else bias.float())
     return out, logits
 
@@ -81,7 +82,7 @@ def assert_argmax_ok(argmax, logits, targets, atol):
 
 
 def check_against_reference(case, dtype):
-    hidden, weight, targets, bias, grad_loss = case
+    _hidden, _weight, targets, _bias, _grad_loss = case
     loss, argmax, grad = run(triton_lce, *case)
     (ref_loss, ref_argmax, ref_grad), logits = reference(*case)
     assert loss.dtype == torch.float32 and grad.dtype == dtype
@@ -130,7 +131,7 @@ def test_vocab_beyond_int16_range():
     hidden, weight, targets, bias, grad_loss = make_case(n=3, d=4, v=65601)
     weight[65590] = 4 * hidden[0]  # a winning column past 65536 for row 0
     targets[1] = 65600
-    loss, argmax, _ = check_against_reference((hidden, weight, targets, bias, grad_loss),
+    _loss, argmax, _ = check_against_reference((hidden, weight, targets, bias, grad_loss),
                                               torch.float32)
     assert argmax[0] == 65590
 
@@ -301,7 +302,7 @@ def test_splits_and_feature_groups_match_reference(config, dtype):
 def test_split_count_does_not_change_results(splits):
     """V = 1300 as one, two or five splits (the last ragged): same answer within fp32 rounding."""
     case = make_case(n=20, d=40, v=1300, masked=[3])
-    loss, argmax, margin, grad = assert_forward_matches_reference(case, torch.float32,
+    loss, argmax, _margin, grad = assert_forward_matches_reference(case, torch.float32,
                                                                   vocab_splits=splits)
     ref = forward(case, vocab_splits=1)
     torch.testing.assert_close(loss, ref[0], rtol=1e-6, atol=1e-6)
@@ -334,7 +335,7 @@ def tie_case(dtype):
                          ids=["fp32", "bf16", "fp16"])
 def test_argmax_ties_go_to_the_lowest_index(dtype):
     case = tie_case(dtype)
-    loss, argmax, margin, grad = forward(case, vocab_splits=3)
+    loss, argmax, margin, _grad = forward(case, vocab_splits=3)
     assert argmax.tolist() == [130, 135, 450, -1]
     assert margin[0] == 0 and margin[1] < -30 and margin[2] >= 38 and margin[3] == 0
     hidden, weight, targets, _, _ = case
