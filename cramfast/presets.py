@@ -3,14 +3,13 @@
 ``paper``: exactly the published settings (Kuratov et al. 2025); the sweep's default, for
 reproducing Table 1.
 
-``fast``: this project's default, chosen by the optimizer studies (docs/study/README.md). A
+``fast``: this project's default, chosen by the optimizer studies (lab/study/README.md). A
 text's first attempt starts from the mean of its input embeddings at 20 times the random init's
 norm; LAMB (lr 0.2 of each mem vector's norm) cosine-decayed to a tenth over 7 updates per
 predicted token; the focal objective (gamma 1); a stall restart after 10 updates per predicted
 token without a better accuracy; parallel attempts in idle slots at the tail of a run (sized to
 the device: 4 on a CPU, every slot on CUDA); with bf16/fp16 weights, a margin of one logit at
-every position (docs/study/margin/: at margin 0, 2 of 24 bf16 passages reached accuracy 1.0 yet
-did not decode back; with a margin none did, at no more steps; fp32 needed none).
+every position (why: lab/study/margin/).
 """
 PRESETS = {
     "paper": {},

@@ -1,6 +1,8 @@
 # The Triton interpreter must be chosen before any @triton.jit function is decorated,
 # i.e. before cramfast.kernels is imported anywhere: CPU machines have no GPU to compile for.
 import os
+import random
+import shutil
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -10,6 +12,7 @@ import pytest
 import torch
 
 TRAINED = Path(__file__).resolve().parent / "data" / "tiny-llama-trained"
+REPO = Path(__file__).resolve().parents[1]
 BOOKS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "books"
 CORPUS = ("the quick brown fox jumps over the lazy dog. a cat sat on the mat and looked at "
           "the sky. it was a truth universally acknowledged that a single man must want a wife. "
@@ -86,3 +89,65 @@ def books_dir():
     if not BOOKS.is_dir():
         pytest.skip(f"{BOOKS} is absent (it ships beside the repository as ../shared)")
     return BOOKS
+
+
+def corpus_texts(tokenizer, lengths, seed=0):
+    ids = tokenizer(CORPUS)["input_ids"]
+    rng = random.Random(seed)
+    out = []
+    for length in lengths:
+        start = rng.randrange(0, len(ids) - length)
+        out.append(ids[start:start + length])
+    return out
+
+
+def env():
+    """The environment of a subprocess that imports cramfast from this checkout."""
+    return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def bound_by_permissions(command: list) -> list:
+    """``command`` run so that file permission bits bind it: as root, without the capabilities
+    that override them (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), through setpriv."""
+    if os.geteuid() != 0:
+        return command
+    if shutil.which("setpriv") is None:
+        pytest.skip("root without setpriv: permission bits cannot be made to bind this process")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
+
+
+def one_line_failure(run, prog):
+    err = run.stderr.strip()
+    assert run.returncode == 2 and err.startswith(f"{prog}: error:") and "\n" not in err, run.stderr
+    return err
+
+
+def fake_compressor(capacity_of, accept_init=False):
+    """Yields results as cramfast.compress_iter does: lossless iff len <= capacity_of(ids)."""
+    from cramfast.metrics import make_result
+    calls = []
+
+    def compress_iter(texts, model=None, n_mem=1, seed=0, backend=None, preset="paper", **optim):
+        calls.append(dict(lengths=[len(t) for t in texts], init_mems=optim.pop("init_mems", None)))
+        for i, ids in enumerate(texts):
+            ok = len(ids) <= capacity_of(ids)
+            n = len(ids) - 1
+            yield i, make_result(token_ids=ids, correct_with_mem=n if ok else n // 2,
+                                 correct_without_mem=0,
+                                 ce_without_mem=3.0 * n, ce_with_mem=0.0 if ok else 1.5 * n,
+                                 decoded_ids=ids[1:], stop_reason="lossless" if ok else "max_steps",
+                                 mem=torch.full((n_mem, 32), float(len(ids))), n_mem=n_mem,
+                                 model="fake",
+                                 seed=seed, steps=len(ids), best_step=len(ids), seconds=0.0,
+                                 text="")
+
+    if accept_init:
+        def with_init(texts, model=None, n_mem=1, seed=0, backend=None, preset="paper",
+                      init_mems=None,
+                      **optim):
+            return compress_iter(texts, model, n_mem, seed, backend, preset, init_mems=init_mems,
+                                 **optim)
+        with_init.calls = calls
+        return with_init
+    compress_iter.calls = calls
+    return compress_iter

@@ -6,11 +6,12 @@ import time
 
 import pytest
 import torch
-from test_compressor import corpus_texts
 
 import cramfast
 from cramfast import engine
 from cramfast.cli.compress import main
+
+from conftest import corpus_texts
 
 
 @pytest.fixture(scope="module")

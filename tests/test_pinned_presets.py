@@ -29,9 +29,9 @@ RUNS = {"paper": dict(preset="paper", lr=0.03, max_steps=60, patience=60),
 
 
 def pinned_outputs(model_path) -> dict:
-    from test_compressor import corpus_texts
-
     import cramfast
+
+    from conftest import corpus_texts
     lm = cramfast.load_model(model_path, dtype=torch.float64)
     texts = corpus_texts(lm.tokenizer, LENGTHS, seed=4)
     out = {}

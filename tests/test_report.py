@@ -6,13 +6,14 @@ import subprocess
 import sys
 
 import pytest
-from test_sweep import bound_by_permissions, env, one_line_failure
 
 from cramfast.report import build as report
 from cramfast.report import figures as report_figures
 from cramfast.report import groups as report_groups
 from cramfast.sweep import grid, store
 from cramfast.sweep import runner as sweep
+
+from conftest import bound_by_permissions, env, one_line_failure
 
 SETTINGS = json.dumps({"identity": {"lr": 0.01, "warm_start": False}})
 

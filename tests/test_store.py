@@ -6,13 +6,14 @@ import sqlite3
 
 import pytest
 import torch
-from test_sweep import fake_compressor
 
 from cramfast.errors import CramfastError
 from cramfast.metrics import CompressionResult, make_result
 from cramfast.report import build as report
 from cramfast.sweep import grid, store
 from cramfast.sweep import runner as sweep
+
+from conftest import fake_compressor
 
 
 def fake_result(n_tokens=6, correct=5, mem=None):

@@ -1,11 +1,10 @@
 """The optimizer study: candidates share one batch and give the same numbers as separate runs."""
 import pytest
-from test_compressor import corpus_texts
 
 import cramfast
 from cramfast.study import runner as study
 
-from conftest import CORPUS
+from conftest import CORPUS, corpus_texts
 
 
 def test_candidates_in_one_batch_match_separate_runs(trained_path, tmp_path):

@@ -1,7 +1,6 @@
 """cramfast.sweep: grids from flags and TOML, text sources, resume after kill -9, torchrun
 shards, capacity search and warm start (the last two with a stand-in compressor: fast)."""
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -14,11 +13,10 @@ import torch
 
 from cramfast import sources
 from cramfast.errors import CramfastError
-from cramfast.metrics import make_result
 from cramfast.sweep import grid, store
 from cramfast.sweep import runner as sweep
 
-from conftest import CORPUS
+from conftest import CORPUS, bound_by_permissions, env, fake_compressor, one_line_failure
 
 REPO = Path(__file__).resolve().parents[1]
 SENTENCES = [s.strip() + "." for s in CORPUS.split(". ") if s.strip()][:4]
@@ -40,26 +38,6 @@ def grid_args(*extra):
 
 def rows_of(db):
     return store.read_runs([db])
-
-
-def env():
-    return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-
-
-def bound_by_permissions(command: list) -> list:
-    """``command`` run so that file permission bits bind it: as root, without the capabilities
-    that override them (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), through setpriv."""
-    if os.geteuid() != 0:
-        return command
-    if shutil.which("setpriv") is None:
-        pytest.skip("root without setpriv: permission bits cannot be made to bind this process")
-    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
-
-
-def one_line_failure(run, prog):
-    err = run.stderr.strip()
-    assert run.returncode == 2 and err.startswith(f"{prog}: error:") and "\n" not in err, run.stderr
-    return err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,36 +153,6 @@ def test_bad_input_one_line_exit_2_nothing_lost(tmp_path, capsys, corpus_file, t
 
 # ---------------------------------------------------------------------------------------------
 # capacity search and warm start, with a stand-in compressor
-
-
-def fake_compressor(capacity_of, accept_init=False):
-    """Yields results as cramfast.compress_iter does: lossless iff len <= capacity_of(ids)."""
-    calls = []
-
-    def compress_iter(texts, model=None, n_mem=1, seed=0, backend=None, preset="paper", **optim):
-        calls.append(dict(lengths=[len(t) for t in texts], init_mems=optim.pop("init_mems", None)))
-        for i, ids in enumerate(texts):
-            ok = len(ids) <= capacity_of(ids)
-            n = len(ids) - 1
-            yield i, make_result(token_ids=ids, correct_with_mem=n if ok else n // 2,
-                                 correct_without_mem=0,
-                                 ce_without_mem=3.0 * n, ce_with_mem=0.0 if ok else 1.5 * n,
-                                 decoded_ids=ids[1:], stop_reason="lossless" if ok else "max_steps",
-                                 mem=torch.full((n_mem, 32), float(len(ids))), n_mem=n_mem,
-                                 model="fake",
-                                 seed=seed, steps=len(ids), best_step=len(ids), seconds=0.0,
-                                 text="")
-
-    if accept_init:
-        def with_init(texts, model=None, n_mem=1, seed=0, backend=None, preset="paper",
-                      init_mems=None,
-                      **optim):
-            return compress_iter(texts, model, n_mem, seed, backend, preset, init_mems=init_mems,
-                                 **optim)
-        with_init.calls = calls
-        return with_init
-    compress_iter.calls = calls
-    return compress_iter
 
 
 def test_search_capacity_doubling_then_bisection(trained_path, corpus_file, tmp_path):

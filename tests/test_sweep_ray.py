@@ -92,18 +92,31 @@ def test_workers_killed_mid_sweep_lose_nothing_and_store_nothing_twice(trained_p
         stored = _count(db)
         if stored > seen:
             time.sleep(rng.uniform(0, 0.5))
-            try:
-                os.kill(rng.choice(pool.pids()), signal.SIGKILL)
+            alive = [pid for pid in pool.pids() if _running(pid)]
+            if alive:                                     # else one died, not replaced yet
+                os.kill(rng.choice(alive), signal.SIGKILL)
                 kills, seen = kills + 1, stored
-            except ProcessLookupError:                       # died already, not replaced yet
-                pass
         time.sleep(0.05)
     worker.join(timeout=300)
     assert kills == 5 and not worker.is_alive() and "summary" in done
-    assert pool.replaced - replaced_before == 5
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 28    # each job once
     assert_same_rows(rows_by_key(db), rows_by_key(tmp_path / "one.db"))
+    # A worker killed after its last chunk is noticed when the pool next uses it: one more
+    # sweep reaches both workers, and then every killed worker has been replaced.
+    sweep.run_sweep(sweep_grid(trained_path, prose, tmp_path / "after.db"), quiet=True,
+                    compress_iter=pool.compress_iter, rank=0, world=1)
+    assert pool.replaced - replaced_before == 5
+    assert all(_running(pid) for pid in pool.pids())
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed process not yet reaped still takes signals)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 def _count(db) -> int:

@@ -5,8 +5,8 @@ restart after 10 steps per predicted token without a better accuracy: 150 at L =
 `fast` with perturb restarts. From the repository root:
     .venv/bin/python benchmarks/probes/hard_texts_stall.py
 
-Output quoted in docs/study/stall-restarts/README.md:
-docs/study/stall-restarts/hard-texts-stall.txt,
+Output quoted in lab/study/stall-restarts/README.md:
+lab/study/stall-restarts/hard-texts-stall.txt,
 made over `fast` v1 (AdamW at lr = std(E), its lr column; no restarts), where the candidates
 were fast, fast+stall_steps=150, fast+stall_steps=150+restart=perturb; the candidates here are
 those changes over the `fast` preset.

@@ -13,8 +13,8 @@ arguments change settings of the base (init_scale=k scales both starts); as ever
 cramfast, an absolute setting replaces its relative form (decay_steps=0 also ends
 decay_steps_per_token).
 
-Output of the runs quoted in docs/study/text-mean-init/README.md:
-docs/study/text-mean-init/init-probe.txt, one row per run, e.g. from the repository root
+Output of the runs quoted in lab/study/text-mean-init/README.md:
+lab/study/text-mean-init/init-probe.txt, one row per run, e.g. from the repository root
     .venv/bin/python benchmarks/probes/init_probe.py                        # L=8, random init
     .venv/bin/python benchmarks/probes/init_probe.py --bow 1 init_scale=10
     .venv/bin/python benchmarks/probes/init_probe.py --up 1.1 --down 0.5

@@ -5,7 +5,7 @@ The end-to-end benchmark's passages (L = 16, seed 0), each from its seeded rando
 objective). Prints per passage: its index, evaluations, lossless, the most tokens right, the
 seconds so far; then the lossless count and the median of the evaluations.
 
-The run quoted in docs/study/lbfgs/README.md, from the repository root:
+The run quoted in lab/study/lbfgs/README.md, from the repository root:
     .venv/bin/python benchmarks/probes/lbfgs_probe.py --texts 8 --cap 300 --history 20
 """
 from __future__ import annotations

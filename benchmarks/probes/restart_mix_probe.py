@@ -1,14 +1,14 @@
 """Redraw restarts under init=text_mean: from a plain seeded random draw (--redraws random, the
 rule before) or halfway between the text mean and that draw (--redraws mixed, what `fast`
 does), on the passages that restarted in the init study
-(docs/study/text-mean-init/text-mean-init-l8-l16-texts.csv:
+(lab/study/text-mean-init/text-mean-init-l8-l16-texts.csv:
 the optimizer study's 24 passages per length, seed 0), per init scale, m = 1, `fast` with
 init=text_mean at that scale, 600 steps, one attempt per text. Both arms run in the same batch
 shapes, so they differ only by the restarts' starts (Hooks.start). Prints per length each
 passage's steps, an "r" per restart.
 
-The runs quoted in docs/study/text-mean-init/README.md, output
-docs/study/text-mean-init/restart-mix.txt;
+The runs quoted in lab/study/text-mean-init/README.md, output
+lab/study/text-mean-init/restart-mix.txt;
 from the repository root:
     .venv/bin/python benchmarks/probes/restart_mix_probe.py --redraws random
     .venv/bin/python benchmarks/probes/restart_mix_probe.py

@@ -3,7 +3,7 @@ benchmark's passages of L = 16 (seed 0), preset `paper` with lr 1e-9 so that not
 fixed work (16 evaluations of every text, one stretch between host syncs), timed by
 Hooks.on_timing (the stepping alone: no metrics, no decode check).
 
-The run quoted in docs/study/tail/README.md, from the
+The run quoted in lab/study/tail/README.md, from the
 repository root:
     .venv/bin/python benchmarks/probes/step_time_by_batch.py
 """

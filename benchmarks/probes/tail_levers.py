@@ -4,12 +4,12 @@ lossless count and per text (steps, restarts, attempts, accuracy). A variant is 
 joined by commas over `fast` (settings.parse_settings: "stall_steps=0,fill_slots=0"), "-" for
 `fast` as it is, or "paper" for the preset paper.
 
-Runs quoted in docs/study/tail/README.md and docs/study/focal/README.md, from the repository
+Runs quoted in lab/study/tail/README.md and lab/study/focal/README.md, from the repository
 root, e.g.
     .venv/bin/python benchmarks/probes/tail_levers.py stall_steps=0,fill_slots=0 fill_slots=0 -
     .venv/bin/python benchmarks/probes/tail_levers.py --texts 24 focal_gamma=0 -
     .venv/bin/python benchmarks/probes/tail_levers.py --texts 24 --length 8 - paper
-(outputs docs/study/focal/tail24.txt and docs/study/paper-vs-fast-24/tail24-L8.txt). They were
+(outputs lab/study/focal/tail24.txt and lab/study/paper-vs-fast-24/tail24-L8.txt). They were
 measured with `fast` as it stood then (AdamW); "-" is today's `fast`.
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@ other precisions and batch sizes on this machine; prints how many come back exac
 
 A mem is checked (decode-verified) in the precision and batch it was made in; a lower
 precision rounds the logits differently, and a mem's smallest margin must cover that. The run
-quoted in docs/study/margin/README.md, from the repository root:
+quoted in lab/study/margin/README.md, from the repository root:
     .venv/bin/python benchmarks/probes/travel_probe.py --made fp32 --decode bf16:1,bf16:24,fp32:1
     .venv/bin/python benchmarks/probes/travel_probe.py --made fp32 --decode bf16:1,bf16:24 margin=1
 """

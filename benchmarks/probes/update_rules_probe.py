@@ -11,7 +11,7 @@ shrink per step: the first form tried; the shipped optimizer=lamb adds it to the
 the trust ratio, as LAMB does). --lr-scale multiplies the scheduled lr; --eta, --decay 0 (no
 schedule) and --wd (a multiple of the weight decay) shape lamb and relgd.
 
-The runs quoted in docs/study/lamb/README.md, output docs/study/lamb/update-rules.txt;
+The runs quoted in lab/study/lamb/README.md, output lab/study/lamb/update-rules.txt;
 from the repository root:
     .venv/bin/python benchmarks/probes/update_rules_probe.py adam normgd adamnorm lamb relgd
     .venv/bin/python benchmarks/probes/update_rules_probe.py --lr-scale 0.3 lion

@@ -8,9 +8,11 @@ patched (swap behaviour through ``Hooks``).
     step(lm, state, rows, ids, targets, update=my_rule)       # one step, any update rule
     compress(texts, hooks=Hooks(update=..., start=..., on_timing=...))
 
-The pieces, one concern per module: settings (TextSettings, BatchSettings), inits (where an
-attempt starts), optim (SlotState, stop rule, AdamW/LAMB update, restarts), step (forward and
-step, steppers), decode (evaluation, greedy decoding), compressor (the scheduled loop).
+The pieces, one concern per module of this package: inits (where an attempt starts), optim
+(SlotState, stop rule, AdamW/LAMB update, the step counters, restarts), step (forward and step,
+steppers), decoding (evaluation, greedy decoding), jobs and sizing (inputs, batch sizes),
+hooks, scheduler (the C++ scheduler's face), compressor (the scheduled loop); the settings are
+cramfast.settings (TextSettings, BatchSettings).
 """
 from __future__ import annotations
 

@@ -224,8 +224,7 @@ def _collect(attempt: Attempt, fin, state: SlotState) -> dict:
 
 # The smallest margin (logits) a text gets when it stopped lossless but did not decode back:
 # greedy decoding runs other kernels and batch shapes than the training forward, and their
-# logits differ by about the weights' rounding, so 16-bit weights need more (with bf16 weights
-# a half-logit margin already kept 24 of 24 passages decoding back, docs/study/margin/).
+# logits differ by about the weights' rounding, so 16-bit weights need more (lab/study/margin/).
 DECODE_MARGIN_FLOOR = {16: 1.0, 32: 0.1, 64: 0.01}
 
 

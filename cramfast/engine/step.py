@@ -115,10 +115,9 @@ class EagerSteps:
 
 class GraphedSteps(EagerSteps):
     """step captured once per batch shape as a CUDA graph and replayed. A step of a small model
-    is over a thousand kernel launches; on the H200 host measured here that took about 100 ms a
-    step for SmolLM2-135M whatever the batch below ~128 texts (benchmarks/gpu_throughput.py),
-    far more than the arithmetic. A replay launches the same kernels on the same memory:
-    results equal the eager step's.
+    is over a thousand kernel launches, whose launch cost can exceed the arithmetic of a small
+    batch (measured: docs/benchmarks.md, step time on the H200). A replay launches the same
+    kernels on the same memory: results equal the eager step's.
 
     A new shape's first steps run eagerly (on a side stream, as capture requires): they compile
     and autotune the kernels and let autograd allocate, and they are real steps. The graphs
