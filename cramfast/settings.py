@@ -227,6 +227,13 @@ class BatchSettings:
     policy: str = _setting("bucketed", "How the scheduler fills free slots: `fifo` (arrival "
                            "order) or `bucketed` (least padding first, with a starvation "
                            "guard).", choices=("fifo", "bucketed"), result=False)
+    checkpoint_seconds: float = _setting(
+        60.0, "With a checkpoint store (compress's checkpoint=, the sweep's store), save every "
+        "text in flight at the first sync this many seconds after the last save (0: at every "
+        "sync); a rerun resumes each from its save.", at_least=0, result=False)
+    checkpoint_steps: int = _setting(
+        0, "Also save after this many updates since the last save, at the next sync (0: by "
+        "time only).", at_least=0, result=False)
 
     def __post_init__(self):
         _check_fields(self)

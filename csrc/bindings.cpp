@@ -36,7 +36,8 @@ PYBIND11_MODULE(_scheduler, m) {
              py::arg("max_slots"), py::arg("token_budget"), py::arg("n_mem"),
              py::arg("policy") = "bucketed", py::arg("max_passes") = -1)
         .def("add_job", &Scheduler::add_job, py::arg("job_id"), py::arg("n_tokens"),
-             py::arg("max_steps"), py::arg("patience"))
+             py::arg("max_steps"), py::arg("patience"), py::arg("s") = 0,
+             py::arg("best_correct") = -1, py::arg("best_step") = 0)
         .def("plan", &Scheduler::plan)
         .def(
             "report",

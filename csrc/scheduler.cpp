@@ -53,7 +53,8 @@ Scheduler::Scheduler(int max_slots, std::int64_t token_budget, std::int64_t n_me
 }
 
 void Scheduler::add_job(std::int64_t job_id, std::int64_t n_tokens, std::int64_t max_steps,
-                        std::int64_t patience) {
+                        std::int64_t patience, std::int64_t s, std::int64_t best_correct,
+                        std::int64_t best_step) {
     const std::string job = "job " + std::to_string(job_id);
     if (job_id < 0) refuse(job + ": job_id must be >= 0 (-1 marks an empty slot)");
     if (active_ids_.count(job_id)) refuse(job + " is already queued or running");
@@ -65,8 +66,15 @@ void Scheduler::add_job(std::int64_t job_id, std::int64_t n_tokens, std::int64_t
         refuse(job + " needs n_tokens + n_mem = " + std::to_string(n_tokens) + " + " +
                std::to_string(n_mem_) + " tokens but token_budget is " +
                std::to_string(token_budget_));
+    if (best_step < 0 || best_step > s || s > max_steps)
+        refuse(job + ": resumed counters need 0 <= best_step <= s <= max_steps, got best_step " +
+               std::to_string(best_step) + ", s " + std::to_string(s));
+    if (best_correct < -1 || best_correct >= n_tokens)
+        refuse(job + ": best_correct must lie in [-1, n_tokens - 1), got " +
+               std::to_string(best_correct));
     const std::int64_t seq = next_seq_++;
-    queue_by_age_.emplace(seq, Job{job_id, n_tokens, max_steps, patience, seq});
+    queue_by_age_.emplace(
+        seq, Job{job_id, n_tokens, max_steps, patience, seq, s, best_correct, best_step});
     queue_by_length_.emplace(n_tokens, seq);
     active_ids_.insert(job_id);
 }
@@ -156,7 +164,7 @@ int Scheduler::start(std::int64_t seq) {
     queue_by_length_.erase({job.n_tokens, seq});
     const auto free_slot = std::find_if(slots_.begin(), slots_.end(),
                                         [](const Slot& slot) { return !slot.occupied; });
-    *free_slot = Slot{true, job, 0, -1, 0};
+    *free_slot = Slot{true, job, job.s, job.best_correct, job.best_step};
     return static_cast<int>(free_slot - slots_.begin());
 }
 

@@ -60,8 +60,12 @@ public:
 
     // Queues a job.  Throws std::invalid_argument if job_id < 0 or is already queued/running,
     // if n_tokens < 1, max_steps < 0, patience < 1, or n_tokens + n_mem > token_budget.
+    // A job resumed from a checkpoint starts with its stop-rule counters where they were:
+    // s (its next evaluation's index), best_correct and best_step; a new job has 0, -1, 0.
+    // Throws unless 0 <= best_step <= s <= max_steps and -1 <= best_correct < n_tokens.
     void add_job(std::int64_t job_id, std::int64_t n_tokens, std::int64_t max_steps,
-                 std::int64_t patience);
+                 std::int64_t patience, std::int64_t s = 0, std::int64_t best_correct = -1,
+                 std::int64_t best_step = 0);
 
     // Fills free slots from the queue under the slot and token budgets.  Deterministic.
     Plan plan();
@@ -104,6 +108,9 @@ private:
         std::int64_t max_steps = 0;
         std::int64_t patience = 1;
         std::int64_t seq = 0;  // arrival order: smaller is older
+        std::int64_t s = 0;    // the stop-rule counters it starts with (a resumed job's)
+        std::int64_t best_correct = -1;
+        std::int64_t best_step = 0;
     };
     struct Slot {
         bool occupied = false;

@@ -27,7 +27,8 @@ def test_setting_flags_name_the_flag_of_each_setting():
     parser = sweep._parser()
     assert flags.setting_flags(parser) == {"preset": "--preset", "max_steps": "--max-steps",
                                            "lr": "--lr", "patience": "--patience",
-                                           "max_slots": "--max-slots"}
+                                           "max_slots": "--max-slots",
+                                           "checkpoint_seconds": "--checkpoint-every"}
 
 
 def test_a_program_may_change_how_a_flag_is_collected_not_its_check():

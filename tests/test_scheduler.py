@@ -560,3 +560,20 @@ def test_cancel_frees_a_running_slot_or_drops_a_queued_job():
     assert plan.slot_jobs == (0, 1) and plan.new_slots == (1,)
     assert [f.job_id for f in sched.report([[4, 4]])] == [0, 1]
     assert sched.done()
+
+
+def test_a_resumed_job_goes_on_with_its_counters():
+    """add_job(s, best_correct, best_step): the stop rule continues where a checkpoint left it,
+    exactly as if the job had run those evaluations here; inconsistent counters are refused."""
+    fresh, resumed = Scheduler(1, 100, 1), Scheduler(1, 100, 1)
+    fresh.add_job(0, 6, max_steps=20, patience=4)
+    resumed.add_job(0, 6, max_steps=20, patience=4, s=5, best_correct=3, best_step=4)
+    fresh.plan()
+    resumed.plan()
+    assert fresh.report([[1], [2], [2], [2], [3]]) == []        # s 0..4: best 3 at s = 4
+    tail = [[3], [3], [3], [2]]                                 # s 5..8: no better, stalls at 8
+    assert fresh.report(tail) == resumed.report(tail)
+    assert resumed.finished() == 1
+    for bad in (dict(s=3, best_step=4), dict(s=21), dict(best_correct=6), dict(best_correct=-2)):
+        with pytest.raises(ValueError, match="job 1"):
+            Scheduler(1, 100, 1).add_job(1, 6, 20, 4, **bad)

@@ -51,8 +51,10 @@ def _parser():
     c.add_argument("--json", help="write the table as JSON to this file")
     c.add_argument("--csv", help="write the table as CSV to this file")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--checkpoint", metavar="DIR", help="keep the texts in flight in this folder "
+                   "(see --checkpoint-every); the same command again resumes each from there")
     add_flags(c, "--model", "--dtype", "--device", "--threads", "--preset", "--max-steps",
-              "--patience", "--lr", "--max-slots", "--set", "--backend",
+              "--patience", "--lr", "--max-slots", "--set", "--backend", "--checkpoint-every",
               defaults={"--preset": DEFAULT_PRESET, "--set": []})
     c.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                    help="on CUDA, launch every kernel eagerly instead of replaying CUDA graphs")
@@ -83,7 +85,7 @@ def _texts(args, tokenizer) -> list:
 def _compress(args) -> int:
     settings = dict(max_steps=args.max_steps, patience=args.patience, lr=args.lr,
                     max_slots=args.max_slots, cuda_graphs=args.cuda_graphs,
-                    **parse_settings(args.set))
+                    checkpoint_seconds=args.checkpoint_every, **parse_settings(args.set))
     writer = ResultWriter(args.out) if args.out else None     # checked before any work
     for path in (args.json, args.csv):
         _check_writable(path)
@@ -93,7 +95,7 @@ def _compress(args) -> int:
     results = cramfast.compress_iter(           # every text checked here, before any work
         texts, model=lm, n_mem=args.n_mem, max_length=args.length, seed=args.seed,
         backend=args.backend, preset=args.preset, hooks=progress.hooks(),
-        **{k: v for k, v in settings.items() if v is not None})
+        checkpoint=args.checkpoint, **{k: v for k, v in settings.items() if v is not None})
     set_threads(args.threads)
     progress.start(len(texts))
     progress.line(_format_row(COLUMNS))

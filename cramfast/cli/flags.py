@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from cramfast.cli.tools import at_least
+from cramfast.cli.tools import at_least, seconds
 from cramfast.models import DTYPES
 from cramfast.ops import BACKENDS
 from cramfast.presets import PRESETS
@@ -30,6 +30,8 @@ SHARED: dict[str, tuple[str | None, dict]] = {
     "--patience": ("patience", dict(type=at_least(1), help=help_text("patience"))),
     "--lr": ("lr", dict(type=float, help=help_text("lr"))),
     "--max-slots": ("max_slots", dict(type=at_least(1), help=help_text("max_slots"))),
+    "--checkpoint-every": ("checkpoint_seconds", dict(type=seconds, metavar="SECONDS",
+                                                      help=help_text("checkpoint_seconds"))),
     "--threads": (None, dict(type=at_least(1), help="CPU threads (default: the cores torch "
                              "would use, at most the cores not busy with other work)")),
 }

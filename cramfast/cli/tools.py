@@ -45,6 +45,17 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{name}: error: {message}\n")
 
 
+def seconds(value: str) -> float:
+    """An argparse type: a number of seconds >= 0."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {value!r}") from None
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {value}")
+    return number
+
+
 def at_least(low: int):
     """An argparse type: an integer >= ``low``."""
     def parse(value: str) -> int:

@@ -14,6 +14,8 @@ The path, top to bottom:
                                     lossless attempt (the others are cancelled) or its last one
      -> verify_decodes(...)         texts that stopped lossless are decoded greedily; one that
                                     does not decode back goes on with a larger margin
+     -> checkpointer.save(...)      with a checkpoint store, every text in flight as it stands
+                                    (checkpoint.py), every checkpoint_seconds; a rerun resumes
   -> finish(...)                    metrics with and without mem (decoding.py), per group of
                                     texts finished at the same sync
 """
@@ -24,6 +26,7 @@ from dataclasses import replace
 
 import torch
 
+from cramfast.engine.checkpoint import Checkpointer, as_store, fingerprint
 from cramfast.engine.decoding import evaluate, greedy_decode
 from cramfast.engine.hooks import Hooks, Timing
 from cramfast.engine.inits import mem_dtype
@@ -35,13 +38,20 @@ from cramfast.engine.step import GraphedSteps, make_stepper, pad_batch, use_cuda
 from cramfast.metrics import CompressionResult, decoded_back, make_result
 from cramfast.models import LoadedModel, load_model
 from cramfast.presets import DEFAULT_PRESET
-from cramfast.settings import BatchSettings, StopReason, preset_settings, split
+from cramfast.settings import (
+    BatchSettings,
+    StopReason,
+    TextSettings,
+    defaults,
+    preset_settings,
+    split,
+)
 
 
 def compress(texts, model=None, n_mem: int = 1, max_length: int | None = None, seed: int = 0,
              backend: str | None = None, preset: str = DEFAULT_PRESET,
-             per_text: list[dict] | None = None,
-             init_mems=None, hooks: Hooks | None = None, **settings) -> list[CompressionResult]:
+             per_text: list[dict] | None = None, init_mems=None, hooks: Hooks | None = None,
+             checkpoint=None, **settings) -> list[CompressionResult]:
     """Cram each text (str or list of token ids) into ``n_mem`` vectors of the frozen ``model``.
 
     ``preset`` names the starting settings (presets.py); ``settings`` overrides any setting
@@ -49,16 +59,18 @@ def compress(texts, model=None, n_mem: int = 1, max_length: int | None = None, s
     per text) the text settings of single texts, so one batch can run many settings.
     ``init_mems`` (one [n_mem, d] tensor or None per text) starts texts from given vectors
     (warm starts; parallel attempts beyond the first start from seeded inits). ``hooks``: what
-    a study may swap or watch (hooks.py). Results come back in input order."""
+    a study may swap or watch (hooks.py). ``checkpoint`` (a directory, or a CheckpointStore:
+    checkpoint.py) keeps every text in flight every ``checkpoint_seconds``, and a rerun with the
+    same inputs resumes each text from it. Results come back in input order."""
     results = dict(compress_iter(texts, model, n_mem, max_length, seed, backend, preset, per_text,
-                                 init_mems, hooks, **settings))
+                                 init_mems, hooks, checkpoint, **settings))
     return [results[i] for i in range(len(results))]
 
 
 def compress_iter(texts, model=None, n_mem: int = 1, max_length: int | None = None, seed: int = 0,
                   backend: str | None = None, preset: str = DEFAULT_PRESET,
                   per_text: list[dict] | None = None, init_mems=None, hooks: Hooks | None = None,
-                  **settings):
+                  checkpoint=None, **settings):
     """Like ``compress``, but returns an iterator of (input index, result) that yields each
     text as soon as it finishes, so a caller can store it at once. Every text is tokenized and
     checked here, before any work starts: bad input raises before the first step."""
@@ -68,11 +80,27 @@ def compress_iter(texts, model=None, n_mem: int = 1, max_length: int | None = No
     batch = size_batch(lm, batch, [job.token_ids for job in jobs], n_mem, jobs[0].settings,
                        backend)
     record = dict(batch.to_dict(), cuda_graphs=use_cuda_graphs(lm, batch, backend))
-    return _results_as_they_finish(lm, jobs, n_mem, batch, backend, hooks or Hooks(), record)
+    store = as_store(checkpoint)
+    checkpointer = None if store is None else Checkpointer(
+        store, {job.index: job_fingerprint(lm, job, n_mem, batch) for job in jobs},
+        batch.checkpoint_seconds, batch.checkpoint_steps)
+    return _results_as_they_finish(lm, jobs, n_mem, batch, backend, hooks or Hooks(), record,
+                                   checkpointer)
 
 
-def _results_as_they_finish(lm, jobs, n_mem, batch, backend, hooks, record):
-    for finished in optimize(lm, jobs, n_mem, batch, backend, hooks):
+def job_fingerprint(lm: LoadedModel, job: Job, n_mem: int, batch: BatchSettings) -> str:
+    """What a text's result depends on, hashed: the key of its checkpoint. Settings at their
+    default are left out, so a setting added later (its default the old behaviour) keeps the
+    checkpoints of runs made before it."""
+    default = defaults()
+    changed = {k: v for k, v in dict(job.settings.to_dict(), fill_slots=batch.fill_slots).items()
+               if v != default[k]}
+    return fingerprint(lm.name, str(lm.dtype), job.token_ids, n_mem, job.seed, changed,
+                       job.init_mem)
+
+
+def _results_as_they_finish(lm, jobs, n_mem, batch, backend, hooks, record, checkpointer):
+    for finished in optimize(lm, jobs, n_mem, batch, backend, hooks, checkpointer):
         start = time.perf_counter()
         results = finish(lm, finished, n_mem, backend, record)
         if hooks.on_timing:
@@ -82,19 +110,24 @@ def _results_as_they_finish(lm, jobs, n_mem, batch, backend, hooks, record):
 
 
 def optimize(lm: LoadedModel, jobs: list[Job], n_mem: int, batch: BatchSettings, backend=None,
-             hooks: Hooks | None = None):
+             hooks: Hooks | None = None, checkpointer: Checkpointer | None = None):
     """Drive the scheduler; yields the list of jobs finished at each sync (their ``result``
     filled in). Each scheduler job is one Attempt: attempt 0 of text i has id i, parallel
-    attempts ids from len(jobs) on."""
+    attempts ids from len(jobs) on. With a ``checkpointer``, texts it holds a record of go on
+    from there, and every text in flight is saved when a save is due."""
     hooks = hooks or Hooks()
     budget = max(batch.token_budget, max(len(j.token_ids) for j in jobs) + n_mem)
     sched = Scheduler(batch.max_slots, budget, n_mem, batch.policy)
     attempts: dict[int, Attempt] = {}
+    resumed = checkpointer.resumed() if checkpointer else {}
+    next_id = len(jobs)
     for job in jobs:
+        if job.index in resumed:
+            next_id = _resume(sched, attempts, job, resumed[job.index], next_id)
+            continue
         start, draws = hooks.start(lm, job.token_ids, n_mem, job.seed, job.settings, 0)
         start = job.init_mem if job.init_mem is not None else start
         _add_attempt(sched, attempts, job.index, Attempt(job, 0, start, draws, job.settings))
-    next_id = len(jobs)
     n_draws = max(a.restart_draws.shape[0] if a.restart_draws is not None else 0
                   for a in attempts.values())
     state = SlotState(batch.max_slots, n_mem, lm.hidden_size, mem_dtype(lm), lm.device, n_draws)
@@ -107,10 +140,15 @@ def optimize(lm: LoadedModel, jobs: list[Job], n_mem: int, batch: BatchSettings,
         plan = sched.plan()
         for slot in plan.new_slots:
             attempt = attempts[plan.slot_jobs[slot]]
+            attempt.slot = slot
             draws = None if attempt.restart_draws is None else attempt.restart_draws.to(lm.device)
+            if attempt.resume is not None:
+                state.restore(slot, attempt.resume, attempt.settings, draws)
+                attempt.resume = None
+                continue
             state.start(slot, attempt.init_mem.to(lm.device), len(attempt.job.token_ids) - 1,
                         attempt.settings, draws)
-            if attempt.number == 0:
+            if attempt.number == 0 and not attempt.job.resumed:
                 attempt.job.started = time.perf_counter()
                 attempt.job.first_evaluation = sched.evaluations()
         occupied = [s for s, j in enumerate(plan.slot_jobs) if j >= 0]
@@ -133,8 +171,17 @@ def optimize(lm: LoadedModel, jobs: list[Job], n_mem: int, batch: BatchSettings,
             done, next_id = verify_decodes(lm, sched, attempts, done, next_id)
             if hooks.on_timing:
                 hooks.on_timing(Timing("decode_check", time.perf_counter() - started, checked, 0))
+        if checkpointer and checkpointer.due(sched.evaluations()):
+            started = time.perf_counter()
+            records = in_flight(attempts, state, sched)
+            checkpointer.save(records, sched.evaluations())
+            if hooks.on_timing and records:
+                hooks.on_timing(Timing("checkpoint", time.perf_counter() - started,
+                                       len(records), 0))
         if done:
             yield done
+            if checkpointer:                # the caller has taken them: their records can go
+                checkpointer.finished([job.index for job in done])
 
 
 def idle_rows(occupied: list[int], max_slots: int) -> list[int]:
@@ -148,10 +195,54 @@ def idle_rows(occupied: list[int], max_slots: int) -> list[int]:
 
 
 def _add_attempt(sched, attempts: dict, attempt_id: int, attempt: Attempt):
-    s = attempt.settings
-    sched.add_job(attempt_id, len(attempt.job.token_ids), s.max_steps, s.patience)
+    s, counters = attempt.settings, {}
+    if attempt.resume is not None:      # the scheduler's stop rule goes on where the slot's was
+        counters = {k: int(attempt.resume[name]) for k, name in
+                    (("s", "steps"), ("best_correct", "best_correct"), ("best_step", "best_step"))}
+    sched.add_job(attempt_id, len(attempt.job.token_ids), s.max_steps, s.patience, **counters)
     attempts[attempt_id] = attempt
     attempt.job.attempts += 1
+
+
+def in_flight(attempts: dict, state: SlotState, sched) -> dict[int, dict]:
+    """The checkpoint record of every text that has started (checkpoint.py): its attempts,
+    running (the slot's state) or queued (their start), and its own bookkeeping."""
+    by_text: dict[int, list[Attempt]] = {}
+    for attempt in attempts.values():
+        by_text.setdefault(attempt.job.index, []).append(attempt)
+    records = {}
+    for index, group in by_text.items():
+        job = group[0].job
+        if job.attempts == 1 and group[0].slot < 0 and group[0].resume is None:
+            continue                        # not started: a rerun starts it the same way
+        records[index] = dict(
+            attempts_started=job.attempts, decode_retries=job.decode_retries,
+            outcomes=job.outcomes, seconds=time.perf_counter() - job.started,
+            evaluations=sched.evaluations() - job.first_evaluation,
+            attempts=[dict(number=a.number, step_offset=a.step_offset,
+                           settings=a.settings.to_dict(), init_mem=a.init_mem.cpu(),
+                           restart_draws=None if a.restart_draws is None
+                           else a.restart_draws.cpu(),
+                           slot_state=state.snapshot(a.slot) if a.slot >= 0 else a.resume)
+                      for a in group])
+    return records
+
+
+def _resume(sched, attempts: dict, job: Job, record: dict, next_id: int) -> int:
+    """Queue a text's attempts as its checkpoint ``record`` holds them; returns the next free
+    attempt id (its first attempt takes the text's own id)."""
+    job.resumed = True
+    job.decode_retries, job.outcomes = record["decode_retries"], record["outcomes"]
+    job.started = time.perf_counter() - record["seconds"]
+    job.first_evaluation = sched.evaluations() - record["evaluations"]
+    for k, saved in enumerate(record["attempts"]):
+        attempt = Attempt(job, saved["number"], saved["init_mem"], saved["restart_draws"],
+                          TextSettings(**saved["settings"]), saved["step_offset"],
+                          resume=saved["slot_state"])
+        _add_attempt(sched, attempts, job.index if k == 0 else next_id, attempt)
+        next_id += k > 0
+    job.attempts = record["attempts_started"]
+    return next_id
 
 
 def _fill_idle_slots(lm, sched, attempts: dict, width: int, sync_every: int, n_mem: int,

@@ -14,8 +14,9 @@ from cramfast.engine.optim import mem_update
 class Timing(NamedTuple):
     """One timed phase of the scheduled loop: ``phase`` "steps" (``steps`` updates of a batch
     of ``texts`` slots, ending with the host sync), "decode_check" (the greedy decoding of
-    ``texts`` texts that just stopped) or "finish" (the metrics of ``texts`` finished texts);
-    ``steps`` is 0 but for "steps"."""
+    ``texts`` texts that just stopped), "checkpoint" (the saved state of ``texts`` texts in
+    flight, taken and written) or "finish" (the metrics of ``texts`` finished texts); ``steps``
+    is 0 but for "steps"."""
     phase: str
     seconds: float
     texts: int

@@ -28,6 +28,7 @@ class Job:
     first_evaluation: int = 0       # the scheduler's evaluation count when it started
     attempts: int = 0               # attempts started (parallel ones and continuations)
     decode_retries: int = 0         # times it stopped lossless but did not decode back
+    resumed: bool = False           # goes on from a checkpoint (checkpoint.py)
     outcomes: list = field(default_factory=list)   # one dict per finished attempt
     result: dict = field(default_factory=dict)
 
@@ -44,6 +45,8 @@ class Attempt:
     restart_draws: torch.Tensor | None
     settings: TextSettings
     step_offset: int = 0            # updates the text had before: a continuation's (see below)
+    slot: int = -1                  # the batch slot it runs in, once started
+    resume: dict | None = None      # a checkpointed slot state to start from (SlotState.restore)
 
 
 def tokenize(lm: LoadedModel, text, max_length: int | None, n_mem: int) -> list[int]:

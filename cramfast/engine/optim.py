@@ -68,6 +68,22 @@ class SlotState:
             self.draws[slot, :n_draws] = draws
         self.active[slot] = True
 
+    # what a slot's attempt has made of its start: all a checkpoint must keep (optim's own
+    # state; the start, draws and settings are the attempt's and are kept with it)
+    CARRIED = ("mem", "exp_avg", "exp_avg_sq", "best_mem", "hyper", "active") + COUNTS
+
+    def snapshot(self, slot: int) -> dict[str, torch.Tensor]:
+        """The slot's attempt as it stands, on the CPU."""
+        return {name: getattr(self, name)[slot].detach().cpu().clone() for name in self.CARRIED}
+
+    def restore(self, slot: int, snapshot: dict, settings: TextSettings,
+                draws: torch.Tensor | None = None):
+        """An attempt resumed in ``slot`` exactly as ``snapshot`` took it."""
+        self.start(slot, snapshot["mem"], int(snapshot["n_pred"]), settings, draws)
+        for name in self.CARRIED:
+            if name in snapshot:        # else (a counter newer than the checkpoint) as started
+                getattr(self, name)[slot] = snapshot[name].to(getattr(self, name).device)
+
 
 def objective_weights(loss: torch.Tensor, gamma: torch.Tensor, margin: torch.Tensor | None = None,
                       required: torch.Tensor | None = None) -> torch.Tensor:

@@ -16,7 +16,8 @@ with its own mem vectors and optimizer state. The loop that drives it::
 
 API (all counts are Python ints):
     Scheduler(max_slots, token_budget, n_mem, policy="bucketed", max_passes=None)
-    .add_job(job_id, n_tokens, max_steps, patience) -> None
+    .add_job(job_id, n_tokens, max_steps, patience, s=0, best_correct=-1, best_step=0) -> None
+                              a job resumed from a checkpoint passes its stop-rule counters
     .plan() -> Plan(slot_jobs, new_slots, padded_length, n_occupied)
     .report(n_correct_history) -> list[Finished(job_id, slot, reason, steps, best_step,
     best_correct)]
@@ -125,8 +126,10 @@ class Scheduler:
         scheduler benchmark times apart from the face."""
         return self._core
 
-    def add_job(self, job_id: int, n_tokens: int, max_steps: int, patience: int) -> None:
-        self._core.add_job(int(job_id), int(n_tokens), int(max_steps), int(patience))
+    def add_job(self, job_id: int, n_tokens: int, max_steps: int, patience: int, s: int = 0,
+                best_correct: int = -1, best_step: int = 0) -> None:
+        self._core.add_job(int(job_id), int(n_tokens), int(max_steps), int(patience), int(s),
+                           int(best_correct), int(best_step))
 
     def plan(self) -> Plan:
         p = self._core.plan()

@@ -29,7 +29,8 @@ PAPER_LENGTHS = (8, 16, 32, 64, 80, 96, 128, 160, 192, 256, 384, 512, 768, 1024,
 DEFAULTS = dict(models=None, sources=None, lengths="8,16,32", n_mem="1", samples=4, seeds="0",
                 db="sweep.db", preset="paper", dtype=None, backend=None, max_steps=None, lr=None,
                 set=None,
-                patience=None, max_slots=None, chunking=CHUNKINGS[0], sample_seed=0,
+                patience=None, max_slots=None, checkpoint_every=None, chunking=CHUNKINGS[0],
+                sample_seed=0,
                 vocab_file=None,
                 search=None, search_tol=1, warm_start=False)
 CONFIG_KEYS = set(DEFAULTS) | {"model", "source"}
@@ -151,7 +152,9 @@ def _build_grid(args) -> Grid:
         db=str(merged["db"]), preset=merged["preset"], dtype=merged["dtype"],
         backend=merged["backend"],
         optim=dict({k: merged[k] for k in ("max_steps", "lr", "patience", "max_slots")
-                    if merged[k] is not None}, **parse_settings(merged["set"] or [])),
+                    if merged[k] is not None}, **parse_settings(merged["set"] or []),
+                   **({} if merged["checkpoint_every"] is None
+                      else {"checkpoint_seconds": merged["checkpoint_every"]})),
         chunking=merged["chunking"], sample_seed=int(merged["sample_seed"]),
         vocab_file=merged["vocab_file"], search=merged["search"],
         search_tol=int(merged["search_tol"]),

@@ -120,9 +120,15 @@ class Summary:
 
 
 def run_sweep(grid: Grid, quiet: bool = False, compress_iter=None, rank: int | None = None,
-              world: int | None = None, before_work=None) -> Summary:
+              world: int | None = None, before_work=None, checkpoints: bool | None = None
+              ) -> Summary:
     """Run (this rank's share of) the grid, storing each finished job at once; ``before_work``
-    is called once the inputs are checked, before the first job (the CLI sets threads there)."""
+    is called once the inputs are checked, before the first job (the CLI sets threads there).
+    With ``checkpoints`` (default: when this process computes, with cramfast's own
+    compress_iter), the texts in flight are saved in the store too (checkpoint_seconds), and a
+    rerun resumes them."""
+    if checkpoints is None:
+        checkpoints = compress_iter is None
     compress_iter = compress_iter or cramfast.compress_iter
     if rank is None:
         rank, world = rank_world()
@@ -137,7 +143,7 @@ def run_sweep(grid: Grid, quiet: bool = False, compress_iter=None, rank: int | N
         summary = Summary(db=str(db), skipped_context=0 if grid.search else sweep_jobs.skipped,
                           mode="search" if grid.search else "warm" if grid.warm_start else "grid")
         runner = _RankRunner(grid, sweep_jobs, out, stored, quiet, rank, world, compress_iter,
-                             summary)
+                             summary, out if checkpoints else None)
         if before_work:
             before_work()
         if grid.search:
@@ -158,10 +164,12 @@ class _RankRunner:
     """Computes this rank's share of a sweep in one of the three modes (a method each), storing
     every finished job the moment it is yielded."""
 
-    def __init__(self, grid, sweep_jobs, out, stored, quiet, rank, world, compress_iter, summary):
+    def __init__(self, grid, sweep_jobs, out, stored, quiet, rank, world, compress_iter, summary,
+                 checkpoint):
         self.grid, self.sweep_jobs, self.out, self.stored = grid, sweep_jobs, out, stored
         self.quiet, self.rank, self.world = quiet, rank, world
         self.compress_iter, self.summary = compress_iter, summary
+        self.checkpoint = checkpoint        # the store, where texts in flight are saved
         self.progress = None
         self.record = grid.settings_record()
         self.loaded = None          # (model id, LoadedModel) of the model in memory
@@ -253,8 +261,12 @@ class _RankRunner:
         if warm:
             inits = [self._previous(j) for j in jobs]
             kwargs["init_mems"] = [None if i is None else i[1] for i in inits]
+        saved = self.checkpoint.checkpoints() if self.checkpoint else 0
         self.progress.log(f"{self.model_info['label']}: n_mem {n_mem}, seed {seed}: "
-                          f"{len(jobs)} job(s) to run")
+                          f"{len(jobs)} job(s) to run"
+                          + (f" ({saved} checkpoint(s) in the store)" if saved else ""))
+        if self.checkpoint:
+            kwargs["checkpoint"] = self.checkpoint
         results = self.compress_iter(texts, model=lm, n_mem=n_mem, seed=seed,
                                      backend=self.grid.backend, preset=self.grid.preset,
                                      **self.grid.optim, **kwargs)
@@ -323,7 +335,7 @@ def _parser():
     p.add_argument("--db", help=f"SQLite results file (default {DEFAULTS['db']})")
     # None: the grid's value (its TOML, else grid.DEFAULTS); --max-slots is not part of the key
     add_flags(p, "--preset", "--max-steps", "--lr", "--patience", "--set", "--max-slots",
-              "--dtype", "--backend", "--threads",
+              "--dtype", "--backend", "--threads", "--checkpoint-every",
               preset=dict(help=f"fast or paper (default {DEFAULTS['preset']})"))
     p.add_argument("--chunking", choices=CHUNKINGS, help="how passages are cut "
                    f"(cramfast.sources.FileSource; default {DEFAULTS['chunking']})")

@@ -114,6 +114,9 @@ _SCHEMA = (
     + f", UNIQUE ({', '.join(KEY)}));"
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);"
 )
+# texts in flight, by fingerprint (cramfast.engine.checkpoint): a killed sweep's rerun resumes them
+_CHECKPOINTS = ("CREATE TABLE IF NOT EXISTS checkpoints (fingerprint TEXT PRIMARY KEY, "
+                "record BLOB NOT NULL, saved_at REAL NOT NULL)")
 # sqlite errors that mean "this process cannot write here", not "this is no results database"
 _CANNOT_WRITE = ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_IOERR", "SQLITE_FULL",
                  "SQLITE_AUTH", "SQLITE_BUSY", "SQLITE_LOCKED")
@@ -140,6 +143,7 @@ class Store:
             self.conn.execute("PRAGMA synchronous=FULL")
             self._init_schema(create)
             if create:
+                self.conn.execute(_CHECKPOINTS)
                 self._write_probe()
         except sqlite3.DatabaseError as exc:
             if getattr(exc, "sqlite_errorname", "").startswith(_CANNOT_WRITE):
@@ -280,6 +284,44 @@ class Store:
 
     def count(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+
+    # a CheckpointStore (cramfast.engine.checkpoint): the sweep's texts in flight
+    def get(self, fingerprints: list[str]) -> dict[str, bytes]:
+        found = {}
+        for fp in fingerprints:
+            row = self.conn.execute("SELECT record FROM checkpoints WHERE fingerprint = ?",
+                                    (fp,)).fetchone()
+            if row is not None:
+                found[fp] = row[0]
+        return found
+
+    def put(self, records: dict[str, bytes]) -> None:
+        """Every record in one transaction: a kill keeps all of the last save or all of this."""
+        self._checkpoint_transaction(
+            "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)",
+            [(fp, blob, time.time()) for fp, blob in records.items()])
+
+    def delete(self, fingerprints: list[str]) -> None:
+        self._checkpoint_transaction("DELETE FROM checkpoints WHERE fingerprint = ?",
+                                     [(fp,) for fp in fingerprints])
+
+    def checkpoints(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0]
+
+    def _checkpoint_transaction(self, sql: str, rows: list[tuple]):
+        if not rows:
+            return
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.executemany(sql, rows)
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise CramfastError(f"{self.path}: cannot save checkpoints ({exc}); the rows stored "
+                                "before stay") from None
+        except BaseException:
+            self._rollback()
+            raise
 
 
 # ---------------------------------------------------------------------------------------------
