@@ -248,18 +248,25 @@ class Store:
             raise ValueError(f"row lacks key column(s) {missing}")
         sql = (f"INSERT OR IGNORE INTO runs ({', '.join(names)}) "
                f"VALUES ({', '.join('?' * len(names))})")
+        cur = self._transaction("store a finished job",
+                                lambda: self.conn.execute(sql, [row[c] for c in names]))
+        return cur.rowcount == 1
+
+    def _transaction(self, what: str, write):
+        """``write()`` in one transaction; an sqlite failure is one line naming this database
+        and what could not be done, the rows committed before it staying."""
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            cur = self.conn.execute(sql, [row[c] for c in names])
+            result = write()
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
-            raise CramfastError(f"{self.path}: cannot store a finished job ({exc}); the rows "
-                                "stored before it stay") from None
+            raise CramfastError(f"{self.path}: cannot {what} ({exc}); the rows stored before "
+                                "it stay") from None
         except BaseException:
             self._rollback()
             raise
-        return cur.rowcount == 1
+        return result
 
     def keys(self) -> set[tuple]:
         return {tuple(r) for r in self.conn.execute(f"SELECT {', '.join(KEY)} FROM runs")}
@@ -309,19 +316,8 @@ class Store:
         return self.conn.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0]
 
     def _checkpoint_transaction(self, sql: str, rows: list[tuple]):
-        if not rows:
-            return
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.executemany(sql, rows)
-            self.conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise CramfastError(f"{self.path}: cannot save checkpoints ({exc}); the rows stored "
-                                "before stay") from None
-        except BaseException:
-            self._rollback()
-            raise
+        if rows:
+            self._transaction("save checkpoints", lambda: self.conn.executemany(sql, rows))
 
 
 # ---------------------------------------------------------------------------------------------
