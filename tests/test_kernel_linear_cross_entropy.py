@@ -9,7 +9,6 @@ vocabulary splits of 512 columns: the shapes below span several row blocks, voca
 and splits with ragged tails; tests that need more splits or several feature groups ask for
 them (vocab_splits=, config=).
 """
-import os
 import warnings
 
 import pytest
@@ -19,6 +18,7 @@ from hypothesis import strategies as st
 
 from cramfast import kernels, ops
 from cramfast.kernels import linear_cross_entropy as lce_module
+from cramfast.kernels.interpreter import INTERPRET  # conftest set TRITON_INTERPRET
 from cramfast.kernels.linear_cross_entropy_partials import feature_groups
 from cramfast.ops import twins
 
@@ -30,7 +30,6 @@ def triton_lce(hidden, weight, targets, bias=None):
 def torch_lce(hidden, weight, targets, bias=None):
     return ops.linear_cross_entropy(hidden, weight, targets, bias, backend="torch")
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRET else "cuda"
 pytestmark = pytest.mark.skipif(not INTERPRET and not torch.cuda.is_available(),
                                 reason="Triton kernels need CUDA or TRITON_INTERPRET=1")

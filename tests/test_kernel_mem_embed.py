@@ -5,7 +5,6 @@ On CPU the kernel runs in the Triton interpreter (conftest.py sets TRITON_INTERP
 TRITON_INTERPRET=0 on a CUDA machine the same tests run the compiled kernel. The op is a copy,
 so results must be bit-identical.
 """
-import os
 import warnings
 
 import pytest
@@ -14,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cramfast import kernels, ops
+from cramfast.kernels.interpreter import INTERPRET  # conftest set TRITON_INTERPRET
 from cramfast.ops import twins
 
 
@@ -24,7 +24,6 @@ def triton_mem_embed(ids, emb, mem):
 def torch_mem_embed(ids, emb, mem):
     return ops.mem_embed(ids, emb, mem, backend="torch")
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRET else "cuda"
 pytestmark = pytest.mark.skipif(not INTERPRET and not torch.cuda.is_available(),
                                 reason="Triton kernels need CUDA or TRITON_INTERPRET=1")
