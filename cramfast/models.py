@@ -28,12 +28,20 @@ _loaded: dict[tuple, LoadedModel] = {}
 
 @dataclass
 class LoadedModel:
-    """A frozen causal LM and its tokenizer, with the parts a cramming step uses."""
+    """A frozen causal LM and its tokenizer, with the parts a cramming step uses. What the model
+    does around its backbone, cramfast does too (read once at load, checked by a probe):
+    token embeddings are embedding[ids] * input_scale (Gemma's sqrt(d)); the logits are
+    logit_scale * head(h) (Cohere's logit_scale, Granite's 1 / logits_scaling), then
+    softcap * tanh(z / softcap) where the model caps them (Gemma 2). The mem vectors live where
+    the backbone reads: after the input scale."""
     name: str
     path: str
     model: torch.nn.Module
     tokenizer: object
     _embedding_std: float | None = None
+    input_scale: float = 1.0
+    logit_scale: float = 1.0
+    softcap: float | None = None
 
     @property
     def device(self) -> torch.device:
@@ -66,21 +74,44 @@ class LoadedModel:
         return self.head.weight.shape[0]
 
     @property
+    def config(self):
+        """The language model's config (a multimodal checkpoint's text config)."""
+        return self.model.config.get_text_config()
+
+    def layers(self) -> list[torch.nn.Module]:
+        """The backbone's repeated blocks (what activation recomputation wraps): transformers'
+        checkpointable layers."""
+        from transformers.modeling_layers import GradientCheckpointingLayer
+        found = [m for m in self.backbone.modules() if isinstance(m, GradientCheckpointingLayer)]
+        if not found:
+            raise CramfastError(f"model type {self.config.model_type!r} has no layers "
+                                "transformers can checkpoint: recompute_activations is not "
+                                "available for it")
+        return found
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings as the backbone reads them: embedding[ids] * input_scale."""
+        x = torch.nn.functional.embedding(ids, self.embedding)
+        return x * self.input_scale if self.input_scale != 1.0 else x
+
+    @property
     def max_positions(self) -> int | None:
-        cfg = self.model.config
+        cfg = self.config
         for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
             if getattr(cfg, key, None):
                 return int(getattr(cfg, key))
         return None  # recurrent models (Mamba) have no positional limit
 
     def embedding_std(self) -> float:
+        """std of the token embeddings as the backbone reads them (times the input scale): the
+        scale of the mem's init and of lr_std."""
         # The weights are frozen: compute the std of the V x d matrix once, not once per text.
         if self._embedding_std is None:
-            self._embedding_std = float(self.embedding.float().std())
+            self._embedding_std = float(self.embedding.float().std()) * abs(self.input_scale)
         return self._embedding_std
 
     def theoretical_capacity(self) -> int:
-        return theoretical_capacity(self.model.config)
+        return theoretical_capacity(self.config)
 
 
 def theoretical_capacity(config) -> int:
@@ -172,7 +203,9 @@ def _load_frozen(name: str, path: str, dtype, device) -> LoadedModel:
     bars = logging.is_progress_bar_enabled()
     logging.disable_progress_bar()          # a "Loading weights" bar per load is noise
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        # mixture-of-experts layers default to grouped matmuls, which have no fp64 kernel
+        extra = dict(experts_implementation="eager") if dtype == torch.float64 else {}
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as exc:
         message = f"cannot load model {name!r} from {path}: {exc}".splitlines()[0]
@@ -183,24 +216,113 @@ def _load_frozen(name: str, path: str, dtype, device) -> LoadedModel:
     model.to(device).eval()
     model.requires_grad_(False)
     check_supported(model)
-    return LoadedModel(name=name, path=str(path), model=model, tokenizer=tokenizer)
+    lm = LoadedModel(name=name, path=str(path), model=model, tokenizer=tokenizer,
+                     input_scale=input_scale(model), **logit_rule(model))
+    check_objective(lm)
+    return lm
 
 
 def check_supported(model) -> None:
-    """Refuse heads that do more than a linear map: the fused CE would compute them wrong."""
-    cfg = model.config
-    for key in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
-        if getattr(cfg, key, None) not in (None, 1, 1.0):
-            raise CramfastError(f"model type {cfg.model_type!r} transforms its logits ({key}="
-                                f"{getattr(cfg, key)}); cramfast's fused cross-entropy does not "
-                                f"support it")
-    if model.get_output_embeddings() is None or not isinstance(model.get_output_embeddings(),
-                                                               torch.nn.Linear):
-        raise CramfastError(f"model type {cfg.model_type!r} has no linear LM head")
-    if type(model.get_input_embeddings()) is not torch.nn.Embedding:
-        raise CramfastError(f"model type {cfg.model_type!r} embeds tokens with "
-                            f"{type(model.get_input_embeddings()).__name__}, not a plain lookup; "
-                            "not supported")
+    """Refuse, in one line naming the key or class, what cramfast cannot drive through
+    ``inputs_embeds`` or reproduce in its fused cross-entropy."""
+    cfg = model.config.get_text_config()
+    kind = f"model type {cfg.model_type!r}"
+    if getattr(cfg, "hidden_size_per_layer_input", None) or cfg.model_type.startswith("gemma4"):
+        raise CramfastError(f"{kind} feeds token ids to every layer (per-layer inputs), which "
+                            "mem vectors cannot stand in for; not supported")
+    if getattr(cfg, "use_bidirectional_attention", False):
+        raise CramfastError(f"{kind} attends bidirectionally (use_bidirectional_attention=True);"
+                            " cramming needs a causal LM")
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear) or type(head).forward is not torch.nn.Linear.forward:
+        raise CramfastError(f"{kind} has no plain linear LM head "
+                            f"({type(head).__name__}); not supported")
+    embedding = model.get_input_embeddings()
+    plain = isinstance(embedding, torch.nn.Embedding) and (
+        type(embedding).forward is torch.nn.Embedding.forward
+        or isinstance(getattr(embedding, "embed_scale", None), torch.Tensor))
+    if not plain:
+        raise CramfastError(f"{kind} embeds tokens with {type(embedding).__name__}, not a "
+                            "(scaled) lookup; not supported")
+
+
+def input_scale(model) -> float:
+    """What the model multiplies its token embeddings by before the backbone: a scaled
+    embedding's own ``embed_scale`` in the weights' dtype (Gemma: the product rounds as the
+    model's does), Falcon-H1's embedding_multiplier (which it applies to input ids only)."""
+    embedding = model.get_input_embeddings()
+    scale = getattr(embedding, "embed_scale", None)
+    if isinstance(scale, torch.Tensor):
+        return float(scale.to(embedding.weight.dtype))
+    if model.config.get_text_config().model_type == "falcon_h1":
+        return float(model.base_model.embedding_multiplier)
+    return 1.0
+
+
+# config keys of a final tanh soft-cap on the logits, by the families that use them
+SOFTCAP_KEYS = ("final_logit_softcapping", "logits_soft_cap", "output_logit_soft_cap")
+
+
+def logit_rule(model) -> dict:
+    """{logit_scale, softcap}: what the model does to its head's output (see LoadedModel)."""
+    cfg = model.config.get_text_config()
+    kind = cfg.model_type
+    scale = 1.0
+    if kind.startswith("cohere"):
+        scale = float(getattr(model, "logit_scale", cfg.logit_scale))
+    elif kind.startswith("granite") or kind == "minicpm3":
+        scale = 1.0 / float(cfg.logits_scaling)          # they divide by it
+    elif kind == "hyperclovax":
+        scale = float(cfg.logits_scaling)                # it multiplies by it
+    elif kind == "falcon_h1":
+        scale = float(model.base_model.lm_head_multiplier)
+    softcap = None
+    # a multimodal Gemma 3 (ForConditionalGeneration) does not apply its text config's cap
+    if not type(model).__name__.endswith("ForConditionalGeneration"):
+        caps = [getattr(cfg, key) for key in SOFTCAP_KEYS if getattr(cfg, key, None)]
+        softcap = float(caps[0]) if caps else None
+    return dict(logit_scale=scale, softcap=softcap)
+
+
+def model_logits(raw: torch.Tensor, logit_scale: float, softcap: float | None) -> torch.Tensor:
+    """The model's logits from hidden @ W.T + b (in place where it can): scaled, then capped."""
+    if logit_scale != 1.0:
+        raw = raw.mul_(logit_scale) if not raw.requires_grad else raw * logit_scale
+    if softcap is not None:
+        raw = torch.tanh(raw / softcap) * softcap
+    return raw
+
+
+PROBE_TOLERANCE = {64: 1e-8, 32: 1e-4, 16: 3e-2}   # x (1 + max |logit|), by the weights' bits
+
+
+@torch.no_grad()
+def check_objective(lm: LoadedModel, length: int = 8) -> None:
+    """Refuse a model whose own logits cramfast's path does not reproduce: on a probe of
+    ``length`` tokens, the model's forward(input_ids) against the backbone on lm.embed(ids),
+    head, scale and cap; and that a prefix's logits do not change with what follows it (a
+    causal model: right padding needs no mask)."""
+    v = lm.vocab_size
+    ids = torch.tensor([[(1 + 7919 * i) % v for i in range(length)]], device=lm.device)
+
+    def ours(ids):
+        h = lm.backbone(inputs_embeds=lm.embed(ids), use_cache=False)[0][0]
+        raw = torch.nn.functional.linear(h, lm.head.weight, lm.head.bias).double()
+        return model_logits(raw, lm.logit_scale, lm.softcap)
+
+    theirs = lm.model(input_ids=ids, use_cache=False).logits[0].double()
+    mine = ours(ids)
+    tol = PROBE_TOLERANCE[torch.finfo(lm.dtype).bits] * (1 + float(theirs.abs().max()))
+    kind = f"model type {lm.config.model_type!r}"
+    error = float((mine - theirs).abs().max())
+    if not error <= tol:
+        raise CramfastError(f"{kind}: cramfast's logits differ from the model's own by {error:.3g}"
+                            " on a probe (a transform of its embeddings or logits cramfast does"
+                            " not reproduce); not supported")
+    half = length // 2
+    if not float((ours(ids[:, :half]) - mine[:half]).abs().max()) <= tol:
+        raise CramfastError(f"{kind} is not causal (a prefix's logits change with the tokens "
+                            "after it); cramming needs a causal LM")
 
 
 def embedded_model_path() -> str:

@@ -227,6 +227,11 @@ class BatchSettings:
     policy: str = _setting("bucketed", "How the scheduler fills free slots: `fifo` (arrival "
                            "order) or `bucketed` (least padding first, with a starvation "
                            "guard).", choices=("fifo", "bucketed"), result=False)
+    recompute_activations: bool = _setting(
+        False, "Keep none of the frozen backbone's activations for the backward pass: each "
+        "layer runs again there from its input (one layer's activations held instead of all: "
+        "long texts on large models fit, for about one more forward of time; the same results).",
+        result=False)
     checkpoint_seconds: float = _setting(
         60.0, "With a checkpoint store (compress's checkpoint=, the sweep's store), save every "
         "text in flight at the first sync this many seconds after the last save (0: at every "

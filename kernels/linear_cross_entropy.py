@@ -186,7 +186,7 @@ if not INTERPRET:
     # key on their own. Every output is overwritten, so trials need no reset.
     _tuned_partials = triton.autotune(
         configs=[*CONFIGS_16BIT, *CONFIGS_FP32],
-        key=["N_BUCKET", "V", "D", "HAS_BIAS", "WANT_GRAD", "DOT_PRECISION"],
+        key=["N_BUCKET", "V", "D", "HAS_BIAS", "HAS_SOFTCAP", "WANT_GRAD", "DOT_PRECISION"],
         prune_configs_by=dict(early_config_prune=_prune_configs))(_partials)
 
 # The reduction streams [splits, N, d] fp32 partials: small tiles, many programs.
@@ -195,6 +195,7 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def linear_cross_entropy_forward(hidden, weight, targets, bias, want_grad, *,
+                                 logit_scale=1.0, softcap=None,
                                  fp32_precision=FP32_DOT_PRECISION, vocab_splits=None,
                                  config=None):
     """(loss [N] fp32, argmax [N] int64, margin [N] fp32, grad [N, d] in hidden.dtype or None);
@@ -203,7 +204,8 @@ def linear_cross_entropy_forward(hidden, weight, targets, bias, want_grad, *,
     Keywords for tests and benchmarks: ``fp32_precision`` the dot precision of fp32 inputs,
     ``vocab_splits`` a split count instead of the plan's, ``config`` the partial kernel's
     meta-parameters (BLOCK_N, BLOCK_V, BLOCK_K, MAX_ACC, and on CUDA num_warps, num_stages)
-    instead of the autotuner's choice."""
+    instead of the autotuner's choice. ``logit_scale`` and ``softcap``: the model's logits
+    (cramfast.ops.linear_cross_entropy)."""
     if hidden.dtype != weight.dtype or hidden.dtype not in _DTYPES:
         raise TypeError(f"linear_cross_entropy (triton): hidden and weight must share one of "
                         f"fp32/bf16/fp16, got {hidden.dtype} and {weight.dtype}")
@@ -215,13 +217,15 @@ def linear_cross_entropy_forward(hidden, weight, targets, bias, want_grad, *,
                            "TRITON_INTERPRET=1 before importing cramfast to run on CPU")
     outputs, launches = linear_cross_entropy_launches(
         hidden, weight, targets, bias, want_grad, _sm_count(hidden.device),
-        fp32_precision=fp32_precision, vocab_splits=vocab_splits, config=config)
+        logit_scale=logit_scale, softcap=softcap, fp32_precision=fp32_precision,
+        vocab_splits=vocab_splits, config=config)
     for kernel, grid, args, kwargs in launches:
         kernel[grid](*args, **kwargs)
     return outputs
 
 
 def linear_cross_entropy_launches(hidden, weight, targets, bias, want_grad, sms, *,
+                                  logit_scale=1.0, softcap=None,
                                   fp32_precision=FP32_DOT_PRECISION, vocab_splits=None,
                                   config=None):
     """(outputs, launches): the forward's outputs, allocated, and the kernel launches that fill
@@ -254,6 +258,8 @@ def linear_cross_entropy_launches(hidden, weight, targets, bias, want_grad, sms,
     grad_part = torch.empty(splits, n, d, dtype=torch.float32, device=dev) if want_grad \
         else stats
 
+    transform = (float(logit_scale), float(softcap or 1.0))     # LOGIT_SCALE, SOFTCAP
+    flags = dict(HAS_SCALE=logit_scale != 1.0, HAS_SOFTCAP=softcap is not None)
     precision = fp32_precision if hidden.dtype == torch.float32 else "tf32"  # ignored for 16-bit
     if config is None and not INTERPRET:
         kernel, meta = _tuned_partials, {}
@@ -266,8 +272,9 @@ def linear_cross_entropy_launches(hidden, weight, targets, bias, want_grad, sms,
         lambda m: (triton.cdiv(n, m["BLOCK_N"]), splits, m["D_GROUPS"] if want_grad else 1),
         (hidden, weight, bias if bias is not None else hidden, targets,
          stats[0], stats[1], stats[2], arg, tgt_logit, grad_part,
-         n, v, d, hidden.stride(0), weight.stride(0), split_cols, triton.next_power_of_2(n)),
-        dict(HAS_BIAS=bias is not None, WANT_GRAD=want_grad, UPCAST=INTERPRET,
+         n, v, d, hidden.stride(0), weight.stride(0), split_cols, triton.next_power_of_2(n),
+         *transform),
+        dict(HAS_BIAS=bias is not None, **flags, WANT_GRAD=want_grad, UPCAST=INTERPRET,
              DOT_PRECISION=precision, **meta))
     combine = (
         combine_vocab_splits,
@@ -275,6 +282,6 @@ def linear_cross_entropy_launches(hidden, weight, targets, bias, want_grad, sms,
          triton.cdiv(d, COMBINE_BLOCKS["BLOCK_D"]) if want_grad else 1),
         (stats[0], stats[1], stats[2], arg, tgt_logit, grad_part,
          weight, targets, loss, argmax, margin, grad if want_grad else loss,
-         n, v, d, splits, weight.stride(0)),
-        dict(WANT_GRAD=want_grad, **COMBINE_BLOCKS))
+         n, v, d, splits, weight.stride(0), *transform),
+        dict(**flags, WANT_GRAD=want_grad, **COMBINE_BLOCKS))
     return outputs, [partials, combine]

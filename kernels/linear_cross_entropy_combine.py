@@ -7,9 +7,12 @@ order (linear_cross_entropy_partials.py) and merges them as the partial pass mer
   argmax  = the arg of the first split whose max is strictly larger than all before it (splits
             are in vocabulary order, so ties go to the lowest index, as within a split);
   loss    = lse - target logit;   margin = target logit - max_j other_j;
-  grad    = sum_j exp(m_j - lse) * G_j + (exp(target logit - lse) - 1) * W_target,
-            i.e. softmax @ W - W_target: each split's accumulator, taken relative to its own
-            max m_j, is normalised here; the target's term, left out of G, is added in fp32.
+  grad    = LOGIT_SCALE * (sum_j exp(m_j - lse) * G_j
+                           + (exp(target logit - lse) - 1) * cap'_target * W_target),
+            i.e. the chain rule through the model's logits (softmax - onehot) * cap' @ W,
+            scaled: each split's accumulator, taken relative to its own max m_j, is
+            normalised here; the target's term, left out of G, is added in fp32; cap' is
+            1 - (target logit / SOFTCAP)^2 with a soft cap (the logit is the capped one).
 
 The order of every sum is fixed by the loop over splits, so two runs are bit-identical (no
 atomics, no order decided by scheduling). Every output element is written here, masked rows
@@ -49,7 +52,8 @@ def _split_row_stats(max_ptr, sumexp_ptr, other_ptr, arg_ptr, rows, valid, N, SP
 def combine_vocab_splits(
         max_ptr, sumexp_ptr, other_ptr, arg_ptr, tgt_logit_ptr, grad_part_ptr,
         w_ptr, tgt_ptr, loss_ptr, argmax_ptr, margin_ptr, grad_ptr,
-        N, V, D, SPLITS, stride_w,
+        N, V, D, SPLITS, stride_w, LOGIT_SCALE, SOFTCAP,
+        HAS_SCALE: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
         WANT_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_r = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -77,7 +81,12 @@ def combine_vocab_splits(
         in_v = (tgt >= 0) & (tgt < V)
         w_tgt = tl.load(w_ptr + tgt[:, None] * stride_w + dims[None, :],
                         mask=ok & in_v[:, None], other=0.0)
-        acc += (tl.exp(tgt_logit - lse) - 1.0)[:, None] * w_tgt.to(tl.float32)
+        tgt_term = tl.exp(tgt_logit - lse) - 1.0
+        if HAS_SOFTCAP:
+            tgt_term = tgt_term * (1.0 - (tgt_logit / SOFTCAP) * (tgt_logit / SOFTCAP))
+        acc += tgt_term[:, None] * w_tgt.to(tl.float32)
+        if HAS_SCALE:
+            acc = acc * LOGIT_SCALE
         tl.store(grad_ptr + rows[:, None] * D + dims[None, :],
                  tl.where(ok, acc, 0.0).to(grad_ptr.dtype.element_ty),
                  mask=in_n[:, None] & (dims < D)[None, :])

@@ -2,7 +2,9 @@
 feature group), the logits of its tile computed and consumed in registers, never stored.
 
 For its BLOCK_N rows and its split of the vocabulary [v_begin, v_end) a program walks the split
-BLOCK_V columns at a time, logits tile = h @ W_tile^T (+ b), and keeps per row:
+BLOCK_V columns at a time, logits tile = LOGIT_SCALE * (h @ W_tile^T (+ b)), soft-capped to
+SOFTCAP * tanh(logits / SOFTCAP) with HAS_SOFTCAP (the model's own logits: Cohere and Granite
+scale them, Gemma 2 caps them), and keeps per row:
 
   max       m, the running maximum of the split's logits;
   sumexp    s = sum exp(logit - m), rescaled by exp(m_old - m_new) whenever m rises (online
@@ -11,7 +13,8 @@ BLOCK_V columns at a time, logits tile = h @ W_tile^T (+ b), and keeps per row:
             replaces it only with a strictly larger maximum, so ties go to the lowest index);
   target    the target's logit, written only by the split that holds the target;
   other     the largest logit other than the target's (for the margin);
-  gradient  G = sum over the split's columns v != target of exp(logit_v - m) * W_v, an
+  gradient  G = sum over the split's columns v != target of exp(logit_v - m) * cap'_v * W_v
+            (cap' = 1 - tanh^2, the cap's slope; 1 without a cap), an
             [BLOCK_N, d] fp32 accumulator rescaled with s (flash attention's output with
             K = V = W): d loss / d h = softmax @ W - W_target needs no second walk of the
             vocabulary, because the normalisation exp(m - lse) is applied per split afterwards
@@ -129,8 +132,9 @@ def _logits_k_loop(h_ptr, w_ptr, rows, valid, cols, col_ok, D, stride_h, stride_
 def vocab_split_partials(
         h_ptr, w_ptr, b_ptr, tgt_ptr,
         max_ptr, sumexp_ptr, other_ptr, arg_ptr, tgt_logit_ptr, grad_part_ptr,
-        N, V, D, stride_h, stride_w, SPLIT_COLS, N_BUCKET,
-        HAS_BIAS: tl.constexpr, WANT_GRAD: tl.constexpr, UPCAST: tl.constexpr,
+        N, V, D, stride_h, stride_w, SPLIT_COLS, N_BUCKET, LOGIT_SCALE, SOFTCAP,
+        HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+        WANT_GRAD: tl.constexpr, UPCAST: tl.constexpr,
         DOT_PRECISION: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
         MAX_ACC: tl.constexpr, D_GROUPS: tl.constexpr, GROUP_D: tl.constexpr,
@@ -183,6 +187,14 @@ def vocab_split_partials(
                                         BLOCK_K)
             if HAS_BIAS:
                 logits += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+            if HAS_SCALE:
+                logits = logits * LOGIT_SCALE
+            if HAS_SOFTCAP:
+                # tanh(x) = 1 - 2 / (exp(2x) + 1): exact at both ends (exp overflows to inf,
+                # or underflows to 0), no libdevice call
+                capped = 1.0 - 2.0 / (tl.exp(2.0 * logits / SOFTCAP) + 1.0)
+                slope = 1.0 - capped * capped
+                logits = SOFTCAP * capped
             logits = tl.where(col_ok[None, :], logits, float("-inf"))
 
             c_max, c_arg = tl.max(logits, axis=1, return_indices=True,
@@ -200,6 +212,8 @@ def vocab_split_partials(
             if WANT_GRAD:
                 # P in W's dtype: tensor cores need equal operand types (bf16 P as the torch
                 # twin rounds it; its entries are <= 1 relative to the split's running max).
+                if HAS_SOFTCAP:
+                    p = p * slope
                 p = tl.where(is_tgt, 0.0, p).to(w_ptr.dtype.element_ty)
                 if UPCAST:
                     p = p.to(tl.float32)

@@ -163,3 +163,15 @@ def test_named_file_checker(tmp_path):
                     "benchmarks/probes/gone.py; ../shared/data/books/x.txt; mydocs/a.py\n")
     assert missing_files(page, tmp_path) == ["benchmarks/probes/gone.py",
                                              "docs/study/tail_levers.py"]
+
+
+def test_readme_families_are_current():
+    spec = importlib.util.spec_from_file_location("families_table",
+                                                  ROOT / "docs" / "families_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert table.BEGIN in text and table.END in text
+    assert table.current_section(text) == table.section(), (
+        "README.md's list of tested families differs from tests/model_families.py; "
+        "regenerate it: .venv/bin/python docs/families_table.py --write")

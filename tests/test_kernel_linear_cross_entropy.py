@@ -168,7 +168,7 @@ def test_gradient_only_when_needed(monkeypatch):
     seen = []
     forward = kernels.linear_cross_entropy_forward
     monkeypatch.setattr(kernels, "linear_cross_entropy_forward",
-                        lambda *args: seen.append(args[-1]) or forward(*args))
+                        lambda *args, **kw: seen.append(args[-1]) or forward(*args, **kw))
     hidden, weight, targets, _, _ = make_case(n=4, d=8, v=20)
     loss_plain, _, _ = triton_lce(hidden, weight, targets)
     h = hidden.clone().requires_grad_()
@@ -193,7 +193,7 @@ def test_ops_routes_triton_backend(monkeypatch):
     calls = []
     kernel = kernels.linear_cross_entropy_forward
     monkeypatch.setattr(kernels, "linear_cross_entropy_forward",
-                        lambda *args: calls.append(1) or kernel(*args))
+                        lambda *args, **kw: calls.append(1) or kernel(*args, **kw))
     case = make_case(n=20, d=40, v=600, bias=True, masked=[1, 2])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the fallback to torch would warn

@@ -97,7 +97,7 @@ def test_ops_routes_triton_backend(monkeypatch):
     calls = []
     kernel = kernels.mem_embed_forward
     monkeypatch.setattr(kernels, "mem_embed_forward",
-                        lambda *args: calls.append(1) or kernel(*args))
+                        lambda *args, **kw: calls.append(1) or kernel(*args, **kw))
     ids, emb, mem = make_case(2, 3, 5, 20, emb_dtype=torch.bfloat16)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the fallback to torch would warn

@@ -8,7 +8,7 @@ import torch
 import cramfast
 import cramfast.settings
 from cramfast import engine, ops
-from cramfast.engine import SlotState, TextSettings
+from cramfast.engine import SlotState, TextSettings, pad_batch, predict
 
 from conftest import corpus_texts
 
@@ -119,3 +119,32 @@ def test_graphed_batches_are_padded_to_few_shapes():
         assert len(set(rows)) == len(rows) and all(0 <= r < slots for r in rows)
         assert len(rows) == min(slots, 1 << (len(occupied) - 1).bit_length())
 
+
+
+def test_recomputed_activations_change_no_result_and_hold_less(trained_path):
+    """recompute_activations: the same results bit for bit (fp64), and the forward of a step
+    saves far fewer tensors for the backward (one layer's inputs, not every layer's
+    activations)."""
+    lm = cramfast.load_model(trained_path, dtype="fp64")
+    texts = corpus_texts(lm.tokenizer, [24, 40], seed=1)
+    plain = cramfast.compress(texts, model=lm, max_steps=100)
+    again = cramfast.compress(texts, model=lm, max_steps=100, recompute_activations=True)
+    for a, b in zip(plain, again):
+        assert (a.steps, a.stop_reason, a.ce_with_mem) == (b.steps, b.stop_reason, b.ce_with_mem)
+        assert torch.equal(a.mem, b.mem)
+
+    def saved_bytes(recompute):
+        total = []
+
+        def pack(t):
+            total.append(t.numel() * t.element_size())
+            return t
+
+        ids, targets = pad_batch(texts, 40, lm.device)
+        mem = torch.zeros(2, 1, lm.hidden_size, dtype=lm.dtype, requires_grad=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss, _, _ = predict(lm, ids, targets, mem, recompute=recompute)
+        loss.sum().backward()
+        return sum(total)
+
+    assert saved_bytes(True) < saved_bytes(False) / 3

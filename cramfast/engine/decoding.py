@@ -40,7 +40,7 @@ def greedy_decode(lm: LoadedModel, mems: torch.Tensor, first_ids: list[int],
     given by the protocol, every later one must come from the mem vectors."""
     mems = mems.to(lm.device, lm.dtype)
     first = torch.tensor(first_ids, device=lm.device)
-    x = torch.cat([mems, lm.embedding[first][:, None]], dim=1)
+    x = torch.cat([mems, lm.embed(first[:, None])], dim=1)
     out = lm.model(inputs_embeds=x, use_cache=True)
     generated = []
     for i in range(n_new):

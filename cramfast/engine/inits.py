@@ -37,7 +37,7 @@ def text_mean_init(lm: LoadedModel, ids: list[int], n_mem: int, scale: float) ->
     text (the whole text where a chunk is empty), rescaled to scale * std(E) * sqrt(d), the
     random init's mean norm. Computed in fp64 on the host, so it does not depend on the
     device."""
-    emb = lm.embedding.detach()[torch.tensor(ids, device=lm.device)].to("cpu", torch.float64)
+    emb = lm.embed(torch.tensor(ids, device=lm.device)).detach().to("cpu", torch.float64)
     chunks = [c if len(c) else emb for c in torch.tensor_split(emb, n_mem)]
     means = torch.stack([c.mean(dim=0) for c in chunks])
     return (_unit(means) * scale * lm.embedding_std() * lm.hidden_size ** 0.5).to(mem_dtype(lm))

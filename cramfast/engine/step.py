@@ -13,9 +13,12 @@ a step can be captured once as a CUDA graph and replayed (GraphedSteps).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import warnings
 
 import torch
+import torch.utils.checkpoint
 
 from cramfast import ops
 from cramfast.engine.optim import (
@@ -44,36 +47,57 @@ def pad_batch(token_lists: list[list[int]], length: int, device) -> tuple[torch.
     return ids.to(device), targets.to(device)
 
 
+@contextlib.contextmanager
+def recomputed_activations(lm: LoadedModel, enabled: bool = True):
+    """Within it, the backbone's layers keep no activations for the backward pass: each layer
+    is run again there from its input (torch.utils.checkpoint, non-reentrant), so a step holds
+    one layer's activations instead of all of them, for about one more forward of time. The
+    same ops run on the same inputs: results are unchanged."""
+    layers = lm.layers() if enabled else []
+    for layer in layers:
+        layer.forward = functools.partial(torch.utils.checkpoint.checkpoint, layer.forward,
+                                          use_reentrant=False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward           # the class's own again
+
+
 def predict(lm: LoadedModel, ids: torch.Tensor, targets: torch.Tensor, mem: torch.Tensor | None,
-            backend: str | None = None):
+            backend: str | None = None, recompute: bool = False):
     """Per-position CE and argmax of the frozen LM on [mem ; ids] for the text positions 2..T.
 
     ids [B, T] right-padded, targets [B, T-1] (IGNORE_INDEX where not scored), mem [B, m, d] or
     None. Right padding needs no attention mask: causal attention never lets a real position
     see the padding after it. Returns (loss [B, T-1] fp32, argmax [B, T-1], margin [B, T-1]:
-    the target's logit minus the best other one, ops.linear_cross_entropy's)."""
+    the target's logit minus the best other one, ops.linear_cross_entropy's). ``recompute``:
+    the backbone's activations recomputed in the backward (recomputed_activations)."""
     B, T = ids.shape
     m = 0 if mem is None else mem.shape[1]
     if mem is None:
-        x = torch.nn.functional.embedding(ids, lm.embedding)
+        x = lm.embed(ids)
     else:
-        x = ops.mem_embed(ids, lm.embedding, mem, backend=backend)
-    hidden = lm.backbone(inputs_embeds=x, use_cache=False)[0]
+        x = ops.mem_embed(ids, lm.embedding, mem, backend=backend, scale=lm.input_scale)
+    with recomputed_activations(lm, recompute and torch.is_grad_enabled()):
+        hidden = lm.backbone(inputs_embeds=x, use_cache=False)[0]
     hidden = hidden[:, m:m + T - 1].reshape(B * (T - 1), -1)
     head = lm.head
     loss, argmax, margin = ops.linear_cross_entropy(hidden, head.weight, targets.reshape(-1),
-                                                    head.bias, backend=backend)
+                                                    head.bias, backend=backend,
+                                                    logit_scale=lm.logit_scale, softcap=lm.softcap)
     return loss.view(B, T - 1), argmax.view(B, T - 1), margin.view(B, T - 1)
 
 
 def step(lm: LoadedModel, state: SlotState, rows: torch.Tensor, ids: torch.Tensor,
-         targets: torch.Tensor, backend: str | None = None, update=mem_update) -> torch.Tensor:
+         targets: torch.Tensor, backend: str | None = None, update=mem_update,
+         recompute: bool = False) -> torch.Tensor:
     """One evaluation + update of the slots in ``rows`` (ids/targets: their padded texts);
     returns their correct-counts (-1: stopped before, FAILED_ON_DEVICE: non-finite loss)."""
     active = state.active[rows]
     mem = state.mem[rows].clone().requires_grad_(True)
     scored = torch.where(active[:, None], targets, torch.full_like(targets, ops.IGNORE_INDEX))
-    loss, argmax, margin = predict(lm, ids, scored, mem, backend)
+    loss, argmax, margin = predict(lm, ids, scored, mem, backend, recompute)
     gamma = state.hyper_column("focal_gamma", rows).view(-1, 1)
     required = state.hyper_column("margin", rows).view(-1, 1)
     weights = objective_weights(loss, gamma, margin, required)
@@ -95,8 +119,9 @@ class EagerSteps:
     on a GPU the read would be a host sync per step, and a stopped row is nearly free)."""
 
     def __init__(self, lm: LoadedModel, state: SlotState, backend=None, update=mem_update,
-                 drop_stopped: bool | None = None):
+                 drop_stopped: bool | None = None, recompute: bool = False):
         self.lm, self.state, self.backend, self.update = lm, state, backend, update
+        self.recompute = recompute
         self.drop_stopped = lm.device.type == "cpu" if drop_stopped is None else drop_stopped
 
     def steps(self, rows, ids, targets, k: int) -> list[torch.Tensor]:
@@ -105,11 +130,12 @@ class EagerSteps:
     def _one(self, rows, ids, targets):
         live = self.state.active[rows]
         if not self.drop_stopped or bool(live.all()):
-            return step(self.lm, self.state, rows, ids, targets, self.backend, self.update)
+            return step(self.lm, self.state, rows, ids, targets, self.backend, self.update,
+                        self.recompute)
         out = torch.full((len(rows),), -1, dtype=torch.long, device=rows.device)
         if bool(live.any()):
             out[live] = step(self.lm, self.state, rows[live], ids[live], targets[live],
-                             self.backend, self.update)
+                             self.backend, self.update, self.recompute)
         return out
 
 
@@ -125,8 +151,9 @@ class GraphedSteps(EagerSteps):
     WARMUP = 2
     MAX_GRAPHS = 16
 
-    def __init__(self, lm, state, backend=None, update=mem_update, drop_stopped=None):
-        super().__init__(lm, state, backend, update, drop_stopped=False)
+    def __init__(self, lm, state, backend=None, update=mem_update, drop_stopped=None,
+                 recompute=False):
+        super().__init__(lm, state, backend, update, drop_stopped=False, recompute=recompute)
         self.graphs: dict[tuple, tuple] = {}
         self.pool = torch.cuda.graph_pool_handle()
 
@@ -162,7 +189,8 @@ class GraphedSteps(EagerSteps):
         static_in = (rows.clone(), ids.clone(), targets.clone())
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            static_out = step(self.lm, self.state, *static_in, self.backend, self.update)
+            static_out = step(self.lm, self.state, *static_in, self.backend, self.update,
+                              self.recompute)
         self.graphs[key] = (graph, static_in, static_out)
 
 
@@ -178,4 +206,4 @@ def make_stepper(lm: LoadedModel, state: SlotState, batch: BatchSettings, backen
                  update=mem_update, drop_stopped: bool | None = None) -> EagerSteps:
     """The stepper compress uses for these settings: GraphedSteps where use_cuda_graphs."""
     kind = GraphedSteps if use_cuda_graphs(lm, batch, backend) else EagerSteps
-    return kind(lm, state, backend, update, drop_stopped)
+    return kind(lm, state, backend, update, drop_stopped, batch.recompute_activations)

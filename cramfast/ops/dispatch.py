@@ -1,7 +1,8 @@
 """The two fused operations of a cramming step: check the inputs, pick the backend, dispatch.
 
-    mem_embed(input_ids, embedding, mem)            -> inputs_embeds [B, m+T, d]
-    linear_cross_entropy(hidden, weight, targets)   -> (loss, argmax, margin) per row
+    mem_embed(input_ids, embedding, mem, scale)     -> inputs_embeds [B, m+T, d]
+    linear_cross_entropy(hidden, weight, targets, bias, logit_scale=, softcap=)
+                                                    -> (loss, argmax, margin) per row
 
 Backends: ``triton`` (kernels/, compiled on CUDA, interpreted on CPU under TRITON_INTERPRET=1),
 ``torch`` (twins.py: the same contracts in chunked torch; no N x V logits are ever held) and
@@ -12,6 +13,8 @@ The autograd Functions (autograd.py) are the same whichever backend computes the
 """
 from __future__ import annotations
 
+import functools
+import math
 import os
 import warnings
 
@@ -66,11 +69,14 @@ def _triton_kernels():
 
 
 def mem_embed(input_ids: torch.Tensor, embedding: torch.Tensor, mem: torch.Tensor,
-              backend: str | None = None) -> torch.Tensor:
-    """[mem ; embedding[input_ids]] along the sequence: [B, m+T, d] in the embedding's dtype.
+              backend: str | None = None, scale: float = 1.0) -> torch.Tensor:
+    """[mem ; embedding[input_ids] * scale] along the sequence: [B, m+T, d] in the embedding's
+    dtype.
 
     input_ids [B, T] (right padding with any valid id; padded positions are masked downstream),
-    embedding [V, d] frozen, mem [B, m, d] (any float dtype; the gradient flows back to it).
+    embedding [V, d] frozen, mem [B, m, d] (any float dtype; the gradient flows back to it),
+    scale: the model's input scale (Gemma's sqrt(d); the mem is not scaled: it lives where the
+    backbone reads).
     """
     if input_ids.dim() != 2 or mem.dim() != 3 or embedding.dim() != 2:
         raise ValueError(f"mem_embed: expected input_ids [B,T], embedding [V,d], mem [B,m,d]; got "
@@ -78,19 +84,26 @@ def mem_embed(input_ids: torch.Tensor, embedding: torch.Tensor, mem: torch.Tenso
     if mem.shape[0] != input_ids.shape[0] or mem.shape[2] != embedding.shape[1]:
         raise ValueError(f"mem_embed: mem {tuple(mem.shape)} does not match batch "
                          f"{input_ids.shape[0]} and d {embedding.shape[1]}")
+    if not math.isfinite(scale) or scale == 0:
+        raise ValueError(f"mem_embed: scale must be finite and non-zero, got {scale}")
     if backend_for(embedding, backend) == "triton":
         forward = _triton_kernels().mem_embed_forward
     else:
         forward = twins.mem_embed_torch
-    return MemEmbed.apply(forward, input_ids, embedding, mem)
+    return MemEmbed.apply(functools.partial(forward, scale=float(scale)), input_ids, embedding,
+                          mem)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         bias: torch.Tensor | None = None, backend: str | None = None):
-    """Cross-entropy of ``hidden @ weight.T (+ bias)`` against ``targets``, row by row.
+                         bias: torch.Tensor | None = None, backend: str | None = None,
+                         logit_scale: float = 1.0, softcap: float | None = None):
+    """Cross-entropy of the logits z = logit_scale * (hidden @ weight.T (+ bias)), soft-capped
+    to softcap * tanh(z / softcap) when ``softcap`` is given, against ``targets``, row by row.
 
     hidden [N, d], weight [V, d] (frozen LM head), targets [N] (IGNORE_INDEX masks a row),
-    bias [V] or None. Returns (loss [N], 0 on masked rows, fp32 (fp64 for fp64 inputs);
+    bias [V] or None; logit_scale and softcap: what the model does to its head's output (Cohere,
+    Granite, Gemma 2: models.LoadedModel). Argmax and margin are of those logits.
+    Returns (loss [N], 0 on masked rows, fp32 (fp64 for fp64 inputs);
     argmax [N] int64, -1 on masked rows, ties to the lowest index; margin [N], the target's
     logit minus the largest other logit, 0 on masked rows, +inf where V is 1, in loss's dtype).
     Differentiable w.r.t. ``hidden`` only (through loss); the gradient is computed in the
@@ -101,11 +114,18 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
                          f"{tuple(weight.shape)} must be [N, d] and [V, d]")
     if targets.shape != hidden.shape[:1] or (bias is not None and bias.shape != weight.shape[:1]):
         raise ValueError("linear_cross_entropy: targets must be [N] and bias [V]")
+    if not math.isfinite(logit_scale) or logit_scale == 0:
+        raise ValueError(f"linear_cross_entropy: logit_scale must be finite and non-zero, got "
+                         f"{logit_scale}")
+    if softcap is not None and not (math.isfinite(softcap) and softcap > 0):
+        raise ValueError(f"linear_cross_entropy: softcap must be None or > 0, got {softcap}")
+    transform = dict(logit_scale=float(logit_scale),
+                     softcap=None if softcap is None else float(softcap))
     chosen = backend_for(hidden, backend)
     if chosen == "naive":
-        return twins.linear_cross_entropy_naive(hidden, weight, targets, bias)
-    forward = (_triton_kernels().linear_cross_entropy_forward if chosen == "triton"
-               else twins.linear_cross_entropy_torch)
+        return twins.linear_cross_entropy_naive(hidden, weight, targets, bias, **transform)
+    forward = functools.partial(_triton_kernels().linear_cross_entropy_forward if chosen ==
+                                "triton" else twins.linear_cross_entropy_torch, **transform)
     # Decided here, not in forward: forward runs with grad mode off, and ctx.needs_input_grad
     # stays True under torch.no_grad(), which would waste the gradient pass.
     want_grad = hidden.requires_grad and torch.is_grad_enabled()

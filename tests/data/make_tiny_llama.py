@@ -53,6 +53,7 @@ def pretrain(model, tokenizer, steps: int = 150, window: int = 32):
         loss.backward()
         opt.step()
     model.eval()
+    return float(loss.detach())
 
 
 def main():
