@@ -125,9 +125,10 @@ class Checkpointer:
         self.last_time, self.last_evaluation = time.monotonic(), 0
         self.saves, self.seconds = 0, 0.0   # saves made and the time they took
 
-    def resumed(self) -> dict[int, dict]:
-        """Text index -> its record, for the texts the store holds a record of."""
-        by_fp = {fp: i for i, fp in self.fingerprints.items()}
+    def resumed(self, indices: list[int] | None = None) -> dict[int, dict]:
+        """Text index -> its record, for the texts (default: all) the store holds a record of."""
+        by_fp = {self.fingerprints[i]: i for i in (self.fingerprints if indices is None
+                                                   else indices)}
         found = self.store.get(list(by_fp))
         records = {by_fp[fp]: unpack(blob) for fp, blob in found.items()}
         return {i: r for i, r in records.items() if r is not None}

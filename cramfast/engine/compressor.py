@@ -21,7 +21,9 @@ The path, top to bottom:
 """
 from __future__ import annotations
 
+import itertools
 import time
+from collections import deque
 from dataclasses import replace
 
 import torch
@@ -35,6 +37,7 @@ from cramfast.engine.optim import SlotState
 from cramfast.engine.scheduler import Scheduler
 from cramfast.engine.sizing import size_batch
 from cramfast.engine.step import GraphedSteps, make_stepper, pad_batch, use_cuda_graphs
+from cramfast.errors import CramfastError
 from cramfast.metrics import CompressionResult, decoded_back, make_result
 from cramfast.models import LoadedModel, load_model
 from cramfast.presets import DEFAULT_PRESET
@@ -70,22 +73,74 @@ def compress(texts, model=None, n_mem: int = 1, max_length: int | None = None, s
 def compress_iter(texts, model=None, n_mem: int = 1, max_length: int | None = None, seed: int = 0,
                   backend: str | None = None, preset: str = DEFAULT_PRESET,
                   per_text: list[dict] | None = None, init_mems=None, hooks: Hooks | None = None,
-                  checkpoint=None, **settings):
-    """Like ``compress``, but returns an iterator of (input index, result) that yields each
-    text as soon as it finishes, so a caller can store it at once. Every text is tokenized and
-    checked here, before any work starts: bad input raises before the first step."""
+                  checkpoint=None, longest: int | None = None, **settings) -> Stream:
+    """Like ``compress``, but returns a Stream: an iterator of (input index, result) that yields
+    each text as soon as it finishes, so a caller can store it at once, and that takes more
+    texts while it runs (Stream.submit; ``longest``: the most tokens a submitted text will have,
+    so the batch is sized for it). Every text is tokenized and checked here, before any work
+    starts: bad input raises before the first step."""
     lm = load_model(model)
     text_settings, batch = split(preset_settings(preset, **settings))
     jobs = make_jobs(lm, texts, n_mem, max_length, seed, text_settings, per_text, init_mems)
-    batch = size_batch(lm, batch, [job.token_ids for job in jobs], n_mem, jobs[0].settings,
-                       backend)
-    record = dict(batch.to_dict(), cuda_graphs=use_cuda_graphs(lm, batch, backend))
+    lengths = [job.token_ids for job in jobs] + ([[0] * longest] if longest else [])
+    batch = size_batch(lm, batch, lengths, n_mem, jobs[0].settings, backend)
     store = as_store(checkpoint)
     checkpointer = None if store is None else Checkpointer(
         store, {job.index: job_fingerprint(lm, job, n_mem, batch) for job in jobs},
         batch.checkpoint_seconds, batch.checkpoint_steps)
-    return _results_as_they_finish(lm, jobs, n_mem, batch, backend, hooks or Hooks(), record,
-                                   checkpointer)
+    return Stream(lm, jobs, n_mem, batch, backend, hooks or Hooks(), checkpointer,
+                  dict(max_length=max_length, seed=seed, base=text_settings), longest)
+
+
+class Stream:
+    """compress_iter's iterator, open to more texts while it runs. ``submit`` checks a text at
+    once (as compress_iter checks its own) and queues it; it joins the batch at the next sync
+    where a slot is free. Iterating yields (index, result) as texts finish, submitted ones
+    included (indices go on from the first texts'), and ends when nothing is running, queued
+    or submitted: after each result the caller may submit more. A search submits a text's next
+    probe the moment its last one comes back, so no slot waits for a round to end.
+
+        stream = compress_iter(first_texts, model=lm, longest=256)
+        for index, result in stream:
+            if worth_another(result):
+                stream.submit(next_text)
+    """
+
+    def __init__(self, lm, jobs, n_mem, batch, backend, hooks, checkpointer, inputs, longest):
+        self.lm, self.n_mem, self.batch, self.checkpointer = lm, n_mem, batch, checkpointer
+        self.inputs = inputs                # max_length, seed and the text settings of jobs
+        self.budget = max((longest or 0), max(len(j.token_ids) for j in jobs)) + n_mem
+        self.submitted = 0
+        self._next_index = len(jobs)
+        self._incoming: deque = deque()
+        record = dict(batch.to_dict(), cuda_graphs=use_cuda_graphs(lm, batch, backend))
+        self._results = _results_as_they_finish(lm, jobs, n_mem, batch, backend, hooks, record,
+                                                checkpointer, self._incoming, self.budget)
+
+    def submit(self, text, settings: dict | None = None, init_mem=None) -> int:
+        """Queue one more text (``settings``: its per-text settings; ``init_mem``: its start);
+        returns its index. Raises CramfastError on bad input, as compress_iter does."""
+        [job] = make_jobs(self.lm, [text], self.n_mem, self.inputs["max_length"],
+                          self.inputs["seed"], self.inputs["base"],
+                          None if settings is None else [settings],
+                          None if init_mem is None else [init_mem])
+        if len(job.token_ids) + self.n_mem > self.budget:
+            raise CramfastError(f"a submitted text of {len(job.token_ids)} tokens is longer than "
+                                f"the stream was sized for ({self.budget - self.n_mem}); pass "
+                                "longest= to compress_iter")
+        job.index, self._next_index = self._next_index, self._next_index + 1
+        if self.checkpointer:
+            self.checkpointer.fingerprints[job.index] = job_fingerprint(self.lm, job, self.n_mem,
+                                                                        self.batch)
+        self._incoming.append(job)
+        self.submitted += 1
+        return job.index
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._results)
 
 
 def job_fingerprint(lm: LoadedModel, job: Job, n_mem: int, batch: BatchSettings) -> str:
@@ -99,8 +154,10 @@ def job_fingerprint(lm: LoadedModel, job: Job, n_mem: int, batch: BatchSettings)
                        job.init_mem)
 
 
-def _results_as_they_finish(lm, jobs, n_mem, batch, backend, hooks, record, checkpointer):
-    for finished in optimize(lm, jobs, n_mem, batch, backend, hooks, checkpointer):
+def _results_as_they_finish(lm, jobs, n_mem, batch, backend, hooks, record, checkpointer,
+                            incoming=None, budget=0):
+    for finished in optimize(lm, jobs, n_mem, batch, backend, hooks, checkpointer, incoming,
+                             budget):
         start = time.perf_counter()
         results = finish(lm, finished, n_mem, backend, record)
         if hooks.on_timing:
@@ -110,33 +167,36 @@ def _results_as_they_finish(lm, jobs, n_mem, batch, backend, hooks, record, chec
 
 
 def optimize(lm: LoadedModel, jobs: list[Job], n_mem: int, batch: BatchSettings, backend=None,
-             hooks: Hooks | None = None, checkpointer: Checkpointer | None = None):
+             hooks: Hooks | None = None, checkpointer: Checkpointer | None = None,
+             incoming: deque | None = None, budget: int = 0):
     """Drive the scheduler; yields the list of jobs finished at each sync (their ``result``
-    filled in). Each scheduler job is one Attempt: attempt 0 of text i has id i, parallel
-    attempts ids from len(jobs) on. With a ``checkpointer``, texts it holds a record of go on
-    from there, and every text in flight is saved when a save is due."""
+    filled in). Each scheduler job is one Attempt, its id drawn from one counter. With a
+    ``checkpointer``, texts it holds a record of go on from there, and every text in flight is
+    saved when a save is due. ``incoming``: jobs that arrive while it runs (a Stream's); each
+    joins the queue at the next sync, and the run ends when nothing is running, queued or
+    incoming. ``budget``: tokens the longest of them may need (padded length + n_mem)."""
     hooks = hooks or Hooks()
-    budget = max(batch.token_budget, max(len(j.token_ids) for j in jobs) + n_mem)
+    incoming = deque() if incoming is None else incoming
+    budget = max(batch.token_budget, budget, max(len(j.token_ids) for j in jobs) + n_mem)
     sched = Scheduler(batch.max_slots, budget, n_mem, batch.policy)
     attempts: dict[int, Attempt] = {}
+    attempt_ids = itertools.count()
     resumed = checkpointer.resumed() if checkpointer else {}
-    next_id = len(jobs)
     for job in jobs:
-        if job.index in resumed:
-            next_id = _resume(sched, attempts, job, resumed[job.index], next_id)
-            continue
-        start, draws = hooks.start(lm, job.token_ids, n_mem, job.seed, job.settings, 0)
-        start = job.init_mem if job.init_mem is not None else start
-        _add_attempt(sched, attempts, job.index, Attempt(job, 0, start, draws, job.settings))
+        _enter(lm, sched, attempts, attempt_ids, job, n_mem, hooks, resumed.get(job.index))
     n_draws = max(a.restart_draws.shape[0] if a.restart_draws is not None else 0
                   for a in attempts.values())
     state = SlotState(batch.max_slots, n_mem, lm.hidden_size, mem_dtype(lm), lm.device, n_draws)
     fill_width = min(batch.fill_slots, batch.max_slots)
     stepper = make_stepper(lm, state, batch, backend, hooks.update, hooks.drop_stopped)
-    while not sched.done():
+    while not sched.done() or incoming:
+        while incoming:
+            job = incoming.popleft()
+            record = checkpointer.resumed([job.index]).get(job.index) if checkpointer else None
+            _enter(lm, sched, attempts, attempt_ids, job, n_mem, hooks, record, n_draws)
         if sched.pending() == 0 and sched.running() < fill_width:
-            next_id = _fill_idle_slots(lm, sched, attempts, fill_width, batch.sync_every,
-                                       n_mem, next_id, hooks)
+            _fill_idle_slots(lm, sched, attempts, fill_width, batch.sync_every, n_mem,
+                             attempt_ids, hooks)
         plan = sched.plan()
         for slot in plan.new_slots:
             attempt = attempts[plan.slot_jobs[slot]]
@@ -168,7 +228,7 @@ def optimize(lm: LoadedModel, jobs: list[Job], n_mem: int, batch: BatchSettings,
         if done:
             started = time.perf_counter()
             checked = len(done)
-            done, next_id = verify_decodes(lm, sched, attempts, done, next_id)
+            done = verify_decodes(lm, sched, attempts, done, attempt_ids)
             if hooks.on_timing:
                 hooks.on_timing(Timing("decode_check", time.perf_counter() - started, checked, 0))
         if checkpointer and checkpointer.due(sched.evaluations()):
@@ -228,29 +288,41 @@ def in_flight(attempts: dict, state: SlotState, sched) -> dict[int, dict]:
     return records
 
 
-def _resume(sched, attempts: dict, job: Job, record: dict, next_id: int) -> int:
-    """Queue a text's attempts as its checkpoint ``record`` holds them; returns the next free
-    attempt id (its first attempt takes the text's own id)."""
+def _enter(lm, sched, attempts: dict, ids, job: Job, n_mem: int, hooks: Hooks,
+           record: dict | None, n_draws: int | None = None):
+    """Queue a text: its first attempt, or the attempts its checkpoint ``record`` holds.
+    ``n_draws``: the restart draws a slot holds, once the slots exist."""
+    if record is not None:
+        _resume(sched, attempts, ids, job, record)
+        return
+    start, draws = hooks.start(lm, job.token_ids, n_mem, job.seed, job.settings, 0)
+    if n_draws is not None and draws is not None and len(draws) > n_draws:
+        raise CramfastError(f"text {job.index} needs {len(draws)} restart draws; the texts "
+                            f"the run started with had {n_draws} (max_restarts)")
+    start = job.init_mem if job.init_mem is not None else start
+    _add_attempt(sched, attempts, next(ids), Attempt(job, 0, start, draws, job.settings))
+
+
+def _resume(sched, attempts: dict, ids, job: Job, record: dict):
+    """Queue a text's attempts as its checkpoint ``record`` holds them."""
     job.resumed = True
     job.decode_retries, job.outcomes = record["decode_retries"], record["outcomes"]
     job.started = time.perf_counter() - record["seconds"]
     job.first_evaluation = sched.evaluations() - record["evaluations"]
-    for k, saved in enumerate(record["attempts"]):
+    for saved in record["attempts"]:
         attempt = Attempt(job, saved["number"], saved["init_mem"], saved["restart_draws"],
                           TextSettings(**saved["settings"]), saved["step_offset"],
                           resume=saved["slot_state"])
-        _add_attempt(sched, attempts, job.index if k == 0 else next_id, attempt)
-        next_id += k > 0
+        _add_attempt(sched, attempts, next(ids), attempt)
     job.attempts = record["attempts_started"]
-    return next_id
 
 
-def _fill_idle_slots(lm, sched, attempts: dict, width: int, sync_every: int, n_mem: int,
-                     next_id: int, hooks: Hooks) -> int:
+def _fill_idle_slots(lm, sched, attempts: dict, width: int, sync_every: int, n_mem: int, ids,
+                     hooks: Hooks):
     """Queue parallel attempts of running texts until ``width`` slots would be busy: the
     text with the fewest attempts running goes first (then the lower index). An attempt gets
     what is left of its text's max_steps, so no text runs longer than without parallel
-    attempts. Returns the next free attempt id."""
+    attempts."""
     for _ in range(width - sched.running()):
         running: dict[int, list[Attempt]] = {}
         for attempt in attempts.values():
@@ -269,9 +341,7 @@ def _fill_idle_slots(lm, sched, attempts: dict, width: int, sync_every: int, n_m
         k = job.attempts
         s = replace(job.settings, max_steps=left)
         start, draws = hooks.start(lm, job.token_ids, n_mem, job.seed, s, k)
-        _add_attempt(sched, attempts, next_id, Attempt(job, k, start, draws, s))
-        next_id += 1
-    return next_id
+        _add_attempt(sched, attempts, next(ids), Attempt(job, k, start, draws, s))
 
 
 def _attempt_finished(sched, attempts: dict, fin, state: SlotState) -> Job | None:
@@ -319,12 +389,13 @@ def _collect(attempt: Attempt, fin, state: SlotState) -> dict:
 DECODE_MARGIN_FLOOR = {16: 1.0, 32: 0.1, 64: 0.01}
 
 
-def verify_decodes(lm: LoadedModel, sched, attempts: dict, jobs: list[Job], next_id: int):
+def verify_decodes(lm: LoadedModel, sched, attempts: dict, jobs: list[Job], ids):
     """Greedy-decode the texts that just finished, as a user decodes them (KV-cached, batched).
     A text that stopped lossless but does not decode back is not done: it goes on from its mem
     (a continuation: twice the margin it had, at least DECODE_MARGIN_FLOOR for the model's
     precision, no restarts) within what is left of its max_steps, else it ends as max_steps.
-    Returns the texts that are done (their decoded ids in ``result``) and the next attempt id."""
+    Returns the texts that are done (their decoded ids in ``result``); ``ids`` gives the
+    attempt ids."""
     mems = torch.stack([job.result["mem"] for job in jobs])
     decoded = greedy_decode(lm, mems, [job.token_ids[0] for job in jobs],
                             max(len(job.token_ids) for job in jobs) - 1)
@@ -347,9 +418,8 @@ def verify_decodes(lm: LoadedModel, sched, attempts: dict, jobs: list[Job], next
         continuation = Attempt(job, job.attempts, job.result["mem"], None, settings,
                                step_offset=job.result["steps"])
         job.outcomes.clear()        # the continuation starts from this mem: it cannot do worse
-        _add_attempt(sched, attempts, next_id, continuation)
-        next_id += 1
-    return done, next_id
+        _add_attempt(sched, attempts, next(ids), continuation)
+    return done
 
 
 def finish(lm: LoadedModel, jobs: list[Job], n_mem: int, backend, batch_record: dict
