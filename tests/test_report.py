@@ -13,7 +13,7 @@ from cramfast.report import groups as report_groups
 from cramfast.sweep import grid, store
 from cramfast.sweep import runner as sweep
 
-from conftest import bound_by_permissions, env, one_line_failure
+from conftest import CORPUS, bound_by_permissions, env, fake_compressor, one_line_failure
 
 SETTINGS = json.dumps({"identity": {"lr": 0.01, "warm_start": False}})
 
@@ -178,3 +178,106 @@ def test_fig1_labels_every_capacity_and_keeps_the_legend_off_the_bars(tmp_path, 
     fig.canvas.draw()
     assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1
     assert ax.get_ylim()[1] > 80
+
+
+# ---------------------------------------------------------------------------------------------
+# the two capacities side by side, passages, the 95% interval, summary.json
+
+
+def test_summary_json_from_a_climb_and_a_search(trained_path, tmp_path, capsys):
+    """A store made with the stand-in compressor (lossless up to 20 tokens): a climb over prose
+    and random words, then a --search over the prose texts into the same store."""
+    book = tmp_path / "book.txt"
+    sentences = [s.strip() + "." for s in CORPUS.split(". ") if s.strip()][:4]
+    book.write_text("\n\n".join(" ".join((sentences[k:] + sentences[:k]) * 2) for k in range(4)))
+    words = tmp_path / "words.txt"
+    words.write_text("cat\ndog\nsky\nmat\nfox\nsun\n")
+    db = tmp_path / "climb.db"
+    common = ["--model", trained_path, "--samples", "3", "--max-steps", "77", "--db", str(db),
+              "--vocab-file", str(words)]
+    climb = grid.build_grid(sweep._parser().parse_args(common + [
+        "--source", str(book), "--source", "random", "--lengths", "8,16,24,32,40", "--climb"]))
+    sweep.run_sweep(climb, quiet=True, compress_iter=fake_compressor(lambda ids: 20))
+    search = grid.build_grid(sweep._parser().parse_args(common + [
+        "--source", str(book), "--lengths", "8,40", "--search", "capacity"]))
+    found = sweep.run_sweep(search, quiet=True, compress_iter=fake_compressor(lambda ids: 20))
+    assert set(found.search.values()) == {20}            # its probes: 20, 21, 22 off the grid
+    out = tmp_path / "rep"
+    assert report.main([str(db), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Capacity, two ways:" in printed and "- Capacity (the paper's definition" in printed
+    assert "- Search capacity (`--search capacity`): for each text alone" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["threshold"] == 0.99 and "normal approximation" in summary["mean_accuracy_ci95"]
+    by_kind = {r["text_kind"]: r for r in summary["records"]}
+    assert set(by_kind) == {"prose", "random"}
+    for r in by_kind.values():
+        assert (r["preset"], r["max_steps"], r["n_mem"]) == ("paper", 77, 1)
+        assert r["capacity"] == 16 and not r["capacity_is_lower_bound"]
+        assert r["capacity_note"] is None
+        # the climb stopped after 24 and 32 failed: 40 never ran; the search's 20-22 not counted
+        assert r["lengths"] == [8, 16, 24, 32]
+        assert r["passages"] == {"8": 3, "16": 3, "24": 3, "32": 3} and r["min_passages"] == 3
+        assert r["mean_accuracy"] == pytest.approx({"8": 1.0, "16": 1.0, "24": 11 / 23,
+                                                    "32": 15 / 31})
+        assert r["mean_accuracy_ci95"]["24"] == pytest.approx([11 / 23, 11 / 23])
+    prose, rnd = by_kind["prose"], by_kind["random"]
+    assert prose["source_id"].startswith("file:") and rnd["source_id"].startswith("random:")
+    assert rnd["search"] is None
+    assert {k: prose["search"][k] for k in ("texts", "median", "min", "max",
+                                            "lower_bound_texts")} == dict(
+        texts=3, median=20, min=20, max=20, lower_bound_texts=0)
+    assert [t["largest_lossless_length"] for t in prose["search"]["per_text"]] == [20, 20, 20]
+    md = (out / "report.md").read_text()
+    assert "## Capacity: the paper's and per text" in md and "## Mean accuracy per length" in md
+    with open(out / "per_length.csv") as f:
+        per_length = {(r["source"], r["length"]): r for r in csv.DictReader(f)}
+    assert per_length[("book.txt", "20")]["counted"] == "False"
+    assert per_length[("book.txt", "24")]["counted"] == "True"
+
+
+def test_passages_lower_bounds_and_no_capacity_are_labelled():
+    rows = [dict(row(s, 8, 1.0), id=s, ref=f"r.db#{s}") for s in range(3)] + [
+        dict(row(s, 16, 1.0), id=10 + s, ref=f"r.db#{10 + s}") for s in range(2)]  # 2 of 3 texts
+    rows += [dict(row(s, L, 0.5, n_mem=2), id=20 + s + L, ref="r.db#x") for s in range(2)
+             for L in (8, 16)]
+    groups = report_groups.groups_of(rows)
+    one, two = report_groups.summary_records(groups)
+    assert one["capacity"] == 16 and one["capacity_is_lower_bound"]
+    assert one["passages"] == {"8": 3, "16": 2} and one["min_passages"] == 2
+    assert one["capacity_note"] == ("lower bound: 16 is the largest length tried and none failed; "
+                                    "decided over 2 of the group's 3 texts")
+    assert one["mean_accuracy_ci95"] == {"8": [1.0, 1.0], "16": [1.0, 1.0]}
+    assert two["capacity"] is None
+    assert two["capacity_note"] == "below the smallest length tried (8): no length reaches 0.99"
+    assert one["preset"] is None and one["max_steps"] is None and one["text_kind"] == "prose"
+    table = report_groups.table_rows(groups)
+    assert report._capacity_cell(table[0]) == "≥ 16 (2/3)" and report._capacity_cell(
+        table[1]) == "<8"
+    lines = report.per_length_table(report_groups.per_length_rows(groups), 0.99).splitlines()
+    assert lines[3] == "| EleutherAI/pythia-160m | pg19 | 1 | 16 | 2/3 | 1.0000 | " \
+        "1.0000 – 1.0000 | yes | yes |"
+
+
+def test_accuracy_interval_is_the_normal_one_over_texts():
+    low, high = report_groups.accuracy_interval([1.0, 0.985])
+    half = 1.96 * (0.015 / 2 ** 0.5) / 2 ** 0.5        # sd of two values: |a - b| / sqrt(2)
+    assert low == pytest.approx(0.9925 - half) and high == 1.0       # clipped at 1
+    assert report_groups.accuracy_interval([0.5]) is None
+    assert report_groups.accuracy_interval([0.2, 0.4, 0.6]) == pytest.approx(
+        (0.4 - 1.96 * 0.2 / 3 ** 0.5, 0.4 + 1.96 * 0.2 / 3 ** 0.5))
+    assert [report_groups.text_kind(s) for s in ("random:wordfreq-x?sample_seed=0",
+                                                 "file:/b.txt?c", "dir:/books?c", "pg19:test?c",
+                                                 "other")] == [
+        "random", "prose", "prose", "prose", "unknown"]
+
+
+def test_search_only_lengths_off_the_grid_do_not_decide_the_capacity():
+    """A search's bisection length reached by every text (12) is off the paper's grid: left
+    out; its doubling probes on the grid that every text reached (8, 16) count."""
+    rows = [dict(row(s, L, acc, origin="search"), id=i, ref=f"r.db#{i}")
+            for i, (s, L, acc) in enumerate([(0, 8, 1.0), (1, 8, 1.0), (0, 12, 1.0),
+                                             (1, 12, 1.0), (0, 16, 0.5), (1, 16, 0.5)])]
+    g = report_groups.groups_of(rows)[0]
+    assert list(g.capacity_lengths()) == [8, 16]
+    assert g.capacity()[:2] == (8, False)

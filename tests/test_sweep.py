@@ -361,3 +361,168 @@ def test_ctrl_c_says_how_to_resume(monkeypatch, capsys):
 def test_bad_setting_names_its_flag(capsys):
     err = one_line_error(capsys, ["--source", "random", "--lr", "-1", "--quiet"])
     assert err.endswith("(flag --lr)"), err
+
+
+# ---------------------------------------------------------------------------------------------
+# --climb: the grid's lengths in order, a group stopped after two lengths below 0.99
+
+
+def climb_grid(trained_path, corpus_file, db, *extra):
+    return grid_args("--model", trained_path, "--source", str(corpus_file), "--samples", "3",
+                     "--lengths", "8,16,24,32,40,48", "--climb", "--db", str(db), *extra)
+
+
+def test_climb_stops_after_two_lengths_below_threshold(trained_path, corpus_file, tmp_path,
+                                                       capsys):
+    db = tmp_path / "climb.db"
+    g = climb_grid(trained_path, corpus_file, db)
+    fake = fake_compressor(lambda ids: 20)           # lossless up to 20 tokens: 24, 32 fail
+    summary = sweep.run_sweep(g, quiet=True, compress_iter=fake)
+    # one batched call per length, in increasing order, none past the second failure
+    assert [c["lengths"] for c in fake.calls] == [[L] * 3 for L in (8, 16, 24, 32)]
+    assert sorted({r["length"] for r in rows_of(db)}) == [8, 16, 24, 32]
+    assert {r["origin"] for r in rows_of(db)} == {"climb"}
+    assert summary.ran == 12 and summary.total == 18
+    assert (summary.climb_lengths, summary.climb_jobs) == (2, 6)
+    assert list(summary.climb.values()) == [(32, "stopped")]
+    assert "2 length(s) past the climb's stop skipped (6 jobs)" in summary.line()
+    # the rows are the grid's: a plain grid run of the same lengths finds them stored
+    plain = grid_args("--model", trained_path, "--source", str(corpus_file), "--samples", "3",
+                      "--lengths", "8,16,24,32", "--db", str(db))
+    assert plain.settings_hash() == g.settings_hash()
+    again = fake_compressor(lambda ids: 20)
+    assert sweep.run_sweep(plain, quiet=True, compress_iter=again).ran == 0 and again.calls == []
+
+
+def test_climb_goes_on_after_one_length_below(trained_path, corpus_file, tmp_path):
+    db = tmp_path / "dip.db"
+    # 16 and 32 fail for every text, 24 passes: never two in a row, so every length runs
+    fake = fake_compressor(lambda ids: 0 if len(ids) in (16, 32) else 100)
+    summary = sweep.run_sweep(climb_grid(trained_path, corpus_file, db), quiet=True,
+                              compress_iter=fake)
+    assert [c["lengths"][0] for c in fake.calls] == [8, 16, 24, 32, 40, 48]
+    assert list(summary.climb.values()) == [(48, "top")] and summary.climb_lengths == 0
+    # one text of three failing: mean 2/3 + 1/3 * 0.5 < 0.99, a failure; two in a row stop it
+    db2 = tmp_path / "one_text.db"
+    first = {}
+
+    def cap(ids):          # sample 0's text (the first seen at each length) fails from 24 on
+        first.setdefault(len(ids), tuple(ids))
+        return 20 if tuple(ids) == first[len(ids)] else 100
+    fake = fake_compressor(cap)
+    summary = sweep.run_sweep(climb_grid(trained_path, corpus_file, db2), quiet=True,
+                              compress_iter=fake)
+    assert [c["lengths"][0] for c in fake.calls] == [8, 16, 24, 32]
+
+
+def test_climb_resumes_from_stored_lengths_and_computes_nothing_twice(trained_path, corpus_file,
+                                                                       tmp_path, capsys):
+    db = tmp_path / "resume.db"
+    # a plain grid run of the first lengths (or a climb killed after them): they count
+    plain = grid_args("--model", trained_path, "--source", str(corpus_file), "--samples", "3",
+                      "--lengths", "8,16", "--db", str(db))
+    sweep.run_sweep(plain, quiet=True, compress_iter=fake_compressor(lambda ids: 20))
+    with store.Store(db) as s:    # one text's 16 missing: only it is run at 16
+        s.conn.execute("DELETE FROM runs WHERE length = 16 AND sample = 2")
+    g = climb_grid(trained_path, corpus_file, db)
+    fake = fake_compressor(lambda ids: 20)
+    summary = sweep.run_sweep(g, quiet=True, compress_iter=fake)
+    assert [c["lengths"] for c in fake.calls] == [[16], [24] * 3, [32] * 3]
+    assert summary.already == 5 and summary.ran == 7
+    # rerun: every length decided from the store, nothing computed or written, same stop
+    again = fake_compressor(lambda ids: 20)
+    rerun = sweep.run_sweep(g, quiet=True, compress_iter=again)
+    assert again.calls == [] and rerun.ran == 0 and rerun.climb == summary.climb
+    assert len(rows_of(db)) == 12
+    # the command line says so (its own compressor: never called, no model loaded)
+    assert sweep.main(["--model", trained_path, "--source", str(corpus_file), "--samples", "3",
+                       "--lengths", "8,16,24,32,40,48", "--climb", "--db", str(db),
+                       "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert ("18 jobs, 12 already stored, 0 rows written" in said
+            and "2 length(s) past the climb's stop skipped (6 jobs)" in said), said
+    assert "climb: 1 group(s), 1 stopped after 2 lengths below 0.99, 0 ran every length" in said
+
+
+def test_climb_with_warm_start_chains_the_lengths_it_runs(trained_path, corpus_file, tmp_path):
+    db = tmp_path / "warm_climb.db"
+    fake = fake_compressor(lambda ids: 20, accept_init=True)
+    sweep.run_sweep(climb_grid(trained_path, corpus_file, db, "--warm-start"), quiet=True,
+                    compress_iter=fake)
+    assert [c["lengths"][0] for c in fake.calls] == [8, 16, 24, 32]
+    assert fake.calls[0]["init_mems"] == [None] * 3
+    assert all(torch.equal(m, torch.full((1, 32), 16.0)) for m in fake.calls[2]["init_mems"])
+
+
+def test_climb_shards_texts_across_ranks(trained_path, corpus_file, tmp_path, monkeypatch):
+    """Two ranks (threads here, processes under torchrun) share each length's texts and wait for
+    each other's rows before deciding: together they store what one process stores."""
+    import threading
+
+    import cramfast
+    monkeypatch.setattr(sweep, "CLIMB_POLL_SECONDS", 0.02)
+    cramfast.load_model(trained_path)                # loaded once, before the threads share it
+    solo_db, db = tmp_path / "solo.db", tmp_path / "ranks.db"
+    sweep.run_sweep(climb_grid(trained_path, corpus_file, solo_db), quiet=True,
+                    compress_iter=fake_compressor(lambda ids: 20))
+    g = climb_grid(trained_path, corpus_file, db)
+    fakes = [fake_compressor(lambda ids: 20) for _ in range(2)]
+    summaries, errors = {}, []
+
+    def rank(r):
+        try:
+            summaries[r] = sweep.run_sweep(g, quiet=True, compress_iter=fakes[r], rank=r, world=2)
+        except Exception as exc:      # shown by the assertion below
+            errors.append(exc)
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(summaries) == 2
+    assert [p.name for p in store.family(db)] == ["ranks.rank0.db", "ranks.rank1.db"]
+    shards = [{(r["sample"], r["length"]) for r in store.Store(p).rows()}
+              for p in store.family(db)]
+    assert not shards[0] & shards[1]
+    assert shards[0] | shards[1] == {(r["sample"], r["length"]) for r in rows_of(solo_db)}
+    assert [c["lengths"] for c in fakes[0].calls] == [[L] * 2 for L in (8, 16, 24, 32)]
+    assert [c["lengths"] for c in fakes[1].calls] == [[L] for L in (8, 16, 24, 32)]
+    assert all(s.climb == summaries[0].climb for s in summaries.values())
+
+
+def test_climb_grid_from_toml_and_refusals(tmp_path, capsys, corpus_file, trained_path):
+    cfg = tmp_path / "climb.toml"
+    cfg.write_text('sources = ["random"]\nclimb = true\n')
+    g = grid_args("--config", str(cfg))
+    assert g.climb and tuple(g.lengths) == grid.PAPER_LENGTHS     # the paper's grid by default
+    assert g.settings_record()["climb"] is True
+    assert g.settings_hash() == grid_args("--source", "random").settings_hash()  # not in the key
+    assert grid_args("--config", str(cfg), "--lengths", "8,16").lengths == [8, 16]
+    assert grid_args("--config", "paper-pg19", "--source", "random", "--climb").lengths == list(
+        grid.PAPER_LENGTHS)
+    base = ["--source", "random", "--quiet", "--db", str(tmp_path / "x.db")]
+    err = one_line_error(capsys, base + ["--climb", "--search", "capacity"])
+    assert "--climb and --search capacity do not combine" in err
+    bad = tmp_path / "bad.toml"
+    bad.write_text('sources = ["random"]\nclimb = "yes"\n')
+    assert "climb must be true or false" in one_line_error(capsys, ["--config", str(bad)])
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_torchrun_two_ranks_climb(trained_path, corpus_file, tmp_path, capsys):
+    db = tmp_path / "climb_dist.db"
+    args = ["--model", trained_path, "--source", str(corpus_file), "--lengths", "8,16,24",
+            "--samples", "2", "--lr", "0.03", "--max-steps", "30", "--climb", "--db", str(db),
+            "--quiet"]
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc-per-node", "2", "-m", "cramfast.sweep", *args], cwd=tmp_path,
+                         env=env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    shards = store.family(db)
+    assert [p.name for p in shards] == ["climb_dist.rank0.db", "climb_dist.rank1.db"]
+    per_rank = [{(r["sample"], r["length"]) for r in store.Store(p).rows()} for p in shards]
+    assert {s for s, _ in per_rank[0]} == {0} and {s for s, _ in per_rank[1]} == {1}
+    assert {L for _, L in per_rank[0]} == {L for _, L in per_rank[1]}   # the same stop
+    stored = len(rows_of(db))
+    assert sweep.main(args) == 0           # one process: every length decided from the shards
+    assert f"{stored} already stored, 0 rows written" in capsys.readouterr().out

@@ -4,20 +4,27 @@ store alone.
 Rows are grouped by (model, source, n_mem, settings); a DB's rank shards (torchrun) are merged in,
 one row per job. For each group:
   d, V, MaxCap   the model's input-embedding width, vocabulary and round(d * 16 / log2 V)
-  capacity       the largest length L whose mean accuracy over the group's texts is >= 0.99,
-                 counting only lengths every text of the group was run at (the grid's lengths;
-                 a search's per-text probes would bias the mean); "≥" marks a capacity that is
-                 the longest length run (no length failed)
+  capacity       the paper's: the largest length L on the grid whose mean accuracy over the
+                 texts run at L is >= 0.99; the grid: the lengths a grid mode ran (grid, warm
+                 start, climb) and those of the paper's grid that a --search reached for every
+                 text (its other probes reach only the texts lossless below them, a biased
+                 mean); "≥" marks a capacity that is the longest length counted (none longer
+                 failed: a lower bound); a length run for fewer than the group's texts is
+                 labelled with its passage count ("3/4")
   token gain     mean over the group's runs with accuracy <= 0.99 (the paper's averaging),
   CE reduction   in tokens and nats
   utilisation    token gain / (MaxCap * n_mem)
   bits/vector    CE reduction in bits / n_mem
+  search capacity  (--search rows) per text, the largest lossless length; median, min, max
 Published numbers (Kuratov et al. 2025, Table 1 and Figure 4) are put beside models whose name
-matches. Files written: table1.md, table1.csv, per_length.csv (the capacity's inputs),
+matches. Per length: the mean accuracy, its 95% interval (normal approximation over the texts'
+accuracies) and the passages it is over. Files written: table1.csv, per_length.csv (the
+capacity's inputs), summary.json (one record per group: capacity, passages and mean accuracy
+per length, preset, max_steps, the search's per-text capacities),
 fig1_capacity.png, fig3_ce.png, fig4_capacity_vs_nmem.png, fig5_theory_vs_measured.png, one CSV
 per figure with the plotted points, search.csv (--search runs), warm_start.csv (--warm-start
 runs), and report.md embedding it all. Every number carries the refs ("FILE#id") of its rows.
-The numbers are computed in cramfast.report_groups, the figures drawn in cramfast.report_figures.
+The numbers are computed in cramfast.report.groups, the figures drawn in cramfast.report.figures.
 The output folder is checked writable before the store is read.
 """
 from __future__ import annotations
@@ -36,11 +43,24 @@ from cramfast.report.groups import (
     groups_of,
     per_length_rows,
     search_rows,
+    summary_records,
     sweep_identity,
     table_rows,
     warm_start_rows,
 )
 from cramfast.sweep import store
+
+
+def capacity_sentences(threshold: float) -> list[str]:
+    """What each of the two capacities means, one sentence each."""
+    return [f"**Capacity** (the paper's definition, Kuratov et al. 2025): the largest length L "
+            f"on the grid whose mean accuracy over the texts run at L is ≥ {threshold:g}, one "
+            "number per model, source and m; ≥ marks the longest length run (none longer "
+            "failed), a lower bound.",
+            "**Search capacity** (`--search capacity`): for each text alone, the largest length "
+            "it was crammed into losslessly (teacher-forced accuracy 1.0), found by doubling and "
+            "then bisection, off the grid; given as the median, min and max over the texts, with "
+            "how many were still lossless at the search's limit (lower bounds)."]
 
 
 def _fmt(v, digits=1):
@@ -66,10 +86,7 @@ def markdown_table(rows: list[dict], show_settings: bool) -> str:
         head += ["paper capacity", "paper gain", "paper CE red."]
     body = []
     for r in rows:
-        below = r["capacity"] is None and r["lengths"]
-        cap = "<" + r["lengths"].split()[0] if below else _fmt(r["capacity"])
-        if r["capacity_is_lower_bound"]:
-            cap = f"≥ {cap}"
+        cap = _capacity_cell(r)
         cells = [r["model"], r["source"],
                  str(r["n_mem"])] + ([r["settings"]] if show_settings else []) + [
             _fmt(r["d"]), _fmt(r["V"]), _fmt(r["max_cap"]), _fmt(r["texts"]), cap,
@@ -81,6 +98,52 @@ def markdown_table(rows: list[dict], show_settings: bool) -> str:
             cells += [_fmt(r["paper_capacity"]), _fmt(r["paper_token_gain"]),
                       _fmt(r["paper_ce_reduction"])]
         body.append(cells)
+    return tables.markdown_table(head, body)
+
+
+def _capacity_cell(r: dict) -> str:
+    """A Table 1 row's paper capacity: "<8" below the smallest length, "≥ 16" a lower bound,
+    "(3/4)" when its length was run for fewer than the group's texts."""
+    below = r["capacity"] is None and r["lengths"]
+    cap = "<" + r["lengths"].split()[0] if below else _fmt(r["capacity"])
+    if r["capacity_is_lower_bound"]:
+        cap = f"≥ {cap}"
+    passages = r.get("capacity_passages")
+    if passages is not None and passages < r["texts"]:
+        cap += f" ({passages}/{r['texts']})"
+    return cap
+
+
+def capacity_table(table: list[dict], summary: list[dict], show_settings: bool) -> str:
+    """The paper's capacity (column "capacity") and the per-text search capacity side by side,
+    one row per group."""
+    head = ["model", "source", "m"] + (["settings"] if show_settings else []) + [
+        "texts", "capacity", "passages at it", "search: texts", "median", "min", "max",
+        "lower bounds"]
+    body = []
+    for r, rec in zip(table, summary):
+        search = rec["search"] or {}
+        body.append([r["model"], r["source"], str(r["n_mem"])]
+                    + ([r["settings"]] if show_settings else [])
+                    + [_fmt(r["texts"]), _capacity_cell(r), _fmt(r["capacity_passages"])]
+                    + [_fmt(search.get(k)) for k in ("texts", "median", "min", "max",
+                                                     "lower_bound_texts")])
+    return tables.markdown_table(head, body)
+
+
+def per_length_table(per_length: list[dict], threshold: float) -> str:
+    """Mean accuracy per group and length with its 95% interval and its passages ("3/4": fewer
+    than the group's texts); "counted": a length the paper's capacity is decided at."""
+    head = ["model", "source", "m", "L", "passages", "mean accuracy", "95% interval",
+            f"≥ {threshold:g}", "counted"]
+    body = []
+    for p in per_length:
+        passages = str(p["passages"]) + (f"/{p['texts']}" if p["passages"] < p["texts"] else "")
+        interval = ("–" if p["ci95_low"] is None
+                    else f"{p['ci95_low']:.4f} – {p['ci95_high']:.4f}")
+        body.append([p["model"], p["source"], str(p["n_mem"]), str(p["length"]), passages,
+                     _fmt(p["mean_accuracy"], 4), interval, _fmt(p["passes"]),
+                     _fmt(p["counted"])])
     return tables.markdown_table(head, body)
 
 
@@ -123,7 +186,18 @@ def make_report(dbs, out_dir, threshold: float = CAPACITY_THRESHOLD, paper: bool
     show_settings = len({r["settings_hash"] for r in table}) > 1
     md = markdown_table(table, show_settings)
     tables.write_csv(out / "table1.csv", table)
-    tables.write_csv(out / "per_length.csv", per_length_rows(groups, threshold))
+    per_length = per_length_rows(groups, threshold)
+    tables.write_csv(out / "per_length.csv", per_length)
+    summary = summary_records(groups, threshold)
+    for r, rec in zip(table, summary):   # both in the groups' order
+        rec["paper_capacity"] = r["paper_capacity"]
+    (out / "summary.json").write_text(json.dumps(dict(
+        threshold=threshold, sources=[str(d) for d in dbs],
+        capacity=capacity_sentences(threshold)[0].replace("**", ""),
+        search_capacity=capacity_sentences(threshold)[1].replace("**", ""),
+        mean_accuracy_ci95="normal approximation: mean ± 1.96 · sd / sqrt(n) over the texts' "
+                           "accuracies (sd with n - 1), clipped to [0, 1]; null below 2 texts",
+        records=summary), indent=1, ensure_ascii=False) + "\n")
     searches, warm = search_rows(groups), warm_start_rows(groups)
     if searches:
         tables.write_csv(out / "search.csv", searches)
@@ -133,8 +207,9 @@ def make_report(dbs, out_dir, threshold: float = CAPACITY_THRESHOLD, paper: bool
     fig3(groups, out, threshold)
     fig4(table, out)
     fig5(table, out)
-    legend = (f"capacity: largest length with mean accuracy ≥ {threshold:g} over the texts run at "
-              "every length (≥: no length failed); token gain and CE reduction: means over runs "
+    legend = (f"capacity: largest grid length with mean accuracy ≥ {threshold:g} over its texts "
+              "(≥: none longer failed, a lower bound; (3/4): run for 3 of the group's 4 texts); "
+              "token gain and CE reduction: means over runs "
               f"with accuracy ≤ {threshold:g}; "
               "utilisation = token gain / (MaxCap · m); bits/vector = CE reduction in bits / m. "
               "Inputs of every cell: table1.csv (row refs FILE#id) and per_length.csv.")
@@ -144,8 +219,16 @@ def make_report(dbs, out_dir, threshold: float = CAPACITY_THRESHOLD, paper: bool
             ident = sweep_identity(next(g.rows[0] for g in groups
                                         if g.settings_hash == r["settings_hash"]))
             settings_notes.append(f"- `{r['settings']}`: {json.dumps(ident, sort_keys=True)}")
+    capacities = capacity_table(table, summary, show_settings)
     text = ["# cramfast report", "", f"From {len(rows)} runs in {', '.join(map(str, dbs))}.", "",
-            "## Table 1", "", md, "", legend, ""]
+            "## Table 1", "", md, "", legend, "",
+            "## Capacity: the paper's and per text", "", capacities, ""]
+    text += [f"- {line}" for line in capacity_sentences(threshold)] + [""]
+    text += ["## Mean accuracy per length", "", per_length_table(per_length, threshold), "",
+             "95% interval: normal approximation over the texts' accuracies (mean ± 1.96 · sd / "
+             "√n), none for one text, zero wide when every text has the same accuracy. "
+             "Passages \"3/4\": the length was run for fewer than the group's texts. All in "
+             "per_length.csv and summary.json.", ""]
     if settings_notes:
         text += ["Settings:", ""] + sorted(set(settings_notes)) + [""]
     if searches:
@@ -156,6 +239,7 @@ def make_report(dbs, out_dir, threshold: float = CAPACITY_THRESHOLD, paper: bool
     text += ["## Figures", ""] + [f"![{f}]({f})" for f in FIGURES]
     (out / "report.md").write_text("\n".join(text) + "\n")
     return dict(rows=len(rows), groups=len(groups), table=table, markdown=md,
+                capacities=capacities, summary=summary, sentences=capacity_sentences(threshold),
                 files=sorted(p.name for p in out.iterdir()))
 
 
@@ -179,6 +263,9 @@ def main(argv=None) -> int:
 def _report_and_print(args) -> int:
     result = make_report(args.dbs, args.out, args.threshold, paper=not args.no_paper)
     print(result["markdown"])
+    print("\nCapacity, two ways:\n")
+    print(result["capacities"])
+    print("\n" + "\n".join(f"- {line.replace('**', '')}" for line in result["sentences"]))
     print(f"\ncramfast.report: {result['rows']} runs in {result['groups']} group(s) -> {args.out}/ "
           f"({', '.join(result['files'])})")
     return 0

@@ -1,7 +1,8 @@
 """The numbers of ``cramfast.report``: the store's rows grouped by (model, source, n_mem,
 settings), each group's Table 1 row (the paper's definitions, see cramfast.report), the per-length
-rows behind a capacity, the capacity search's per-text results and the warm-start comparison, and
-the published numbers of Kuratov et al. 2025 to put beside models whose name matches."""
+rows behind a capacity (mean accuracy, its 95% interval, the passages it is over), the capacity
+search's per-text results, the warm-start comparison, the records of summary.json, and the
+published numbers of Kuratov et al. 2025 to put beside models whose name matches."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 
 from cramfast.metrics import CAPACITY_THRESHOLD
 from cramfast.metrics import capacity as paper_capacity
+from cramfast.sweep.grid import PAPER_LENGTHS
 
 # Kuratov, Arkhipov, Bulatov, Burtsev (2025), arXiv 2502.13063, Table 1 (one vector):
 # d, V, MaxCap, PG-19 capacity / token gain / CE reduction, random capacity / gain / CE red.
@@ -85,8 +87,23 @@ class Group:
         return {L: rows for L, rows in self.per_length().items()
                 if {(r["sample"], r["seed"]) for r in rows} == texts}
 
+    def capacity_lengths(self) -> dict[int, list]:
+        """The lengths the paper's capacity is decided at ("on the grid"), with their rows:
+        every length a grid mode (grid, warm start, climb) ran, over whatever texts it holds so
+        far, and a length of the paper's grid at which --search probes reached every text (its
+        first, doubling probes). Other lengths only a search reached are left out: it sends
+        there just the texts lossless below them, so their mean is biased upwards, and its
+        bisection points are off the grid."""
+        texts = self.texts
+        return {L: rows for L, rows in self.per_length().items()
+                if any(r.get("origin") != "search" for r in rows)
+                or (L in PAPER_LENGTHS and {(r["sample"], r["seed"]) for r in rows} == texts)}
+
     def capacity(self, threshold=CAPACITY_THRESHOLD):
-        lengths = self.complete_lengths()
+        """(capacity, lower bound?, refs of its rows): the paper's capacity, the largest length
+        whose mean accuracy over its texts is >= threshold (cramfast.metrics.capacity) among
+        capacity_lengths; a lower bound when it is the largest of them (no longer one failed)."""
+        lengths = self.capacity_lengths()
         cap = paper_capacity([(L, r["accuracy"]) for L, rows in lengths.items() for r in rows],
                              threshold)
         lower_bound = cap is not None and cap == max(lengths)
@@ -98,18 +115,50 @@ class Group:
 
     def search_capacities(self) -> dict:
         """(sample, seed) -> largest lossless length, for texts that a --search probed."""
-        searched = {(r["sample"], r["seed"]) for r in self.rows if r["origin"] == "search"}
+        return {text: cap for text, (cap, _) in self.search_results().items()}
+
+    def search_results(self) -> dict:
+        """(sample, seed) -> (largest lossless length, whether it is a lower bound: no longer
+        probe of the text was lossy, so the search stopped at its limit), for texts that a
+        --search probed; 1 when not even its first probe was lossless (the search's start)."""
+        searched = {(r["sample"], r["seed"]) for r in self.rows if r.get("origin") == "search"}
         out = {}
         for text in sorted(searched):
-            lossless = [r["length"] for r in self.rows
-                        if (r["sample"], r["seed"]) == text and r["accuracy"] >= 1.0]
-            out[text] = max(lossless, default=1)
+            rows = [r for r in self.rows if (r["sample"], r["seed"]) == text]
+            cap = max((r["length"] for r in rows if r["accuracy"] >= 1.0), default=1)
+            out[text] = (cap, not any(r["length"] > cap for r in rows))
         return out
 
 
 def sweep_identity(row) -> dict:
     """What a row's results depend on, from the sweep's record (column ``sweep``)."""
-    return json.loads(row["sweep"] or "{}").get("identity", {})
+    return sweep_record(row).get("identity", {})
+
+
+def sweep_record(row) -> dict:
+    """The sweep's record of a row (column ``sweep``: preset, optim, identity, ...), {} if none."""
+    return json.loads(row.get("sweep") or "{}")
+
+
+def text_kind(source: str) -> str:
+    """What a source's texts are, from its canonical name (the store's column ``source``):
+    "random" for random words, "prose" for a file, a folder or PG-19."""
+    kind = source.partition(":")[0]
+    return "random" if kind == "random" else "prose" if kind in ("file", "dir", "pg19") \
+        else "unknown"
+
+
+def accuracy_interval(accuracies, z: float = 1.96):
+    """(low, high): the normal-approximation 95% interval of the mean of per-text accuracies,
+    mean +- z * sd / sqrt(n) (sd over the texts, n - 1 in its denominator), clipped to [0, 1].
+    None below 2 texts. Zero wide when every text has the same accuracy (all lossless)."""
+    n = len(accuracies)
+    if n < 2:
+        return None
+    mean = sum(accuracies) / n
+    sd = math.sqrt(sum((a - mean) ** 2 for a in accuracies) / (n - 1))
+    half = z * sd / math.sqrt(n)
+    return max(0.0, mean - half), min(1.0, mean + half)
 
 
 def groups_of(rows) -> list[Group]:
@@ -136,6 +185,7 @@ def table_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[dict]:
     for g in groups:
         d, V, max_cap = g.info("hidden_size"), g.info("vocab_size"), g.info("max_cap")
         cap, lower_bound, cap_refs = g.capacity(threshold)
+        counted = g.capacity_lengths()
         gain_rows = g.gain_rows(threshold)
         gain = mean_of([r["token_gain"] for r in gain_rows])
         ce_red = mean_of([r["info_gain_nats"] for r in gain_rows])
@@ -145,8 +195,10 @@ def table_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[dict]:
         row = dict(
             model=g.model_label, source=g.source_label, n_mem=g.n_mem, settings=g.settings_hash[:8],
             d=d, V=V, max_cap=max_cap, texts=len(g.texts), runs=len(g.rows),
-            lengths=" ".join(map(str, g.complete_lengths())),
+            lengths=" ".join(map(str, counted)),
             capacity=cap, capacity_is_lower_bound=lower_bound,
+            capacity_passages=len(counted[cap]) if cap is not None else None,
+            min_passages=min(map(len, counted.values()), default=None),
             token_gain=gain, ce_reduction_nats=ce_red,
             utilisation=gain / theory if gain is not None and theory else None,
             bits_per_vector=ce_red / math.log(2) / g.n_mem if ce_red is not None else None,
@@ -168,13 +220,17 @@ def per_length_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[d
     """Per group and length: what the capacity is decided from."""
     out = []
     for g in groups:
-        complete = g.complete_lengths()
+        complete, counted = g.complete_lengths(), g.capacity_lengths()
         for L, rows in g.per_length().items():
+            accuracies = [r["accuracy"] for r in rows]
+            interval = accuracy_interval(accuracies) or (None, None)
             out.append(dict(model=g.model_label, source=g.source_label, n_mem=g.n_mem,
                             settings=g.settings_hash[:8], length=L, runs=len(rows),
-                            complete=L in complete,
-                            mean_accuracy=mean_of([r["accuracy"] for r in rows]),
-                            passes=mean_of([r["accuracy"] for r in rows]) >= threshold,
+                            passages=len(rows), texts=len(g.texts),
+                            complete=L in complete, counted=L in counted,
+                            mean_accuracy=mean_of(accuracies),
+                            ci95_low=interval[0], ci95_high=interval[1],
+                            passes=mean_of(accuracies) >= threshold,
                             exact=sum(r["exact"] for r in rows),
                             mean_token_gain=mean_of([r["token_gain"] for r in rows]),
                             mean_ce_reduction_nats=mean_of([r["info_gain_nats"] for r in rows]),
@@ -229,4 +285,74 @@ def warm_start_rows(groups: list[Group]) -> list[dict]:
                             cold_accuracy=mean_of([c["accuracy"] for c, _ in pairs]),
                             warm_accuracy=mean_of([w["accuracy"] for _, w in pairs]),
                             rows=" ".join(f"{c['ref']}/{w['ref']}" for c, w in pairs)))
+    return out
+
+
+def _one(values):
+    """The value all of ``values`` share (None ignored); several: sorted and joined by ","."""
+    found = {v for v in values if v is not None}
+    if len(found) > 1:
+        return ",".join(sorted(map(str, found)))
+    return found.pop() if found else None
+
+
+def search_summary(g: Group) -> dict | None:
+    """The per-text search capacity of a group's --search texts: their count, median, mean,
+    min and max, how many are lower bounds (lossless up to the search's limit), and per text."""
+    results = g.search_results()
+    if not results:
+        return None
+    caps = sorted(cap for cap, _ in results.values())
+    return dict(texts=len(caps), median=caps[len(caps) // 2], mean=sum(caps) / len(caps),
+                min=caps[0], max=caps[-1],
+                lower_bound_texts=sum(bound for _, bound in results.values()),
+                per_text=[dict(sample=sample, seed=seed, largest_lossless_length=cap,
+                               lower_bound=bound)
+                          for (sample, seed), (cap, bound) in results.items()])
+
+
+def summary_records(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[dict]:
+    """One record per group for summary.json: the paper's capacity and what it is decided from
+    (passages and mean accuracy per length, with the 95% interval), the per-text search capacity
+    where the group has --search rows, and the settings the rows ran with (preset and max_steps
+    from the sweep's record, column ``sweep``, else the result's own settings, ``settings``)."""
+    out = []
+    for g in groups:
+        cap, lower_bound, _ = g.capacity(threshold)
+        counted = g.capacity_lengths()
+        records = [sweep_record(r) for r in g.rows]
+        own = [json.loads(r.get("settings") or "{}") for r in g.rows]
+        max_steps = _one([rec.get("optim", {}).get("max_steps") for rec in records])
+        if max_steps is None:   # rows of another writer than the sweep: the result's settings
+            max_steps = _one([s.get("max_steps") for s in own])
+        passages = {str(L): len(rows) for L, rows in counted.items()}
+        note = None
+        if not counted:
+            note = "no length to decide it at: only --search probes in the store"
+        elif cap is None:
+            note = f"below the smallest length tried ({min(counted)}): no length reaches " \
+                   f"{threshold:g}"
+        elif lower_bound:
+            note = f"lower bound: {cap} is the largest length tried and none failed"
+        if cap is not None and len(counted[cap]) < len(g.texts):
+            note = (note + "; " if note else "") + \
+                f"decided over {len(counted[cap])} of the group's {len(g.texts)} texts"
+        intervals = {str(L): accuracy_interval([r["accuracy"] for r in rows])
+                     for L, rows in counted.items()}
+        gain_rows = g.gain_rows(threshold)
+        out.append(dict(
+            model=g.model_label, model_id=g.model, source=g.source_label, source_id=g.source,
+            text_kind=text_kind(g.source), preset=_one([rec.get("preset") for rec in records]),
+            max_steps=max_steps, settings_hash=g.settings_hash, n_mem=g.n_mem,
+            d=g.info("hidden_size"), V=g.info("vocab_size"), max_cap=g.info("max_cap"),
+            texts=len(g.texts), runs=len(g.rows),
+            capacity=cap, capacity_is_lower_bound=lower_bound, capacity_note=note,
+            lengths=list(counted), passages=passages,
+            min_passages=min(passages.values(), default=None),
+            mean_accuracy={str(L): mean_of([r["accuracy"] for r in rows])
+                           for L, rows in counted.items()},
+            mean_accuracy_ci95={L: list(v) if v else None for L, v in intervals.items()},
+            token_gain=mean_of([r["token_gain"] for r in gain_rows]),
+            ce_reduction_nats=mean_of([r["info_gain_nats"] for r in gain_rows]),
+            gain_runs=len(gain_rows), search=search_summary(g)))
     return out

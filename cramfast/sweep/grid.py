@@ -6,6 +6,8 @@ The grid is models x sources x lengths x n_mem x samples x seeds, from flags ove
 (model, source, sample, length, n_mem, seed, settings) -- a ``store.JobKey`` -- and ``SweepJobs``
 lists a grid's jobs in a deterministic order (every rank of a torchrun sweep computes the same
 list and takes its share), leaving out those whose length + n_mem exceed a model's context.
+With ``climb`` and no lengths given, the lengths are the paper's grid (PAPER_LENGTHS): the climb
+runs them in order and stops where capacity is passed (cramfast.sweep.runner).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ DEFAULTS = dict(models=None, sources=None, lengths="8,16,32", n_mem="1", samples
                 patience=None, max_slots=None, checkpoint_every=None, chunking=CHUNKINGS[0],
                 sample_seed=0,
                 vocab_file=None,
-                search=None, search_tol=1, warm_start=False)
+                search=None, search_tol=1, warm_start=False, climb=False)
 CONFIG_KEYS = set(DEFAULTS) | {"model", "source"}
 HASHED_SETTINGS = RESULT_SETTINGS   # what a result depends on (batch size, sync do not)
 
@@ -57,6 +59,7 @@ class Grid:
     search_tol: int = DEFAULTS["search_tol"]
     lengths_given: bool = True
     warm_start: bool = DEFAULTS["warm_start"]
+    climb: bool = DEFAULTS["climb"]               # lengths in order, a group stopped past capacity
 
     def settings(self) -> dict:
         """The full optimization settings the jobs run with (preset + overrides)."""
@@ -79,7 +82,7 @@ class Grid:
         """The sweep's record of a run, stored beside each result (column ``sweep``)."""
         return dict(optim=self.settings(), preset=self.preset, identity=self.identity(),
                     backend=self.backend, chunking=self.chunking, sample_seed=self.sample_seed,
-                    search=self.search, search_tol=self.search_tol)
+                    search=self.search, search_tol=self.search_tol, climb=self.climb)
 
 
 def shipped_grids() -> list[str]:
@@ -139,6 +142,10 @@ def _build_grid(args) -> Grid:
     flags = {k: v for k, v in vars(args).items() if v is not None and k in DEFAULTS}
     merged.update(flags)
     lengths_given = "lengths" in config or "lengths" in flags
+    if not isinstance(merged["climb"], bool):     # TOML climb = "yes": refused, not truthy
+        raise CramfastError(f"climb must be true or false, got {merged['climb']!r}")
+    if merged["climb"] and not lengths_given:     # the climb's point: the paper's whole grid
+        merged["lengths"] = list(PAPER_LENGTHS)
     models = [str(m) for m in (merged["models"] or [DEFAULT_MODEL])]
     if not merged["sources"]:
         raise CramfastError("no source: pass --source (a text file, a folder of .txt files, "
@@ -158,7 +165,8 @@ def _build_grid(args) -> Grid:
         chunking=merged["chunking"], sample_seed=int(merged["sample_seed"]),
         vocab_file=merged["vocab_file"], search=merged["search"],
         search_tol=int(merged["search_tol"]),
-        lengths_given=lengths_given, warm_start=bool(merged["warm_start"]))
+        lengths_given=lengths_given, warm_start=bool(merged["warm_start"]),
+        climb=merged["climb"])
     if not grid.lengths or not grid.n_mem or not grid.seeds or grid.samples < 1:
         raise CramfastError("empty grid: lengths, n_mem and seeds need at least one value each "
                             "and samples must be >= 1")
@@ -173,6 +181,9 @@ def _build_grid(args) -> Grid:
         raise CramfastError(f"search must be 'capacity', got {grid.search!r}")
     if grid.search and grid.warm_start:
         raise CramfastError("--search capacity and --warm-start do not combine")
+    if grid.search and grid.climb:
+        raise CramfastError("--climb and --search capacity do not combine: the search picks "
+                            "its own lengths per text, the climb walks the grid's")
     if grid.search_tol < 1:
         raise CramfastError("search_tol must be >= 1")
     grid.settings()  # unknown preset, bad lr/max_steps: now, before any work

@@ -19,10 +19,17 @@ Modes beyond the paper's fixed grid:
   --warm-start        each length starts from the mem found for the previous length of the same
                       text (a deviation from the paper's protocol, off by default; part of the
                       settings, so stored apart from cold runs).
+  --climb             the grid's lengths (the paper's, without --lengths) in increasing order,
+                      one length at a time per (model, source, n_mem, seed); a group stops after
+                      CLIMB_PATIENCE consecutive lengths whose mean accuracy over its texts is
+                      below the capacity threshold. Its rows are the grid's (same keys): stored
+                      lengths count, so a rerun goes on where the climb stopped.
 
 Scale-out: under torchrun (RANK / WORLD_SIZE set) rank r takes every WORLD_SIZE-th job (text, in
-the search and warm-start modes) of the deterministic job list and writes ``DB.rank{r}.db``;
-every rank skips jobs stored in the DB or any of its shards; ``cramfast.report DB`` merges them.
+the search, warm-start and climb modes) of the deterministic job list and writes
+``DB.rank{r}.db``; every rank skips jobs stored in the DB or any of its shards;
+``cramfast.report DB`` merges them. A climbing rank waits at each length for the other ranks'
+rows (read from their shards, so they must share a folder) before deciding to go on.
 Bad input, and a database that cannot be written: one line on stderr, exit code 2, checked before
 any work; nothing stored is touched.
 """
@@ -43,10 +50,14 @@ from cramfast.cli.flags import add_flags, setting_flags
 from cramfast.cli.threads import set_threads
 from cramfast.cli.tools import Parser, at_least, run
 from cramfast.errors import CramfastError
+from cramfast.metrics import CAPACITY_THRESHOLD
 from cramfast.sources import CHUNKINGS
 from cramfast.sweep import store
 from cramfast.sweep.grid import DEFAULTS, Grid, SweepJobs, build_grid, shipped_grids, text_of
 from cramfast.sweep.store import JobKey
+
+CLIMB_PATIENCE = 2          # consecutive lengths below the threshold that stop a climb
+CLIMB_POLL_SECONDS = 0.5   # a climbing rank's wait between reads of the other ranks' shards
 
 
 def rank_world() -> tuple[int, int]:
@@ -94,6 +105,12 @@ class Progress:
             rate = self.tokens / max(time.perf_counter() - self.start, 1e-9)
             self.bar.set_postfix_str(f"{rate:.1f} tok/s", refresh=False)
 
+    def skip(self, n_jobs: int):
+        """``n_jobs`` will not run (a climb stopped): out of the total."""
+        if self.bar is not None and n_jobs:
+            self.bar.total -= n_jobs
+            self.bar.refresh()
+
     def close(self):
         if self.bar is not None:
             self.bar.close()
@@ -108,12 +125,19 @@ class Summary:
     skipped_context: int = 0
     seconds: float = 0.0
     search: dict = field(default_factory=dict)   # (model, source, sample, n_mem, seed) -> capacity
-    mode: str = "grid"                           # grid | search | warm
+    mode: str = "grid"                           # grid | search | warm | climb
+    # climb: (model, source, n_mem, seed) -> (last length run, "stopped" | "top")
+    climb: dict = field(default_factory=dict)
+    climb_lengths: int = 0  # (group, length) pairs past a climb's stop, not run
+    climb_jobs: int = 0     # this rank's jobs at those lengths (not stored before)
 
     def line(self) -> str:
         unit, done = ("texts", "probes") if self.mode == "search" else ("jobs", "")
         extra = (f", {self.skipped_context} past the context left out"
                  if self.skipped_context else "")
+        if self.mode == "climb":
+            extra += (f", {self.climb_lengths} length(s) past the climb's stop skipped "
+                      f"({self.climb_jobs} jobs)")
         done = done + " " if done else ""
         return (f"cramfast.sweep: {self.total} {unit}, {self.already} {done}already stored, "
                 f"{self.ran} rows written in {self.seconds:.1f} s{extra} -> {self.db}")
@@ -141,13 +165,16 @@ def run_sweep(grid: Grid, quiet: bool = False, compress_iter=None, rank: int | N
         sweep_jobs = SweepJobs(grid)
         stored = store.family_key_values(grid.db, "accuracy")
         summary = Summary(db=str(db), skipped_context=0 if grid.search else sweep_jobs.skipped,
-                          mode="search" if grid.search else "warm" if grid.warm_start else "grid")
+                          mode="search" if grid.search else "climb" if grid.climb
+                          else "warm" if grid.warm_start else "grid")
         runner = _RankRunner(grid, sweep_jobs, out, stored, quiet, rank, world, compress_iter,
                              summary, out if checkpoints else None)
         if before_work:
             before_work()
         if grid.search:
             runner.search()
+        elif grid.climb:
+            runner.climb()
         elif grid.warm_start:
             runner.warm()
         else:
@@ -161,7 +188,7 @@ def run_sweep(grid: Grid, quiet: bool = False, compress_iter=None, rank: int | N
 
 
 class _RankRunner:
-    """Computes this rank's share of a sweep in one of the three modes (a method each), storing
+    """Computes this rank's share of a sweep in one of the four modes (a method each), storing
     every finished job the moment it is yielded."""
 
     def __init__(self, grid, sweep_jobs, out, stored, quiet, rank, world, compress_iter, summary,
@@ -174,7 +201,7 @@ class _RankRunner:
         self.record = grid.settings_record()
         self.loaded = None          # (model id, LoadedModel) of the model in memory
 
-    # -- the three modes: the grid's jobs, warm-started lengths, the capacity search ----------
+    # -- the four modes: the grid's jobs, warm-started lengths, the capacity search, the climb --
 
     def grid_jobs(self):
         mine = share(self.sweep_jobs.jobs, self.rank, self.world)
@@ -230,6 +257,73 @@ class _RankRunner:
                 for job in probes:
                     lossless = self.stored[job.key][0] >= 1.0
                     state[text_of(job)][0 if lossless else 1] = job.length
+
+    def climb(self):
+        """The grid's lengths in increasing order, one round per length, for every (model,
+        source, n_mem, seed) group: its texts at its next length are computed (this rank's
+        share, the groups of one model / n_mem / seed in one batched call), then, once every
+        rank's rows of that length are stored, the group's mean accuracy decides whether it goes
+        on. Lengths whose rows are all stored are decided without computing anything."""
+        units = set(share(self.sweep_jobs.texts(), self.rank, self.world))
+        mine = [j for j in self.sweep_jobs.jobs if text_of(j) in units]
+        self._start(len(mine), sum(j.key in self.stored for j in mine))
+        for (mid, n_mem, seed), jobs in _groups(self.sweep_jobs.jobs,
+                                                lambda j: (j.model, j.n_mem, j.seed)):
+            # every text's jobs (all ranks'), by source then length: what the means are over
+            climbs = {src: _Climb(group) for src, group in _groups(jobs, lambda j: j.source)}
+            lm = None
+            while climbs:
+                todo, waiting = [], []
+                for src in list(climbs):
+                    state = climbs[src]
+                    while not state.done and all(j.key in self.stored for j in state.current):
+                        state.decide([self.stored[j.key][0] for j in state.current])
+                    if state.done:
+                        self._climb_finished((mid, src, n_mem, seed), climbs.pop(src), units)
+                        continue
+                    todo += [j for j in state.current
+                             if text_of(j) in units and j.key not in self.stored]
+                    waiting += state.current
+                if todo:
+                    lm = lm or self._load(mid)
+                    self._compress(lm, todo, n_mem, seed, origin="climb",
+                                   warm=self.grid.warm_start)
+                self._await(waiting)
+
+    def _climb_finished(self, group, state, units):
+        left = state.lengths[state.index:]
+        jobs = [j for L in left for j in state.jobs[L]
+                if text_of(j) in units and j.key not in self.stored]
+        self.summary.climb[group] = (state.lengths[state.index - 1], "stopped" if left else "top")
+        self.summary.climb_lengths += len(left)
+        self.summary.climb_jobs += len(jobs)
+        self.progress.skip(len(jobs))
+        if left:
+            mid, src, n_mem, seed = group
+            label = Path(mid).name if Path(mid).is_dir() else mid
+            self.progress.log(f"climb: {label} / {self.sweep_jobs.sources[src].label} / n_mem "
+                              f"{n_mem} / seed {seed}: stopped after "
+                              f"{state.lengths[state.index - 1]} ({CLIMB_PATIENCE} lengths below "
+                              f"{CAPACITY_THRESHOLD:g}); {len(left)} length(s) skipped")
+
+    def _await(self, jobs):
+        """Until every job of ``jobs`` is stored: the other ranks' rows, read from their shards."""
+        missing = [j for j in jobs if j.key not in self.stored]
+        if missing and self.world == 1:   # nothing else writes: a job the compressor never gave
+            raise CramfastError(f"{len(missing)} job(s) of the climb were not stored (e.g. "
+                                f"{missing[0].source} sample {missing[0].sample} length "
+                                f"{missing[0].length})")
+        since, said = time.perf_counter(), False
+        while missing:
+            time.sleep(CLIMB_POLL_SECONDS)
+            for key, values in store.family_key_values(self.grid.db, "accuracy").items():
+                self.stored.setdefault(key, values)
+            missing = [j for j in missing if j.key not in self.stored]
+            if missing and not said and time.perf_counter() - since > 30:
+                # a rank that never writes (not started, its shard elsewhere) shows here
+                self.progress.log(f"climb: waiting for {len(missing)} job(s) of the other ranks "
+                                  f"in the shards of {self.grid.db}")
+                said = True
 
     # -- shared machinery --------------------------------------------------------------------
 
@@ -297,6 +391,31 @@ class _RankRunner:
         return None
 
 
+class _Climb:
+    """One group's climb: its lengths (increasing), its jobs per length (every text, all ranks),
+    the next length's index and the consecutive lengths below the threshold so far."""
+
+    def __init__(self, jobs):
+        self.jobs = dict(sorted(_groups(jobs, lambda j: j.length)))
+        self.lengths = list(self.jobs)
+        self.index, self.below = 0, 0
+
+    @property
+    def done(self) -> bool:
+        return self.index == len(self.lengths) or self.below >= CLIMB_PATIENCE
+
+    @property
+    def current(self) -> list:
+        return self.jobs[self.lengths[self.index]]
+
+    def decide(self, accuracies):
+        """The current length's accuracies (one per text) seen: on to the next length."""
+        accuracies = [a or 0.0 for a in accuracies]   # a row without accuracy: a failed run
+        mean = sum(accuracies) / len(accuracies)
+        self.below = self.below + 1 if mean < CAPACITY_THRESHOLD else 0
+        self.index += 1
+
+
 def next_probe(lo: int, hi: int | None, start: int, cap: int, tol: int) -> int | None:
     """The next length to try for one text: doubling from ``start`` while lossless (up to ``cap``),
     then bisection between ``lo`` (largest lossless) and ``hi`` (smallest lossy) to ``tol``."""
@@ -349,6 +468,10 @@ def _parser():
     p.add_argument("--warm-start", action="store_true", default=None,
                    help="start each length from the previous length's mem (not the paper's "
                         "protocol)")
+    p.add_argument("--climb", action="store_true", default=None,
+                   help="the lengths (default the paper's grid) in increasing order, a group "
+                        f"stopped after {CLIMB_PATIENCE} consecutive lengths with mean accuracy "
+                        f"below {CAPACITY_THRESHOLD:g}")
     p.add_argument("--quiet", action="store_true", help="no progress bar: a few log lines")
     e = p.add_argument_group("scale-out (not part of the job key)")
     e.add_argument("--engine", choices=["local", "ray"], default="local",
@@ -382,6 +505,11 @@ def _sweep_and_report(args) -> int:
         caps = sorted(summary.search.values())
         print(f"cramfast.sweep: largest lossless length per text: median {caps[len(caps) // 2]}, "
               f"min {caps[0]}, max {caps[-1]} ({len(caps)} texts)")
+    if summary.climb:
+        stopped = [g for g, (_, how) in summary.climb.items() if how == "stopped"]
+        print(f"cramfast.sweep: climb: {len(summary.climb)} group(s), {len(stopped)} stopped "
+              f"after {CLIMB_PATIENCE} lengths below {CAPACITY_THRESHOLD:g}, "
+              f"{len(summary.climb) - len(stopped)} ran every length")
     return 0
 
 
