@@ -181,6 +181,36 @@ def test_search_capacity_doubling_then_bisection(trained_path, corpus_file, tmp_
     assert again.calls == [] and summary2.ran == 0 and summary2.search == summary.search
 
 
+def test_search_without_rounds_stores_what_rounds_store(trained_path, corpus_file, tmp_path):
+    """The real search: each text's next probe joins the running batch (the engine's Stream),
+    in one batched call; through a compress_iter that takes no more texts it runs in rounds.
+    Both store the same rows (fp64, no parallel attempts) and find the same capacities."""
+    import cramfast
+    calls = {True: 0, False: 0}
+
+    def counted(stream):
+        def compress_iter(texts, **kw):
+            calls[stream] += 1
+            results = cramfast.compress_iter(texts, **kw)
+            return results if stream else (item for item in results)
+        return compress_iter
+
+    found = {}
+    for stream in (True, False):
+        g = grid_args("--model", trained_path, "--source", str(corpus_file), "--samples", "3",
+                      "--lengths", "8,40", "--dtype", "fp64", "--search", "capacity",
+                      "--max-steps", "150", "--set", "fill_slots=0", "--db",
+                      str(tmp_path / f"{stream}.db"))
+        found[stream] = sweep.run_sweep(g, quiet=True, compress_iter=counted(stream)).search
+    assert found[True] == found[False] and calls[True] == 1 and calls[False] > 2
+    key = lambda r: (r["sample"], r["length"])
+    rows = {stream: {key(r): r for r in rows_of(tmp_path / f"{stream}.db")} for stream in found}
+    assert rows[True].keys() == rows[False].keys()
+    for k, row in rows[False].items():
+        assert (rows[True][k]["steps"], rows[True][k]["stop_reason"]) == (row["steps"],
+                                                                         row["stop_reason"])
+
+
 def test_warm_start_chains_lengths(trained_path, corpus_file, tmp_path):
     db = tmp_path / "warm.db"
     g = grid_args("--model", trained_path, "--source", str(corpus_file), "--samples", "2",

@@ -235,28 +235,41 @@ class _RankRunner:
             if cap is None:
                 raise CramfastError(f"{mid}: no context limit; give --lengths MIN,MAX for the "
                                     "search")
-            state = {u: [1, None] for u in group}   # lo: largest lossless, hi: smallest lossy
-            lm = None
-            while state:
-                probes, finished = [], []
-                for unit, (lo, hi) in state.items():
-                    length = next_probe(lo, hi, lo_len, cap, self.grid.search_tol)
-                    if length is None:
-                        finished.append(unit)
-                    else:
-                        probes.append(JobKey(mid, unit[1], unit[2], length, n_mem, seed,
-                                             self.sweep_jobs.hash))
-                for unit in finished:
+            self._search_group(mid, n_mem, seed, group, lo_len, cap)
+
+    def _search_group(self, mid, n_mem, seed, group, lo_len, cap):
+        """The search of one (model, n_mem, seed) group's texts without rounds: each text's
+        next probe joins the running batch the moment its last one is stored."""
+        state = {u: [1, None] for u in group}   # lo: largest lossless, hi: smallest lossy
+
+        def next_job(unit):
+            """The text's next probe to compute, its stored probes taken as they come;
+            None when its search has ended."""
+            while True:
+                length = next_probe(*state[unit], lo_len, cap, self.grid.search_tol)
+                if length is None:
                     self.summary.search[unit] = state.pop(unit)[0]
                     self.progress.update(1, 0)
-                todo = [j for j in probes if j.key not in self.stored]
-                self.summary.already += len(probes) - len(todo)
-                if todo:
-                    lm = lm or self._load(mid)
-                    self._compress(lm, todo, n_mem, seed, origin="search", count=False)
-                for job in probes:
-                    lossless = self.stored[job.key][0] >= 1.0
-                    state[text_of(job)][0 if lossless else 1] = job.length
+                    return None
+                job = JobKey(mid, unit[1], unit[2], length, n_mem, seed,
+                             self.sweep_jobs.hash)
+                if job.key not in self.stored:
+                    return job
+                self.summary.already += 1
+                taken(job)
+
+        def taken(job):
+            lossless = self.stored[job.key][0] >= 1.0
+            state[text_of(job)][0 if lossless else 1] = job.length
+
+        def follow(job):            # a probe came back: the text's next one, at once
+            taken(job)
+            return next_job(text_of(job))
+
+        first = [job for unit in list(state) if (job := next_job(unit)) is not None]
+        if first:
+            self._compress(self._load(mid), first, n_mem, seed, origin="search",
+                           count=False, follow=follow, longest=cap)
 
     def climb(self):
         """The grid's lengths in increasing order, one round per length, for every (model,
@@ -348,9 +361,14 @@ class _RankRunner:
         self.loaded = (mid, lm)
         return lm
 
-    def _compress(self, lm, jobs, n_mem, seed, origin, warm=False, count=True):
-        texts = [self.sweep_jobs.tokens(j, lm.tokenizer) for j in jobs]
-        kwargs = {}
+    def _compress(self, lm, jobs, n_mem, seed, origin, warm=False, count=True, follow=None,
+                  longest=None):
+        """Compute ``jobs`` in one batched call and store each row as it comes. ``follow(job)``
+        (a search): called on each stored job, returns the text's next job or None; the next
+        job joins the running batch (the engine's Stream.submit; ``longest`` its most tokens),
+        or, with a compress_iter that takes no more texts (a Ray pool's), a next call."""
+        jobs, texts = list(jobs), [self.sweep_jobs.tokens(j, lm.tokenizer) for j in jobs]
+        kwargs = {} if follow is None or longest is None else {"longest": longest}
         inits = [None] * len(jobs)
         if warm:
             inits = [self._previous(j) for j in jobs]
@@ -364,6 +382,7 @@ class _RankRunner:
         results = self.compress_iter(texts, model=lm, n_mem=n_mem, seed=seed,
                                      backend=self.grid.backend, preset=self.grid.preset,
                                      **self.grid.optim, **kwargs)
+        later = []
         for index, result in results:
             job = jobs[index]
             row = store.result_row(result, key=job.as_dict(), origin=origin,
@@ -375,6 +394,19 @@ class _RankRunner:
                 self.summary.ran += 1
             self.stored[job.key] = (result.accuracy,)
             self.progress.update(1 if count else 0, result.n_tokens)
+            following = follow(job) if follow else None
+            if following is None:
+                continue
+            if hasattr(results, "submit"):
+                index = results.submit(self.sweep_jobs.tokens(following, lm.tokenizer))
+                if index != len(jobs):          # indices go on from the first texts'
+                    raise RuntimeError(f"the stream gave index {index}, expected {len(jobs)}")
+                jobs.append(following)
+                inits.append(None)
+            else:
+                later.append(following)
+        if later:
+            self._compress(lm, later, n_mem, seed, origin, warm, count, follow, longest)
 
     def _previous(self, job: JobKey):
         """(ref, mem) of the same text's row at the previous grid length, if stored."""

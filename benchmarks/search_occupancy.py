@@ -1,0 +1,89 @@
+"""The capacity search with and without rounds: slot occupancy and wall time of
+``--search capacity`` on the same texts, the engine's job stream (each text's next probe joins
+the running batch as its last one ends) against rounds (every text's next probes wait for the
+round's slowest text: what a compress_iter that takes no more texts gives, as before).
+
+    .venv/bin/python benchmarks/search_occupancy.py --out FILE.json
+
+The shipped tiny model (tests/data/tiny-llama-trained, fp64), prose in its own distribution
+(rotations of the tests' corpus), `fast` without parallel attempts (fill_slots 0: they depend on
+the batch, and the two searches must agree), per-text search between 8 tokens
+and --cap. Figures: ``wall_s`` (the sweep, model loaded), ``occupancy`` (the busy share of the
+batch's slots over its steps: sum over syncs of busy slots x steps / (max_slots x steps)),
+``calls`` (batched compress calls), ``steps`` (device steps, each a batch forward/backward).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def run(stream: bool, args, folder: Path) -> dict:
+    import cramfast
+    from cramfast.engine import Hooks
+    from cramfast.sweep import grid
+    from cramfast.sweep import runner as sweep
+    timings, calls = [], []
+
+    def compress_iter(texts, **kw):
+        calls.append(len(texts))
+        kw.pop("checkpoint", None)
+        results = cramfast.compress_iter(texts, hooks=Hooks(on_timing=timings.append), **kw)
+        return results if stream else (item for item in results)   # no submit: rounds
+
+    db = folder / f"{'stream' if stream else 'rounds'}.db"
+    flags = ["--model", str(ROOT / "tests/data/tiny-llama-trained"), "--source",
+             str(folder / "corpus.txt"), "--lengths", f"8,{args.cap}", "--samples",
+             str(args.texts), "--dtype", "fp64", "--search", "capacity", "--max-slots",
+             str(args.slots), "--max-steps", str(args.max_steps), "--preset", "fast",
+             "--set", "fill_slots=0", "--db",
+             str(db), "--quiet"]
+    start = time.perf_counter()
+    summary = sweep.run_sweep(grid.build_grid(sweep._parser().parse_args(flags)), quiet=True,
+                              compress_iter=compress_iter, rank=0, world=1)
+    wall = time.perf_counter() - start
+    steps = [t for t in timings if t.phase == "steps"]
+    busy = sum(t.texts * t.steps for t in steps)
+    total = sum(t.steps for t in steps)
+    return dict(mode="stream" if stream else "rounds", wall_s=round(wall, 2),
+                occupancy=round(busy / (total * args.slots), 3), calls=len(calls),
+                steps=total, capacities=sorted(summary.search.values()))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--texts", type=int, default=12)
+    p.add_argument("--slots", type=int, default=8)
+    p.add_argument("--cap", type=int, default=96)
+    p.add_argument("--max-steps", type=int, default=600)
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    import torch
+
+    from conftest import CORPUS
+    torch.set_num_threads(1)
+    folder = Path(tempfile.mkdtemp())
+    sentences = [s.strip() + "." for s in CORPUS.split(". ") if s.strip()][:4]
+    (folder / "corpus.txt").write_text("\n\n".join(
+        " ".join((sentences[k:] + sentences[:k]) * 8) for k in range(4)))
+    runs = [run(False, args, folder), run(True, args, folder)]
+    for r in runs:
+        print(r)
+    assert runs[0]["capacities"] == runs[1]["capacities"], "the two searches disagree"
+    record = dict(machine=platform.processor() or platform.machine(), threads=1,
+                  settings=vars(args), runs=runs, date=time.strftime("%Y-%m-%d"))
+    if args.out:
+        Path(args.out).write_text(json.dumps(record, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
