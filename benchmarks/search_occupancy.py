@@ -6,10 +6,10 @@ round's slowest text: what a compress_iter that takes no more texts gives, as be
     .venv/bin/python benchmarks/search_occupancy.py --out FILE.json
 
 The shipped tiny model (tests/data/tiny-llama-trained, fp64), prose in its own distribution
-(rotations of the tests' corpus), `fast` without parallel attempts (fill_slots 0: they depend on
-the batch, and the two searches must agree), per-text search between 8 tokens
-and --cap. Figures: ``wall_s`` (the sweep, model loaded), ``occupancy`` (the busy share of the
-batch's slots over its steps: sum over syncs of busy slots x steps / (max_slots x steps)),
+(the tests' corpus rotated, a passage per text), `fast` without parallel attempts (fill_slots
+0: they depend on the batch, and the two searches must agree), per-text search between 8
+tokens and --cap. Figures: ``wall_s`` (the sweep, model loaded), ``occupancy`` (the busy share
+of the batch's slots over its steps: sum over syncs of busy slots x steps / (max_slots x steps)),
 ``calls`` (batched compress calls), ``steps`` (device steps, each a batch forward/backward).
 """
 from __future__ import annotations
@@ -71,9 +71,9 @@ def main(argv=None) -> int:
     from conftest import CORPUS
     torch.set_num_threads(1)
     folder = Path(tempfile.mkdtemp())
-    sentences = [s.strip() + "." for s in CORPUS.split(". ") if s.strip()][:4]
+    words = CORPUS.split()          # one passage per text: the corpus rotated word by word
     (folder / "corpus.txt").write_text("\n\n".join(
-        " ".join((sentences[k:] + sentences[:k]) * 8) for k in range(4)))
+        " ".join(words[3 * k:] + words[:3 * k]) for k in range(args.texts)))
     runs = [run(False, args, folder), run(True, args, folder)]
     for r in runs:
         print(r)
