@@ -74,8 +74,9 @@ def test_a_two_worker_ray_sweep_stores_the_rows_of_a_one_process_run(trained_pat
 
 def test_workers_killed_mid_sweep_lose_nothing_and_store_nothing_twice(trained_path, prose,
                                                                        tmp_path, pool):
-    """Five SIGKILLs, each at a random moment after the sweep stored one more row. A learning
-    rate too small to solve anything: every job runs its 600 steps, long enough to be killed."""
+    """Up to five SIGKILLs, each at a random moment after the sweep stored one more row (at
+    least three: on a loaded machine the sweep may end first). A learning rate too small to
+    solve anything: every job runs its 600 steps, long enough to be killed."""
     plan = ("8,12,16,20,24,28,32", "4", "--lr", "1e-5", "--max-steps", "600")
     sweep.run_sweep(sweep_grid(trained_path, prose, tmp_path / "one.db", *plan), quiet=True)
     db = tmp_path / "ray.db"
@@ -98,7 +99,7 @@ def test_workers_killed_mid_sweep_lose_nothing_and_store_nothing_twice(trained_p
                 kills, seen = kills + 1, stored
         time.sleep(0.05)
     worker.join(timeout=300)
-    assert kills == 5 and not worker.is_alive() and "summary" in done
+    assert kills >= 3 and not worker.is_alive() and "summary" in done
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 28    # each job once
     assert_same_rows(rows_by_key(db), rows_by_key(tmp_path / "one.db"))
@@ -106,7 +107,7 @@ def test_workers_killed_mid_sweep_lose_nothing_and_store_nothing_twice(trained_p
     # sweep reaches both workers, and then every killed worker has been replaced.
     sweep.run_sweep(sweep_grid(trained_path, prose, tmp_path / "after.db"), quiet=True,
                     compress_iter=pool.compress_iter, rank=0, world=1)
-    assert pool.replaced - replaced_before == 5
+    assert pool.replaced - replaced_before == kills
     assert all(_running(pid) for pid in pool.pids())
 
 
