@@ -5,7 +5,8 @@ On a CPU a step costs about its share per text, so the defaults are small and fi
 step of a small model is bound by launches and by reading the weights until the batch holds
 thousands of tokens, so every text should be in the batch at once, and idle slots at the tail
 of a run are nearly free for parallel attempts: as many slots as the texts need, as far as half
-the free memory holds them, measured by one calibration step.
+the free memory holds them, measured by one calibration step (after an unmeasured one that
+compiles and autotunes it).
 """
 from __future__ import annotations
 
@@ -62,19 +63,33 @@ def cuda_slots(lm: LoadedModel, token_lists, n_mem: int, settings, backend=None)
 
 def bytes_per_token(lm: LoadedModel, token_lists, n_mem: int, settings, backend=None) -> float:
     """Peak memory of one real step (forward, backward, update) of these texts on a throwaway
-    state, per token of the padded batch."""
+    state, per token of the padded batch, measured on a second step: the first compiles and
+    autotunes, and the autotuner's timing runs allocate a cache-flush buffer (Triton's
+    do_bench: 256 MiB, freed when tuning ends) that the batch's steps never hold."""
     length = max(len(ids) for ids in token_lists)
     state = SlotState(len(token_lists), n_mem, lm.hidden_size, mem_dtype(lm), lm.device)
-    for slot, ids in enumerate(token_lists):
-        state.start(slot, torch.zeros(n_mem, lm.hidden_size), len(ids) - 1, settings)
     ids, targets = pad_batch(token_lists, length, lm.device)
+    rows = torch.arange(len(token_lists), device=lm.device)
+    _start_all(lm, state, token_lists, n_mem, settings)
     torch.cuda.synchronize(lm.device)
-    torch.cuda.reset_peak_memory_stats(lm.device)
+    # Counted from before the first step: what it leaves allocated (buffers kept per shape,
+    # library workspaces) is held through every later step too, so it belongs to the peak.
     before = torch.cuda.memory_allocated(lm.device)
-    step(lm, state, torch.arange(len(token_lists), device=lm.device), ids, targets, backend)
+    step(lm, state, rows, ids, targets, backend)       # compile and autotune: not measured
+    _start_all(lm, state, token_lists, n_mem, settings)  # the same slots active again
+    torch.cuda.synchronize(lm.device)
+    torch.cuda.reset_peak_memory_stats(lm.device)     # the peak restarts at what is held now
+    step(lm, state, rows, ids, targets, backend)
     torch.cuda.synchronize(lm.device)
     peak = torch.cuda.max_memory_allocated(lm.device) - before
     return peak / (len(token_lists) * (length + n_mem))
+
+
+def _start_all(lm: LoadedModel, state: SlotState, token_lists, n_mem: int, settings) -> None:
+    """Every slot of ``state`` on a fresh attempt at its text (zero mem), so that a step scores
+    all of them whatever the step before it stopped."""
+    for slot, ids in enumerate(token_lists):
+        state.start(slot, torch.zeros(n_mem, lm.hidden_size), len(ids) - 1, settings)
 
 
 def _announce(lm: LoadedModel, batch: BatchSettings, auto: set) -> None:
