@@ -14,6 +14,10 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # its sibling, when loaded by path
+
+from generated_section import GeneratedSection
+
 from cramfast.presets import PRESETS
 from cramfast.settings import BatchSettings, TextSettings, defaults
 
@@ -81,22 +85,8 @@ def _escape(text: str) -> str:
     return "`".join(parts)
 
 
-def section() -> str:
-    """What belongs between the markers: the table, with a blank line either side."""
-    return "\n" + render() + "\n"
-
-
-def current_section(text: str) -> str:
-    """What sits between the markers in ``text`` (the contents of algorithm.md)."""
-    start = text.index(BEGIN) + len(BEGIN) + 1
-    return text[start:text.index(END, start)]
-
-
-def write(path: Path = ALGORITHM_MD) -> None:
-    text = path.read_text(encoding="utf-8")
-    old = current_section(text)
-    start = text.index(BEGIN) + len(BEGIN) + 1
-    path.write_text(text[:start] + section() + text[start + len(old):], encoding="utf-8")
+GENERATED = GeneratedSection(ALGORITHM_MD, BEGIN, END, render)
+section, current_section, write = GENERATED.section, GENERATED.current_section, GENERATED.write
 
 
 if __name__ == "__main__":
