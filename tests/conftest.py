@@ -11,7 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from cramfast.kernels.interpreter import INTERPRET
+
 TRAINED = Path(__file__).resolve().parent / "data" / "tiny-llama-trained"
+
+# The kernel tests': their device (the interpreter on a CPU, the compiled kernels on CUDA), the
+# skip where neither runs, and the bars of each dtype against a full-logits reference.
+KERNEL_DEVICE = "cpu" if INTERPRET else "cuda"
+needs_kernels = pytest.mark.skipif(not INTERPRET and not torch.cuda.is_available(),
+                                   reason="Triton kernels need CUDA or TRITON_INTERPRET=1")
+KERNEL_TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5),
+              torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
+              torch.float16: dict(rtol=1e-2, atol=1e-2)}
 REPO = Path(__file__).resolve().parents[1]
 BOOKS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "books"
 CORPUS = ("the quick brown fox jumps over the lazy dog. a cat sat on the mat and looked at "

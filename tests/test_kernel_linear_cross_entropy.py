@@ -22,6 +22,8 @@ from cramfast.kernels.interpreter import INTERPRET  # conftest set TRITON_INTERP
 from cramfast.kernels.linear_cross_entropy_partials import feature_groups
 from cramfast.ops import twins
 
+from conftest import KERNEL_DEVICE, KERNEL_TOL, needs_kernels
+
 
 def triton_lce(hidden, weight, targets, bias=None):
     return ops.linear_cross_entropy(hidden, weight, targets, bias, backend="triton")
@@ -30,13 +32,10 @@ def triton_lce(hidden, weight, targets, bias=None):
 def torch_lce(hidden, weight, targets, bias=None):
     return ops.linear_cross_entropy(hidden, weight, targets, bias, backend="torch")
 
-DEVICE = "cpu" if INTERPRET else "cuda"
-pytestmark = pytest.mark.skipif(not INTERPRET and not torch.cuda.is_available(),
-                                reason="Triton kernels need CUDA or TRITON_INTERPRET=1")
+DEVICE = KERNEL_DEVICE
+pytestmark = needs_kernels
 
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5),
-       torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
-       torch.float16: dict(rtol=1e-2, atol=1e-2)}
+TOL = KERNEL_TOL
 
 
 def make_case(n, d, v, dtype=torch.float32, bias=False, masked=(), seed=0):

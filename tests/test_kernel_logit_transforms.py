@@ -11,12 +11,11 @@ from cramfast import ops
 from cramfast.kernels.interpreter import INTERPRET  # conftest set TRITON_INTERPRET
 from cramfast.ops import twins
 
-DEVICE = "cpu" if INTERPRET else "cuda"
-pytestmark = pytest.mark.skipif(not INTERPRET and not torch.cuda.is_available(),
-                                reason="Triton kernels need CUDA or TRITON_INTERPRET=1")
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5),
-       torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
-       torch.float16: dict(rtol=1e-2, atol=1e-2)}
+from conftest import KERNEL_DEVICE, KERNEL_TOL, needs_kernels
+
+DEVICE = KERNEL_DEVICE
+pytestmark = needs_kernels
+TOL = KERNEL_TOL
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # (logit_scale, softcap, how large the raw logits are): a cap bites only on logits near it
 TRANSFORMS = {"cohere": (0.0625, None, 8.0), "granite": (0.125, None, 4.0),

@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cramfast import kernels, ops
-from cramfast.kernels.interpreter import INTERPRET  # conftest set TRITON_INTERPRET
 from cramfast.ops import twins
+
+from conftest import KERNEL_DEVICE, needs_kernels
 
 
 def triton_mem_embed(ids, emb, mem):
@@ -24,9 +25,8 @@ def triton_mem_embed(ids, emb, mem):
 def torch_mem_embed(ids, emb, mem):
     return ops.mem_embed(ids, emb, mem, backend="torch")
 
-DEVICE = "cpu" if INTERPRET else "cuda"
-pytestmark = pytest.mark.skipif(not INTERPRET and not torch.cuda.is_available(),
-                                reason="Triton kernels need CUDA or TRITON_INTERPRET=1")
+DEVICE = KERNEL_DEVICE
+pytestmark = needs_kernels
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
