@@ -4,10 +4,11 @@ GPU, for models of real shape with random weights.
     python benchmarks/gpu_throughput.py ASSETS [--out FILE.json]
 
 ASSETS is a folder with a tokenizer (tokenizer.json, tokenizer_config.json), e.g. a copy of the
-embedded model's cache folder without its weights: a GPU machine here reaches no hub and the
-embedded model's 98 MB file does not travel, so the weights are random (seeded) and only the
-shapes are real. Random weights change how many steps a text needs, not what a step costs, so
-the figures here are seconds per step, not steps to lossless.
+embedded model's cache folder without its weights, or the embedded model's tokenizer that
+benchmarks/gpu_prepare.sh carries (gpu_session.sh passes it): a GPU machine here reaches no hub
+and the embedded model's 98 MB file may not be there, so the weights are random (seeded) and
+only the shapes are real. Random weights change how many steps a text needs, not what a step
+costs, so the figures here are seconds per step, not steps to lossless.
 
 Shapes: SmolLM2-135M (the embedded model's config: d 576, 30 layers, V 49152, tied head) and a
 Llama-3.2-1B-like one (d 2048, 16 layers, 32/8 heads, V 128256, tied). Each is saved with
