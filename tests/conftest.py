@@ -102,6 +102,15 @@ def books_dir():
     return BOOKS
 
 
+def write_rotated_corpus(folder: Path) -> Path:
+    """corpus.txt in ``folder``: 4 paragraphs, each CORPUS's first 4 sentences rotated by one
+    more and repeated 3 times (prose in the tiny model's own distribution)."""
+    path = folder / "corpus.txt"
+    sentences = [s.strip() + "." for s in CORPUS.split(". ") if s.strip()][:4]
+    path.write_text("\n\n".join(" ".join((sentences[k:] + sentences[:k]) * 3) for k in range(4)))
+    return path
+
+
 def corpus_texts(tokenizer, lengths, seed=0):
     ids = tokenizer(CORPUS)["input_ids"]
     rng = random.Random(seed)

@@ -19,7 +19,7 @@ from cramfast.engine import checkpoint
 from cramfast.sweep import runner as sweep
 from cramfast.sweep import store
 
-from conftest import CORPUS, TRAINED, corpus_texts, env, one_line_failure
+from conftest import TRAINED, corpus_texts, env, one_line_failure, write_rotated_corpus
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -135,10 +135,7 @@ def test_checkpoints_are_saved_when_due(lm, tmp_path):
 
 @pytest.fixture(scope="module")
 def corpus_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt_src") / "corpus.txt"
-    sentences = [s.strip() + "." for s in CORPUS.split(". ") if s.strip()][:4]
-    path.write_text("\n\n".join(" ".join((sentences[k:] + sentences[:k]) * 3) for k in range(4)))
-    return path
+    return write_rotated_corpus(tmp_path_factory.mktemp("ckpt_src"))
 
 
 def _saved(db) -> tuple[int, float]:

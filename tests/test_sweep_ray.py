@@ -16,7 +16,7 @@ import pytest
 from cramfast.sweep import grid, ray_engine, store
 from cramfast.sweep import runner as sweep
 
-from conftest import CORPUS
+from conftest import write_rotated_corpus
 
 # ray itself is imported by the pool, after it has set the loopback-only environment
 if importlib.util.find_spec("ray") is None:
@@ -29,10 +29,7 @@ COMPARED = ("model", "source", "sample", "length", "n_mem", "seed", "n_tokens", 
 
 @pytest.fixture(scope="module")
 def prose(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ray_src") / "corpus.txt"
-    sentences = [s.strip() + "." for s in CORPUS.split(". ") if s.strip()][:4]
-    path.write_text("\n\n".join(" ".join((sentences[k:] + sentences[:k]) * 3) for k in range(4)))
-    return path
+    return write_rotated_corpus(tmp_path_factory.mktemp("ray_src"))
 
 
 @pytest.fixture(scope="module")
