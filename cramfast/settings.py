@@ -230,8 +230,9 @@ class BatchSettings:
     recompute_activations: bool = _setting(
         False, "Keep none of the frozen backbone's activations for the backward pass: each "
         "layer runs again there from its input (one layer's activations held instead of all: "
-        "long texts on large models fit, for about one more forward of time; the same results).",
-        result=False)
+        "long texts on large models fit, for about one more forward of time; the same results). "
+        "A batch sized to the device (max_slots 0 on CUDA) switches it on when not one text of "
+        "the longest length would fit without it.", result=False)
     checkpoint_seconds: float = _setting(
         60.0, "With a checkpoint store (compress's checkpoint=, the sweep's store), save every "
         "text in flight at the first sync this many seconds after the last save (0: at every "

@@ -1,9 +1,13 @@
 """sizing: the batch settings left to the device."""
 
+from types import SimpleNamespace
+
+import pytest
 import torch
 
 import cramfast
 import cramfast.settings
+from cramfast.errors import CramfastError
 
 
 def test_batch_sizes_left_to_the_device(tiny_models, monkeypatch):
@@ -20,10 +24,62 @@ def test_batch_sizes_left_to_the_device(tiny_models, monkeypatch):
     texts = [[1] * 20] * 300
     monkeypatch.setattr(sizing, "bytes_per_token", lambda *a: 1000.0)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 ** 9, 2 * 10 ** 9))
-    assert sizing.cuda_slots(lm, texts, 1, None) == 300                # all texts fit
-    assert sizing.cuda_slots(lm, texts[:3], 1, None) == cramfast.settings.CUDA_MIN_SLOTS
+    assert sizing.cuda_slots(lm, texts, 1, None) == (300, False)       # all texts fit
+    assert sizing.cuda_slots(lm, texts[:3], 1, None) == (cramfast.settings.CUDA_MIN_SLOTS, False)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 ** 7, 2 * 10 ** 9))
-    assert sizing.cuda_slots(lm, texts, 1, None) == 10 ** 7 // 2 // (1000 * 21)   # memory-bound
+    assert sizing.cuda_slots(lm, texts, 1, None) == (10 ** 7 // 2 // (1000 * 21), False)
+
+
+def test_a_text_too_long_for_the_device_gets_its_activations_recomputed(tiny_models,
+                                                                        monkeypatch):
+    """Where half the free memory does not hold one step of the longest text, the device-sized
+    batch recomputes the backbone's activations if that makes it fit (slots sized at the
+    recomputing step's bytes); a calibration that runs out of memory is retried on the longest
+    text alone, then with recomputation; a text that fits in neither way is refused in one
+    line."""
+    from cramfast.engine import sizing
+    from cramfast.settings import BatchSettings, TextSettings
+    lm = cramfast.load_model(tiny_models["llama"], dtype=torch.float64)
+    texts = [[1] * 20] * 300                                   # 21 tokens with the mem
+    calls = []
+
+    def per_token(lm, texts, n_mem, settings, backend=None, recompute=False):
+        calls.append((len(texts), recompute))
+        return 100.0 if recompute else 1000.0
+
+    monkeypatch.setattr(sizing, "bytes_per_token", per_token)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 ** 4, 10 ** 9))
+    assert sizing.cuda_slots(lm, texts, 1, None) == (10 ** 4 // 2 // (100 * 21), True)
+    assert calls == [(8, False), (8, True)]
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 ** 3, 10 ** 9))
+    assert sizing.cuda_slots(lm, texts, 1, None) == (1, False)      # neither fits: try as is
+
+    def out_of_memory_unless(fits):
+        def per_token(lm, texts, n_mem, settings, backend=None, recompute=False):
+            calls.append((len(texts), recompute))
+            if not fits(len(texts), recompute):
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+            return 100.0
+        return per_token
+
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(sizing, "bytes_per_token", out_of_memory_unless(lambda n, r: r))
+    calls.clear()
+    assert sizing.cuda_slots(lm, texts, 1, None) == (1, True)
+    assert calls == [(8, False), (1, False), (8, True)]
+    monkeypatch.setattr(sizing, "bytes_per_token", out_of_memory_unless(lambda n, r: False))
+    with pytest.raises(CramfastError, match=r"does not fit in the memory free.*even with "
+                                            r"recompute_activations"):
+        sizing.cuda_slots(lm, texts, 1, None)
+
+    # size_batch records the switch in the batch settings (and so in every result)
+    monkeypatch.setattr(sizing, "cuda_slots", lambda *a: (3, True))
+    on_cuda = SimpleNamespace(device=torch.device("cuda"), name="tiny")
+    sized = sizing.size_batch(on_cuda, BatchSettings(), texts, 1, TextSettings())
+    assert (sized.max_slots, sized.token_budget, sized.recompute_activations) == (3, 63, True)
+    pinned = sizing.size_batch(on_cuda, BatchSettings(max_slots=5, token_budget=0), texts, 1,
+                               TextSettings())
+    assert (pinned.max_slots, pinned.recompute_activations) == (5, False)   # not device-sized
 
 
 class FakeCudaMemory:
@@ -62,13 +118,13 @@ def test_calibration_leaves_out_the_autotuners_flush_buffer(tiny_models, monkeyp
     memory.install(monkeypatch)
     real_step, scored = sizing.step, []
 
-    def step(lm, state, rows, ids, targets, backend=None):
+    def step(lm, state, rows, ids, targets, backend=None, recompute=False):
         scored.append(int(state.active[rows].sum()))
         if len(scored) == 1:
             memory.transient(flush)                            # autotuning, then freed
             memory.held += kept                                # allocated once, held after
         memory.transient(per_step)                             # activations of the step itself
-        out = real_step(lm, state, rows, ids, targets, backend)
+        out = real_step(lm, state, rows, ids, targets, backend, recompute=recompute)
         state.active[rows[0]] = False                          # as if its text had stopped
         return out
 
@@ -82,7 +138,7 @@ def test_calibration_leaves_out_the_autotuners_flush_buffer(tiny_models, monkeyp
     fraction = cramfast.settings.CUDA_MEMORY_FRACTION
     fits = lambda step_bytes: int(fraction * free // (step_bytes / (8 * 5) * 5))
     scored.clear()
-    slots = sizing.cuda_slots(lm, [[1] * 4] * CUDA_MAX_SLOTS, n_mem, TextSettings())
+    slots, _ = sizing.cuda_slots(lm, [[1] * 4] * CUDA_MAX_SLOTS, n_mem, TextSettings())
     assert scored == [8, 8]
     assert slots == fits(per_step + kept) < CUDA_MAX_SLOTS              # memory-bound
     assert fits(flush + per_step + kept) < slots // 100    # what counting the buffer cost
