@@ -82,7 +82,7 @@ FAMILIES = {
 
 # the families shipped pretrained (tests/data/make_tiny_families.py), one per architecture
 # class whose objective cramfast transforms, beside tests/data/tiny-llama-trained
-PRETRAINED = ("gemma2", "cohere", "granite", "gpt_neox", "qwen3_moe")
+PRETRAINED = ("gemma", "gemma2", "gemma3_text", "cohere", "granite", "gpt_neox", "qwen3_moe")
 
 
 def pretrained_folder(name: str) -> Path:

@@ -3,13 +3,16 @@ cramfast transforms (tests/model_families.py), pretrained on conftest.CORPUS lik
 tiny-llama-trained (make_tiny_llama.py, whose tokenizer they share), so that a text crams
 lossless in a test's budget. Shipped, not made per run, for the reason make_tiny_llama.py gives.
 
-    gemma2      Gemma-like: sqrt(d) input scale, final logit soft-cap 30, eager attention
+    gemma       Gemma 1: sqrt(d) input scale
+    gemma2      Gemma 2: sqrt(d) input scale, final logit soft-cap 30, eager attention
+    gemma3_text Gemma 3: sqrt(d) input scale, sliding and full attention layers
     cohere      a logit scale (0.0625)
     granite     logits divided by logits_scaling 8, embedding and residual multipliers
     gpt_neox    NeoX-like (parallel attention and MLP, partial rotary)
     qwen3_moe   a mixture of experts
 
-Rerun only to change them:  .venv/bin/python tests/data/make_tiny_families.py
+Rerun only to change them:  .venv/bin/python tests/data/make_tiny_families.py [NAME ...]
+(the names given, or all of PRETRAINED)
 """
 import shutil
 import sys
@@ -31,7 +34,7 @@ STEPS = {"cohere": 1000}   # its logits are scaled down 16-fold: slower to fit
 def main():
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(LLAMA)
-    for name in PRETRAINED:
+    for name in sys.argv[1:] or PRETRAINED:
         out = pretrained_folder(name)
         shutil.rmtree(out, ignore_errors=True)
         torch.manual_seed(0)
