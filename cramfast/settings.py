@@ -196,11 +196,13 @@ CPU_SIZES = dict(max_slots=32, token_budget=16384, fill_slots=4)   # a step cost
 CUDA_MEMORY_FRACTION = 0.5     # of the free memory, for the batch's activations
 CUDA_MIN_SLOTS = 64            # fewer texts than this still get this many (parallel attempts)
 CUDA_MAX_SLOTS = 1024
+MEM_POSITIONS = ("first", "after_bos", "before_bos")    # engine/layout.py builds each
 
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """How the batch runs: sizes, syncs and kernels. Only fill_slots changes results."""
+    """How the batch runs: sizes, syncs, kernels, and what every text of it shares. Only
+    fill_slots and mem_position change results."""
     fill_slots: int = _setting(
         0, "Parallel attempts: when nothing is queued and fewer than this many slots are busy, "
         "the idle slots run extra attempts of running texts (other seeded starts, within what "
@@ -208,6 +210,13 @@ class BatchSettings:
         f"off; -1: sized to the device, {CPU_SIZES['fill_slots']} on a CPU, max_slots on CUDA). "
         "Idle slots are nearly "
         "free where a small batch is bound by reading the weights.", at_least=-1)
+    mem_position: str = _setting(
+        "first", "Where the mem sits in the sequence the LM reads: `first` [mem ; text] (the "
+        "paper's: the mem takes position 0, which causal LMs use as an attention sink), "
+        "`after_bos` [bos ; mem ; text] (a BOS token holds position 0), `before_bos` "
+        "[mem ; bos ; text]. The BOS is given and not scored, like the text's first token, so "
+        "the same positions are predicted; the evaluation without mem keeps it.",
+        choices=MEM_POSITIONS)
     sync_every: int = _setting(16, "Updates between host syncs (the stop rules run on the "
                                "device).", at_least=1, result=False)
     cuda_graphs: bool = _setting(
@@ -255,7 +264,8 @@ def _names(cls, **meta) -> tuple[str, ...]:
 
 PER_TEXT = _names(TextSettings)
 BATCH = _names(BatchSettings)
-RESULT_SETTINGS = PER_TEXT + _names(BatchSettings, result=True)
+BATCH_RESULT_SETTINGS = _names(BatchSettings, result=True)    # shared by a batch's texts
+RESULT_SETTINGS = PER_TEXT + BATCH_RESULT_SETTINGS
 RELATIVE = {f.metadata["replaces"]: f.name for f in fields(TextSettings) if f.metadata["replaces"]}
 DERIVED_SLOT_FLOATS = ("restart_keep", "lamb")
 SLOT_FLOATS = _names(TextSettings, slot="float") + DERIVED_SLOT_FLOATS

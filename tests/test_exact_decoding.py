@@ -108,8 +108,8 @@ def test_a_text_that_does_not_decode_back_goes_on_with_a_margin(trained_path, mo
     real = compressor.greedy_decode
     spoiled = []
 
-    def first_decode_of_text_0_wrong(lm_, mems, firsts, n_new):
-        out = real(lm_, mems, firsts, n_new)
+    def first_decode_of_text_0_wrong(lm_, mems, firsts, n_new, layout):
+        out = real(lm_, mems, firsts, n_new, layout)
         for row, first in enumerate(firsts):
             if first == texts[0][0] and not spoiled:
                 spoiled.append(row)

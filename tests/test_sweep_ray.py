@@ -1,6 +1,7 @@
 """--engine ray: a local 2-worker Ray cluster (loopback only) computes a sweep's texts, the
-driver storing each row: the rows equal a one-process run's, and workers killed with SIGKILL at
-random moments lose nothing and store nothing twice."""
+driver storing each row: the rows equal a one-process run's, a capacity search submits each
+probe to the running pool, workers killed with SIGKILL at random moments lose nothing and store
+nothing twice, and a killed worker's texts (or a lost driver's) resume from their checkpoints."""
 import importlib.util
 import os
 import random
@@ -12,11 +13,13 @@ import threading
 import time
 
 import pytest
+import torch
 
+import cramfast
 from cramfast.sweep import grid, ray_engine, store
 from cramfast.sweep import runner as sweep
 
-from conftest import write_rotated_corpus
+from conftest import corpus_texts, write_rotated_corpus
 
 # ray itself is imported by the pool, after it has set the loopback-only environment
 if importlib.util.find_spec("ray") is None:
@@ -106,6 +109,115 @@ def test_workers_killed_mid_sweep_lose_nothing_and_store_nothing_twice(trained_p
                     compress_iter=pool.compress_iter, rank=0, world=1)
     assert pool.replaced - replaced_before == kills
     assert all(_running(pid) for pid in pool.pids())
+
+
+def test_a_capacity_search_on_ray_submits_each_probe_to_the_running_pool(trained_path, prose,
+                                                                           tmp_path, pool):
+    """One compress_iter call per group: each text's next probe is submitted the moment its
+    last one is stored (no rounds), and the search ends where a one-process search does."""
+    plan = ("8,32", "3", "--search", "capacity")
+    alone = sweep.run_sweep(sweep_grid(trained_path, prose, tmp_path / "one.db", *plan),
+                            quiet=True)
+    calls = []
+
+    def counted(texts, **kwargs):
+        calls.append(len(texts))
+        return pool.compress_iter(texts, **kwargs)
+
+    on_ray = sweep.run_sweep(sweep_grid(trained_path, prose, tmp_path / "ray.db", *plan),
+                             quiet=True, compress_iter=counted, rank=0, world=1)
+    assert calls == [3] and on_ray.ran == alone.ran > 3       # later probes were submitted
+    assert on_ray.search == alone.search
+    assert_same_rows(rows_by_key(tmp_path / "ray.db"), rows_by_key(tmp_path / "one.db"))
+
+
+class DictStore:
+    """A CheckpointStore in memory; ``on_put(n)`` runs after the n-th put (a fault injected)."""
+
+    def __init__(self, on_put=None):
+        self.records, self.puts, self.on_put = {}, 0, on_put
+
+    def get(self, fingerprints):
+        return {fp: self.records[fp] for fp in fingerprints if fp in self.records}
+
+    def put(self, records):
+        self.records.update(records)
+        self.puts += 1
+        if self.on_put:
+            self.on_put(self.puts)
+
+    def delete(self, fingerprints):
+        for fp in fingerprints:
+            self.records.pop(fp, None)
+
+    def checkpoints(self):
+        return len(self.records)
+
+
+@pytest.fixture(scope="module")
+def lm(trained_path):
+    return cramfast.load_model(trained_path, dtype="fp64")
+
+
+# Texts that run their whole budget (a learning rate too small to solve them), a checkpoint saved
+# at every sync: there are records to resume from whenever the fault comes.
+LONG_JOBS = dict(max_steps=240, lr=1e-5, fill_slots=0, checkpoint_seconds=0)
+
+
+def assert_same_results(got: dict, expected: list):
+    assert sorted(got) == list(range(len(expected)))
+    for i, want in enumerate(expected):
+        have = got[i]
+        assert (have.steps, have.stop_reason, have.best_step, have.decoded_ids) == (
+            want.steps, want.stop_reason, want.best_step, want.decoded_ids), i
+        torch.testing.assert_close(have.mem, want.mem, rtol=1e-9, atol=1e-9)
+
+
+def test_a_killed_worker_s_texts_resume_from_their_checkpoints(lm, pool):
+    texts = corpus_texts(lm.tokenizer, [16, 24, 32, 40], seed=5)
+    alone = cramfast.compress(texts, model=lm, **LONG_JOBS)
+    killed = []
+
+    def kill_a_worker(puts):                    # a worker whose texts have checkpoints
+        running = pool.running
+        slots = [s for s, held in running.held.items() if held & running.records.keys()]
+        if puts >= 4 and slots and not killed:
+            killed.append(pool.pids()[slots[0]])
+            os.kill(killed[0], signal.SIGKILL)
+
+    resumed_before, replaced_before = pool.resumed, pool.replaced
+    store = DictStore(kill_a_worker)
+    got = dict(pool.compress_iter(texts, model=lm, checkpoint=store, **LONG_JOBS))
+    assert killed and pool.replaced == replaced_before + 1
+    assert pool.resumed > resumed_before                      # re-queued with a checkpoint
+    assert_same_results(got, alone)
+    assert store.records == {}                  # each record gone once its result was taken
+
+
+class DriverLost(Exception):
+    pass
+
+
+def test_a_restarted_driver_resumes_the_texts_from_its_store(lm, pool):
+    """The driver's loop dies after its store has records (as a killed driver would leave
+    them); the same call again resumes every text from its record, on fresh actors."""
+    texts = corpus_texts(lm.tokenizer, [16, 24, 32, 40], seed=6)
+    alone = cramfast.compress(texts, model=lm, **LONG_JOBS)
+
+    def lose_the_driver(puts):
+        if puts == 8:
+            raise DriverLost
+
+    store = DictStore(lose_the_driver)
+    with pytest.raises(DriverLost):
+        list(pool.compress_iter(texts, model=lm, checkpoint=store, **LONG_JOBS))
+    saved = dict(store.records)
+    assert saved
+    store.on_put = None
+    stream = pool.compress_iter(texts, model=lm, checkpoint=store, **LONG_JOBS)
+    assert stream.from_store == len(saved)
+    assert_same_results(dict(stream), alone)
+    assert store.records == {}
 
 
 def _running(pid: int) -> bool:

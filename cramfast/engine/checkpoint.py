@@ -127,7 +127,8 @@ class Checkpointer:
 
     def resumed(self, indices: list[int] | None = None) -> dict[int, dict]:
         """Text index -> its record, for the texts (default: all) the store holds a record of."""
-        by_fp = {self.fingerprints[i]: i for i in (self.fingerprints if indices is None
+        # a snapshot of the keys: Stream.submit may add one from another thread meanwhile
+        by_fp = {self.fingerprints[i]: i for i in (list(self.fingerprints) if indices is None
                                                    else indices)}
         found = self.store.get(list(by_fp))
         records = {by_fp[fp]: unpack(blob) for fp, blob in found.items()}

@@ -33,6 +33,7 @@ from cramfast.engine.decoding import evaluate, greedy_decode
 from cramfast.engine.hooks import Hooks, Timing
 from cramfast.engine.inits import mem_dtype
 from cramfast.engine.jobs import Attempt, Job, make_jobs
+from cramfast.engine.layout import FIRST, Layout, layout_for
 from cramfast.engine.optim import SlotState
 from cramfast.engine.scheduler import Scheduler
 from cramfast.engine.sizing import size_batch
@@ -42,6 +43,7 @@ from cramfast.metrics import CompressionResult, decoded_back, make_result
 from cramfast.models import LoadedModel, load_model
 from cramfast.presets import DEFAULT_PRESET
 from cramfast.settings import (
+    BATCH_RESULT_SETTINGS,
     BatchSettings,
     StopReason,
     TextSettings,
@@ -148,7 +150,8 @@ def job_fingerprint(lm: LoadedModel, job: Job, n_mem: int, batch: BatchSettings)
     default are left out, so a setting added later (its default the old behaviour) keeps the
     checkpoints of runs made before it."""
     default = defaults()
-    changed = {k: v for k, v in dict(job.settings.to_dict(), fill_slots=batch.fill_slots).items()
+    shared = {name: getattr(batch, name) for name in BATCH_RESULT_SETTINGS}
+    changed = {k: v for k, v in dict(job.settings.to_dict(), **shared).items()
                if v != default[k]}
     return fingerprint(lm.name, str(lm.dtype), job.token_ids, n_mem, job.seed, changed,
                        job.init_mem)
@@ -156,10 +159,11 @@ def job_fingerprint(lm: LoadedModel, job: Job, n_mem: int, batch: BatchSettings)
 
 def _results_as_they_finish(lm, jobs, n_mem, batch, backend, hooks, record, checkpointer,
                             incoming=None, budget=0):
+    layout = layout_for(lm, batch.mem_position)
     for finished in optimize(lm, jobs, n_mem, batch, backend, hooks, checkpointer, incoming,
                              budget):
         start = time.perf_counter()
-        results = finish(lm, finished, n_mem, backend, record)
+        results = finish(lm, finished, n_mem, backend, record, layout)
         if hooks.on_timing:
             hooks.on_timing(Timing("finish", time.perf_counter() - start, len(finished), 0))
         for job, result in zip(finished, results):
@@ -189,6 +193,7 @@ def optimize(lm: LoadedModel, jobs: list[Job], n_mem: int, batch: BatchSettings,
     state = SlotState(batch.max_slots, n_mem, lm.hidden_size, mem_dtype(lm), lm.device, n_draws)
     fill_width = min(batch.fill_slots, batch.max_slots)
     stepper = make_stepper(lm, state, batch, backend, hooks.update, hooks.drop_stopped)
+    layout = stepper.layout
     while not sched.done() or incoming:
         while incoming:
             job = incoming.popleft()
@@ -228,7 +233,7 @@ def optimize(lm: LoadedModel, jobs: list[Job], n_mem: int, batch: BatchSettings,
         if done:
             started = time.perf_counter()
             checked = len(done)
-            done = verify_decodes(lm, sched, attempts, done, attempt_ids)
+            done = verify_decodes(lm, sched, attempts, done, attempt_ids, layout)
             if hooks.on_timing:
                 hooks.on_timing(Timing("decode_check", time.perf_counter() - started, checked, 0))
         if checkpointer and checkpointer.due(sched.evaluations()):
@@ -389,7 +394,8 @@ def _collect(attempt: Attempt, fin, state: SlotState) -> dict:
 DECODE_MARGIN_FLOOR = {16: 1.0, 32: 0.1, 64: 0.01}
 
 
-def verify_decodes(lm: LoadedModel, sched, attempts: dict, jobs: list[Job], ids):
+def verify_decodes(lm: LoadedModel, sched, attempts: dict, jobs: list[Job], ids,
+                   layout: Layout = FIRST):
     """Greedy-decode the texts that just finished, as a user decodes them (KV-cached, batched).
     A text that stopped lossless but does not decode back is not done: it goes on from its mem
     (a continuation: twice the margin it had, at least DECODE_MARGIN_FLOOR for the model's
@@ -398,7 +404,7 @@ def verify_decodes(lm: LoadedModel, sched, attempts: dict, jobs: list[Job], ids)
     attempt ids."""
     mems = torch.stack([job.result["mem"] for job in jobs])
     decoded = greedy_decode(lm, mems, [job.token_ids[0] for job in jobs],
-                            max(len(job.token_ids) for job in jobs) - 1)
+                            max(len(job.token_ids) for job in jobs) - 1, layout)
     done = []
     for job, out in zip(jobs, decoded):
         job.result["decoded_ids"] = out = out[:len(job.token_ids) - 1]
@@ -422,14 +428,14 @@ def verify_decodes(lm: LoadedModel, sched, attempts: dict, jobs: list[Job], ids)
     return done
 
 
-def finish(lm: LoadedModel, jobs: list[Job], n_mem: int, backend, batch_record: dict
-           ) -> list[CompressionResult]:
+def finish(lm: LoadedModel, jobs: list[Job], n_mem: int, backend, batch_record: dict,
+           layout: Layout = FIRST) -> list[CompressionResult]:
     """The results of jobs finished together: metrics with and without mem, beside what the
     optimization and the decode check (verify_decodes) recorded."""
     token_lists = [job.token_ids for job in jobs]
     mems = torch.stack([job.result["mem"] for job in jobs])
-    without = evaluate(lm, token_lists, None, backend)
-    with_mem = evaluate(lm, token_lists, mems, backend)
+    without = evaluate(lm, token_lists, None, backend, layout)
+    with_mem = evaluate(lm, token_lists, mems, backend, layout)
     kept = ("mem", "steps", "best_step", "stop_reason", "restarts", "attempt", "seconds",
             "attempts", "decoded_ids")
     return [make_result(

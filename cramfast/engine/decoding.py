@@ -8,6 +8,7 @@ from typing import NamedTuple
 import torch
 
 from cramfast.constants import IGNORE_INDEX
+from cramfast.engine.layout import FIRST, Layout, embed_sequence, layout_for
 from cramfast.engine.step import pad_batch, predict
 from cramfast.errors import CramfastError
 from cramfast.metrics import CompressionResult, decoded_back
@@ -21,12 +22,14 @@ class Evaluation(NamedTuple):
 
 
 @torch.inference_mode()
-def evaluate(lm: LoadedModel, token_lists, mems: torch.Tensor | None, backend=None) -> Evaluation:
+def evaluate(lm: LoadedModel, token_lists, mems: torch.Tensor | None, backend=None,
+             layout: Layout = FIRST) -> Evaluation:
     """The teacher-forced evaluation of each text, with ``mems`` [B, m, d] or none."""
     length = max(len(t) for t in token_lists)
     ids, targets = pad_batch(token_lists, length, lm.device)
     loss, argmax, margin = predict(lm, ids, targets,
-                                   None if mems is None else mems.to(lm.device), backend)
+                                   None if mems is None else mems.to(lm.device), backend,
+                                   layout=layout)
     scored = targets != IGNORE_INDEX
     correct = ((argmax == targets) & scored).sum(dim=1)
     least = margin.double().masked_fill(~scored, float("inf")).amin(dim=1)
@@ -35,12 +38,13 @@ def evaluate(lm: LoadedModel, token_lists, mems: torch.Tensor | None, backend=No
 
 @torch.inference_mode()
 def greedy_decode(lm: LoadedModel, mems: torch.Tensor, first_ids: list[int],
-                  n_new: int) -> list[list[int]]:
-    """Greedy generation, KV-cached and batched, from [mem ; first token]: the first token is
-    given by the protocol, every later one must come from the mem vectors."""
+                  n_new: int, layout: Layout = FIRST) -> list[list[int]]:
+    """Greedy generation, KV-cached and batched, from [mem ; first token] (the ``layout``'s
+    sequence: a BOS before or after the mem): the first token is given by the protocol, every
+    later one must come from the mem vectors."""
     mems = mems.to(lm.device, lm.dtype)
     first = torch.tensor(first_ids, device=lm.device)
-    x = torch.cat([mems, lm.embed(first[:, None])], dim=1)
+    x, _ = embed_sequence(lm, first[:, None], mems, layout, backend="torch")
     out = lm.model(inputs_embeds=x, use_cache=True)
     generated = []
     for i in range(n_new):
@@ -55,24 +59,27 @@ def greedy_decode(lm: LoadedModel, mems: torch.Tensor, first_ids: list[int],
 
 def decodes_back(lm: LoadedModel, results: list[CompressionResult],
                  batch_size: int = 1) -> list[bool]:
-    """Whether each result's mem, greedy-decoded with ``lm`` (``batch_size`` mems at a time),
-    gives its text back: how a mem travels to another precision, device or batch shape."""
+    """Whether each result's mem, greedy-decoded with ``lm`` (``batch_size`` mems at a time,
+    results of one mem_position), gives its text back: how a mem travels to another
+    precision, device or batch shape."""
     exact = []
     for start in range(0, len(results), batch_size):
         group = results[start:start + batch_size]
         decoded = greedy_decode(lm, torch.stack([r.mem for r in group]),
                                 [r.token_ids[0] for r in group],
-                                max(r.n_tokens for r in group) - 1)
+                                max(r.n_tokens for r in group) - 1, result_layout(lm, group[0]))
         exact += [decoded_back(d, r.token_ids) for d, r in zip(decoded, group)]
     return exact
 
 
-def decode(mem, model=None, max_new_tokens: int | None = None, first_token_id: int | None = None):
+def decode(mem, model=None, max_new_tokens: int | None = None, first_token_id: int | None = None,
+           mem_position: str | None = None):
     """Token ids generated greedily from [mem ; first token].
 
-    ``mem`` is a CompressionResult (its model is used when ``model`` is None; its first token and
-    length are used by default) or a tensor [m, d] with ``first_token_id`` and ``max_new_tokens``.
-    Returns the full token ids (first token included) and the decoded text."""
+    ``mem`` is a CompressionResult (its model is used when ``model`` is None; its first token,
+    length and mem_position are used by default) or a tensor [m, d] with ``first_token_id`` and
+    ``max_new_tokens`` (and ``mem_position`` if it was not crammed `first`). Returns the full
+    token ids (first token included) and the decoded text."""
     result = mem if isinstance(mem, CompressionResult) else None
     if result is not None:
         model = model or result.model
@@ -88,8 +95,17 @@ def decode(mem, model=None, max_new_tokens: int | None = None, first_token_id: i
     if mem.dim() != 2 or mem.shape[1] != lm.hidden_size:
         raise CramfastError(f"mem must be [n_mem, {lm.hidden_size}] for {lm.name}, got "
                             f"{list(mem.shape)}")
-    ids = [first_token_id] + greedy_decode(lm, mem[None], [first_token_id], max_new_tokens)[0]
+    layout = (layout_for(lm, mem_position) if mem_position is not None
+              else FIRST if result is None else result_layout(lm, result))
+    ids = [first_token_id] + greedy_decode(lm, mem[None], [first_token_id], max_new_tokens,
+                                           layout)[0]
     return ids, lm.tokenizer.decode(ids)
+
+
+def result_layout(lm: LoadedModel, result: CompressionResult) -> Layout:
+    """The layout a result was crammed in (its mem_position setting; results from before the
+    setting existed were crammed first)."""
+    return layout_for(lm, result.settings.get("mem_position", "first"))
 
 
 def warn_if_weaker(result: CompressionResult, lm: LoadedModel) -> None:

@@ -2,7 +2,8 @@
 syncs.
 
     step(lm, state, rows, ids, targets)
-      predict:   ops.mem_embed([mem ; tokens]) -> frozen backbone -> ops.linear_cross_entropy
+      predict:   ops.mem_embed([mem ; tokens], layout.py) -> frozen backbone
+                 -> ops.linear_cross_entropy
       backward:  the summed per-text objectives, down to each slot's mem only
       optim:     stop rule, update rule (Hooks.update), stall restarts, all on the device
     -> each slot's count of solved positions (right, by the required margin), -1 for a slot
@@ -21,6 +22,7 @@ import torch
 import torch.utils.checkpoint
 
 from cramfast import ops
+from cramfast.engine.layout import FIRST, Layout, embed_sequence, layout_for
 from cramfast.engine.optim import (
     SlotState,
     apply_stop_rule,
@@ -65,8 +67,9 @@ def recomputed_activations(lm: LoadedModel, enabled: bool = True):
 
 
 def predict(lm: LoadedModel, ids: torch.Tensor, targets: torch.Tensor, mem: torch.Tensor | None,
-            backend: str | None = None, recompute: bool = False):
-    """Per-position CE and argmax of the frozen LM on [mem ; ids] for the text positions 2..T.
+            backend: str | None = None, recompute: bool = False, layout: Layout = FIRST):
+    """Per-position CE and argmax of the frozen LM on [mem ; ids] (or the ``layout``'s sequence,
+    with a BOS before or after the mem) for the text positions 2..T.
 
     ids [B, T] right-padded, targets [B, T-1] (IGNORE_INDEX where not scored), mem [B, m, d] or
     None. Right padding needs no attention mask: causal attention never lets a real position
@@ -74,14 +77,10 @@ def predict(lm: LoadedModel, ids: torch.Tensor, targets: torch.Tensor, mem: torc
     the target's logit minus the best other one, ops.linear_cross_entropy's). ``recompute``:
     the backbone's activations recomputed in the backward (recomputed_activations)."""
     B, T = ids.shape
-    m = 0 if mem is None else mem.shape[1]
-    if mem is None:
-        x = lm.embed(ids)
-    else:
-        x = ops.mem_embed(ids, lm.embedding, mem, backend=backend, scale=lm.input_scale)
+    x, start = embed_sequence(lm, ids, mem, layout, backend)     # ids[:, 0] at x[:, start]
     with recomputed_activations(lm, recompute and torch.is_grad_enabled()):
         hidden = lm.backbone(inputs_embeds=x, use_cache=False)[0]
-    hidden = hidden[:, m:m + T - 1].reshape(B * (T - 1), -1)
+    hidden = hidden[:, start:start + T - 1].reshape(B * (T - 1), -1)
     head = lm.head
     loss, argmax, margin = ops.linear_cross_entropy(hidden, head.weight, targets.reshape(-1),
                                                     head.bias, backend=backend,
@@ -91,13 +90,13 @@ def predict(lm: LoadedModel, ids: torch.Tensor, targets: torch.Tensor, mem: torc
 
 def step(lm: LoadedModel, state: SlotState, rows: torch.Tensor, ids: torch.Tensor,
          targets: torch.Tensor, backend: str | None = None, update=mem_update,
-         recompute: bool = False) -> torch.Tensor:
+         recompute: bool = False, layout: Layout = FIRST) -> torch.Tensor:
     """One evaluation + update of the slots in ``rows`` (ids/targets: their padded texts);
     returns their correct-counts (-1: stopped before, FAILED_ON_DEVICE: non-finite loss)."""
     active = state.active[rows]
     mem = state.mem[rows].clone().requires_grad_(True)
     scored = torch.where(active[:, None], targets, torch.full_like(targets, ops.IGNORE_INDEX))
-    loss, argmax, margin = predict(lm, ids, scored, mem, backend, recompute)
+    loss, argmax, margin = predict(lm, ids, scored, mem, backend, recompute, layout)
     gamma = state.hyper_column("focal_gamma", rows).view(-1, 1)
     required = state.hyper_column("margin", rows).view(-1, 1)
     weights = objective_weights(loss, gamma, margin, required)
@@ -119,9 +118,10 @@ class EagerSteps:
     on a GPU the read would be a host sync per step, and a stopped row is nearly free)."""
 
     def __init__(self, lm: LoadedModel, state: SlotState, backend=None, update=mem_update,
-                 drop_stopped: bool | None = None, recompute: bool = False):
+                 drop_stopped: bool | None = None, recompute: bool = False,
+                 layout: Layout = FIRST):
         self.lm, self.state, self.backend, self.update = lm, state, backend, update
-        self.recompute = recompute
+        self.recompute, self.layout = recompute, layout
         self.drop_stopped = lm.device.type == "cpu" if drop_stopped is None else drop_stopped
 
     def steps(self, rows, ids, targets, k: int) -> list[torch.Tensor]:
@@ -131,11 +131,11 @@ class EagerSteps:
         live = self.state.active[rows]
         if not self.drop_stopped or bool(live.all()):
             return step(self.lm, self.state, rows, ids, targets, self.backend, self.update,
-                        self.recompute)
+                        self.recompute, self.layout)
         out = torch.full((len(rows),), -1, dtype=torch.long, device=rows.device)
         if bool(live.any()):
             out[live] = step(self.lm, self.state, rows[live], ids[live], targets[live],
-                             self.backend, self.update, self.recompute)
+                             self.backend, self.update, self.recompute, self.layout)
         return out
 
 
@@ -152,8 +152,9 @@ class GraphedSteps(EagerSteps):
     MAX_GRAPHS = 16
 
     def __init__(self, lm, state, backend=None, update=mem_update, drop_stopped=None,
-                 recompute=False):
-        super().__init__(lm, state, backend, update, drop_stopped=False, recompute=recompute)
+                 recompute=False, layout=FIRST):
+        super().__init__(lm, state, backend, update, drop_stopped=False, recompute=recompute,
+                         layout=layout)
         self.graphs: dict[tuple, tuple] = {}
         self.pool = torch.cuda.graph_pool_handle()
 
@@ -190,7 +191,7 @@ class GraphedSteps(EagerSteps):
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             static_out = step(self.lm, self.state, *static_in, self.backend, self.update,
-                              self.recompute)
+                              self.recompute, self.layout)
         self.graphs[key] = (graph, static_in, static_out)
 
 
@@ -206,4 +207,5 @@ def make_stepper(lm: LoadedModel, state: SlotState, batch: BatchSettings, backen
                  update=mem_update, drop_stopped: bool | None = None) -> EagerSteps:
     """The stepper compress uses for these settings: GraphedSteps where use_cuda_graphs."""
     kind = GraphedSteps if use_cuda_graphs(lm, batch, backend) else EagerSteps
-    return kind(lm, state, backend, update, drop_stopped, batch.recompute_activations)
+    return kind(lm, state, backend, update, drop_stopped, batch.recompute_activations,
+                layout_for(lm, batch.mem_position))

@@ -1,26 +1,39 @@
 """``--engine ray``: a sweep's texts computed by a pool of Ray actors, the driver owning the store.
 
 The sweep runner (runner.py) plans every job and stores every row as in one process; only its
-``compress_iter`` is replaced by ``RayPool.compress_iter``, which cuts each call's texts into
-chunks and hands a chunk to whichever actor has a free slot. An actor holds its model loaded once
-and streams each text's result back as it finishes (a generator task), so the driver stores it at
-once. An actor that dies (kill -9, out of memory, its node lost) costs only the texts of its
-chunks not yet returned: they go back to the front of the queue for any actor, and a new actor
-takes the dead one's place. A text's result is yielded once. Per-text chains (--search,
---warm-start) keep working unchanged: the runner calls compress_iter round by round.
+``compress_iter`` is replaced by ``RayPool.compress_iter``, which returns a ``PoolStream``: the
+engine's Stream contract (``submit`` while it runs; (index, result) as each text finishes, each
+index once) over the pool.
+
+Each actor holds its model loaded once and one long-lived engine Stream, fed text by text: the
+driver keeps every actor holding about as many texts as its batch has slots (its stream's
+max_slots, plus LOOKAHEAD queued so that a slot freed at a sync is refilled at once) and sends
+the next text the moment one comes back, so a slow text holds up one slot, not a worker. A text
+the driver sends joins the actor's running batch at its next sync. The actor streams back each
+result as it finishes (a generator task, ``results``) and every checkpoint its stream saves
+(``saved``); the driver keeps each text's newest one, in the sweep's store too when it has one.
+
+An actor that dies (kill -9, out of memory, its node lost) costs only the steps since its texts'
+last checkpoints: the texts it held go back to the front of the queue, each with its newest
+checkpoint, and a new actor takes the dead one's place. A text's result is yielded once.
 
 Results equal a one-process run's as batched results equal solo ones (docs/sweep.md), except with
 ``fill_slots`` > 0, whose parallel attempts depend on how many texts share a batch.
 
     pool = RayPool(workers=2)                        # a local cluster; address="auto" joins one
-    for index, result in pool.compress_iter(texts, model=lm, n_mem=1): ...
+    stream = pool.compress_iter(texts, model=lm, n_mem=1, longest=64)
+    for index, result in stream:
+        stream.submit(more_ids)                      # optional, as with the engine's Stream
     pool.close()
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
+import threading
 from collections import deque
+from dataclasses import dataclass
 
 from cramfast.errors import CramfastError
 from cramfast.models import LoadedModel
@@ -29,10 +42,11 @@ from cramfast.models import LoadedModel
 # and every Ray server bound to 127.0.0.1 (Ray's own switch for clusters that must stay local).
 LOCAL_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
              "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-CHUNKS_PER_WORKER = 4   # a call's texts are cut so that each worker gets about this many chunks
-SLOTS_PER_WORKER = 2    # chunks in flight per actor: the next one is queued while one runs
+LOOKAHEAD = 2           # texts an actor holds beyond its slots: a slot freed is refilled at once
+OPENING_TEXTS = 32      # texts sent before an actor's stream has said its slots (a CPU batch's)
+ACTOR_THREADS = 6       # an actor's concurrent calls: results, saved, and submits beside them
 MAX_TRIES = 10          # a text re-queued this often (its actors died each time) is an error
-SILENCE_S = 900         # no result from any actor for this long: the cluster cannot run them
+SILENCE_S = 900         # no message from any actor for this long: the cluster cannot run them
 
 
 def _import_ray(local: bool):
@@ -46,24 +60,171 @@ def _import_ray(local: bool):
     return ray
 
 
+@dataclass
+class _Text:
+    """One text of a PoolStream, as the actors get it; ``record``: (fingerprint, bytes) of its
+    newest checkpoint, sent with it so that the actor it goes to resumes it."""
+    ids: object                     # str or token ids
+    settings: dict | None
+    init_mem: object
+    record: tuple | None = None
+
+
+class _Outbox:
+    """An actor stream's CheckpointStore (cramfast.engine.checkpoint): records the driver sent
+    are read from ``preloaded``; records the stream saves wait in ``pending`` (fingerprint ->
+    bytes, the newest only) for the ``saved`` generator to send. Guarded by the actor's lock."""
+
+    def __init__(self, lock: threading.Condition):
+        self.lock = lock
+        self.preloaded: dict[str, bytes] = {}
+        self.pending: dict[str, bytes] = {}
+
+    def get(self, fingerprints):
+        with self.lock:
+            return {fp: self.preloaded[fp] for fp in fingerprints if fp in self.preloaded}
+
+    def put(self, records):
+        with self.lock:
+            self.pending.update(records)
+            self.lock.notify_all()
+
+    def delete(self, fingerprints):
+        with self.lock:
+            for fp in fingerprints:
+                self.preloaded.pop(fp, None)
+                self.pending.pop(fp, None)
+
+
 class _Cruncher:
-    """One Ray actor: a model loaded once; ``run`` yields (text index, result) per finished text."""
+    """One Ray actor, threaded (``submit`` runs beside the two generators): a model loaded once
+    and at most one engine Stream at a time. ``submit`` hands texts to the running stream of
+    their call (they join its batch at the next sync) or, when none runs, to the inbox;
+    ``results`` opens a stream from the inbox, yields its messages, and waits for more when it
+    drains, until ``close``.
+
+    Messages (tuples): ("open", call, max_slots) when a stream starts; ("done", call, key,
+    result) per finished text; ("error", call, exception) when a call's texts cannot run. From
+    ``saved``: ("saved", call, [(key, fingerprint, bytes), ...])."""
 
     def __init__(self, model: str, dtype: str, threads: int | None):
         import torch
 
         import cramfast
+        self.threads = threads
         if threads:
             torch.set_num_threads(threads)
         self.lm = cramfast.load_model(model, dtype=dtype)
+        self.lock = threading.Condition()
+        self.inbox: deque = deque()     # (call, kwargs, key, _Text) not in a stream yet
+        self.call = None                # the running stream's call, and the stream
+        self.stream = None
+        self.keys: dict[int, tuple] = {}    # the stream's index -> (key, _Text), not yet done
+        self.fp_keys: dict[str, list] = {}  # fingerprint -> keys of the stream's texts
+        self.outbox = _Outbox(self.lock)
+        self.closed = False
 
     def pid(self) -> int:
         return os.getpid()
 
-    def run(self, indices: list[int], texts: list, kwargs: dict):
+    def submit(self, call: int, kwargs: dict, items: list[tuple]):
+        """``items``: (key, _Text) of call ``call``, whose compress_iter arguments are
+        ``kwargs``. Raises CramfastError on bad input, as Stream.submit does."""
+        with self.lock:
+            for key, text in items:
+                if text.record is not None:
+                    self.outbox.preloaded[text.record[0]] = text.record[1]
+                if self.stream is not None and self.call == call:
+                    # Stream.submit from this thread, beside the one iterating the stream: the
+                    # job reaches the batch through a deque its loop drains at each sync.
+                    self._enter(self.stream.submit(text.ids, text.settings, text.init_mem),
+                                key, text)
+                else:
+                    self.inbox.append((call, kwargs, key, text))
+            self.lock.notify_all()
+
+    def close(self):
+        with self.lock:
+            self.closed = True
+            self.lock.notify_all()
+
+    def results(self):
+        import torch
+        if self.threads:                # this thread's own intra-op pool
+            torch.set_num_threads(self.threads)
+        while True:
+            with self.lock:
+                while not self.inbox and not self.closed:
+                    self.lock.wait()
+                if not self.inbox:
+                    return
+                call, kwargs = self.inbox[0][:2]
+                first = [(key, text) for c, _, key, text in self.inbox if c == call]
+                self.inbox = deque(entry for entry in self.inbox if entry[0] != call)
+                try:
+                    stream = self._open(kwargs, first)
+                except Exception as exc:        # bad input: the driver raises it
+                    yield ("error", call, exc)
+                    continue
+                self.call, self.stream = call, stream
+            yield ("open", call, stream.batch.max_slots)
+            try:
+                for index, result in stream:
+                    with self.lock:
+                        key, _ = self.keys.pop(index)
+                    yield ("done", call, key, result)
+            except Exception as exc:
+                yield ("error", call, exc)
+            with self.lock:
+                # texts submitted as the stream's loop ended never entered it: the next stream
+                left = [(call, kwargs, key, text) for key, text in self.keys.values()]
+                self.inbox.extendleft(reversed(left))
+                self.call, self.stream = None, None
+                self.keys, self.fp_keys = {}, {}
+
+    def _open(self, kwargs: dict, first: list[tuple]):
+        texts = [text for _, text in first]
+        for text in texts:
+            if text.record is not None:
+                self.outbox.preloaded[text.record[0]] = text.record[1]
+        self.stream = self._new_stream(kwargs, texts, self.outbox)
+        for index, (key, text) in enumerate(first):
+            self._enter(index, key, text)
+        return self.stream
+
+    def _new_stream(self, kwargs: dict, texts: list[_Text], store):
         import cramfast
-        for i, result in cramfast.compress_iter(texts, model=self.lm, **kwargs):
-            yield indices[i], result
+        per_text = ([t.settings or {} for t in texts]
+                    if any(t.settings for t in texts) else None)
+        init_mems = ([t.init_mem for t in texts]
+                     if any(t.init_mem is not None for t in texts) else None)
+        return cramfast.compress_iter([t.ids for t in texts], model=self.lm, per_text=per_text,
+                                      init_mems=init_mems, checkpoint=store, **kwargs)
+
+    def _enter(self, index: int, key, text: _Text):
+        self.keys[index] = (key, text)
+        self.fp_keys.setdefault(self.stream.checkpointer.fingerprints[index], []).append(key)
+
+    def saved(self):
+        """The stream's checkpoints as they are saved (the newest per text)."""
+        while True:
+            with self.lock:
+                while not self.outbox.pending and not self.closed:
+                    self.lock.wait()
+                if self.closed:
+                    return
+                records = [(key, fp, blob) for fp, blob in self.outbox.pending.items()
+                           for key in self.fp_keys.get(fp, ())]
+                self.outbox.pending = {}
+                call = self.call
+            if records:
+                yield ("saved", call, records)
+
+    def fingerprints(self, kwargs: dict, texts: list[_Text]) -> list[str]:
+        """The checkpoint fingerprint of each text as a stream of these arguments keys it (a
+        stream built, never run), so a restarted driver can send each its stored record."""
+        stream = self._new_stream(kwargs, texts, _Outbox(threading.Condition()))
+        return [stream.checkpointer.fingerprints[i] for i in range(len(texts))]
 
 
 class RayPool:
@@ -85,94 +246,283 @@ class RayPool:
         self.log = log or (lambda line: None)
         self.model_key = None
         self.actors: list = []
+        self.messages: list = []    # per actor, its ``results`` generator
+        self.saves: list = []       # per actor, its ``saved`` generator
         self._pids: list = []       # per actor, its process id (asked first, so answered first)
         self.replaced = 0           # actors that died and were replaced
+        self.resumed = 0            # texts re-queued with a checkpoint to resume from
+        self.calls = itertools.count()
+        self.running: PoolStream | None = None
 
-    def _new_actor(self):
+    def _start_actor(self, slot: int):
         remote = self.ray.remote(_Cruncher).options(num_cpus=1, num_gpus=self.gpus,
-                                                    max_restarts=0)
+                                                    max_restarts=0,
+                                                    max_concurrency=ACTOR_THREADS)
         actor = remote.remote(*self.model_key, self.threads)
-        return actor, actor.pid.remote()
+        started = (actor, actor.results.remote(), actor.saved.remote(), actor.pid.remote())
+        for name, value in zip(("actors", "messages", "saves", "_pids"), started):
+            column = getattr(self, name)
+            if slot < len(column):
+                column[slot] = value
+            else:
+                column.append(value)
 
     def _actors_for(self, model: str, dtype: str) -> list:
         if self.model_key != (model, dtype):            # one model on the pool at a time
-            for actor in self.actors:
-                self.ray.kill(actor)
+            self._stop_actors()
             self.model_key = (model, dtype)
-            self.actors, self._pids = map(list, zip(*(self._new_actor()
-                                                      for _ in range(self.workers))))
+            for slot in range(self.workers):
+                self._start_actor(slot)
         return self.actors
+
+    def _stop_actors(self):
+        for actor in self.actors:
+            self.ray.kill(actor)
+        self.actors, self.messages, self.saves, self._pids = [], [], [], []
+        self.model_key = None
 
     def pids(self) -> list[int]:
         """The actors' process ids (what a fault test kills); waits for actors still starting."""
         return self.ray.get(list(self._pids))
 
-    def compress_iter(self, texts, model=None, init_mems=None, **kwargs):
-        """cramfast.compress_iter's contract over the pool: (index, result) as each text
-        finishes, each index once. ``model`` a LoadedModel or name (each actor loads it)."""
+    def compress_iter(self, texts, model=None, per_text=None, init_mems=None, checkpoint=None,
+                      longest=None, hooks=None, **kwargs) -> PoolStream:
+        """cramfast.compress_iter's contract over the pool: a PoolStream yielding (index,
+        result) as each text finishes, each index once, that takes more texts while it runs
+        (``submit``). ``model``: a LoadedModel or a name (each actor loads it); ``checkpoint``:
+        a CheckpointStore (the sweep's Store) where the texts' newest checkpoints are kept, and
+        from which a restarted driver resumes them."""
+        if hooks is not None:
+            raise CramfastError("hooks run in the calling process; --engine ray cannot call them")
+        if self.running is not None and not self.running.finished:
+            # the last call was left part-way (its caller raised): its texts still occupy the
+            # actors, so they start afresh
+            self._stop_actors()
         name, dtype = ((model.name, str(model.dtype).removeprefix("torch."))
                        if isinstance(model, LoadedModel) else (model, None))
-        actors = self._actors_for(name, dtype)
-        size = max(1, math.ceil(len(texts) / (CHUNKS_PER_WORKER * len(actors))))
-        queue = deque(range(len(texts)))
-        tries = dict.fromkeys(range(len(texts)), 0)
-        inflight: dict = {}                 # generator -> (actor, its indices not yet returned)
-        busy = dict.fromkeys(range(len(actors)), 0)
-        while queue or inflight:
-            for slot, actor in enumerate(actors):
-                while queue and busy[slot] < SLOTS_PER_WORKER:
-                    chunk = [queue.popleft() for _ in range(min(size, len(queue)))]
-                    call = dict(kwargs)
-                    if init_mems is not None:
-                        call["init_mems"] = [init_mems[i] for i in chunk]
-                    for i in chunk:
-                        tries[i] += 1
-                    generator = actor.run.remote(chunk, [texts[i] for i in chunk], call)
-                    inflight[generator] = (slot, set(chunk))
-                    busy[slot] += 1
-            ready, _ = self.ray.wait(list(inflight), num_returns=1, timeout=SILENCE_S)
-            if not ready:
-                raise CramfastError(f"no result from any of {len(actors)} Ray workers in "
-                                    f"{SILENCE_S} s: has the cluster a free CPU (and "
-                                    f"{self.gpus} GPU) for each? (--workers)")
-            for generator in ready:
-                slot, left = inflight[generator]
-                try:
-                    index, result = self.ray.get(next(generator))
-                except StopIteration:
-                    del inflight[generator]
-                    busy[slot] -= 1
-                    continue
-                except self.ray.exceptions.RayActorError:
-                    self._replace(slot, actors, inflight, busy, queue, tries)
-                    continue
-                except self.ray.exceptions.RayTaskError as exc:
-                    cause = exc.cause
-                    raise (cause if isinstance(cause, CramfastError) else exc) from None
-                left.discard(index)
-                yield index, result
+        self._actors_for(name, dtype)
+        self.running = PoolStream(self, next(self.calls), model, texts, per_text, init_mems,
+                                  checkpoint, longest, kwargs)
+        return self.running
 
-    def _replace(self, slot, actors, inflight, busy, queue, tries):
-        """The actor of ``slot`` died: every chunk it held goes back to the queue's front."""
-        lost = []
-        for generator, (s, left) in list(inflight.items()):
-            if s == slot:
-                lost += sorted(left)
-                del inflight[generator]
-        busy[slot] = 0
-        exhausted = [i for i in lost if tries[i] >= MAX_TRIES]
+    def close(self):
+        self._stop_actors()
+        if self.owns_ray:
+            self.ray.shutdown()
+
+
+class PoolStream:
+    """One compress_iter call on a RayPool. The driver's bookkeeping: the texts not yet sent
+    (``queue``), the texts each actor holds (``held``, by actor slot), each actor's batch size
+    for this call once its stream has opened (``slots``), and each held text's newest
+    checkpoint (``records``)."""
+
+    def __init__(self, pool: RayPool, call: int, model, texts, per_text, init_mems, store,
+                 longest, kwargs):
+        self.pool, self.ray, self.call, self.store = pool, pool.ray, call, store
+        self.lm = model if isinstance(model, LoadedModel) else None
+        if isinstance(texts, (str, bytes)) or (texts and isinstance(texts[0], int)):
+            texts = [texts]
+        if not texts:
+            raise CramfastError("no texts to compress")
+        self.kwargs = kwargs
+        self.texts: list[_Text] = []
+        self.queue: deque = deque()
+        self.held = {slot: set() for slot in range(len(pool.actors))}
+        self.slots: dict[int, int] = {}
+        self.records: dict[int, tuple] = {}
+        self.tries: dict[int, int] = {}
+        self.done: set = set()
+        self.taken: list = []           # fingerprints of results yielded: gone at the next one
+        self.submits: dict = {}         # a submit call's ObjectRef -> the actor it went to
+        self.turn = 0
+        self.sources: dict = {}         # what _waiting waits on -> its actor's slot
+        self.finished = False
+        for i, ids in enumerate(texts):
+            self._add(ids, None if per_text is None else per_text[i],
+                      None if init_mems is None else init_mems[i])
+        self.longest = max([longest or 0] + [self._length(t.ids) for t in self.texts])
+        self.kwargs["longest"] = self.longest   # every actor's batch sized for the longest
+        self.opening = min(math.ceil(len(self.texts) / len(pool.actors)),
+                           kwargs.get("max_slots") or OPENING_TEXTS)
+        self.from_store = 0             # texts that resume from a record the store held
+        if store is not None and getattr(store, "checkpoints", lambda: 1)():
+            self._stored_records()
+
+    # -- the engine Stream's contract ------------------------------------------------------
+
+    def submit(self, text, settings: dict | None = None, init_mem=None) -> int:
+        """Queue one more text (``settings``: its per-text settings; ``init_mem``: its start);
+        returns its index. Its other checks run on the actor that takes it: an error there is
+        raised by the next ``__next__``."""
+        if self._length(text) > self.longest:
+            raise CramfastError(f"a submitted text of {self._length(text)} tokens is longer "
+                                f"than the stream was sized for ({self.longest}); pass "
+                                "longest= to compress_iter")
+        self.finished = False
+        return self._add(text, settings, init_mem)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.store is not None and self.taken:   # the caller has stored those rows
+            self.store.delete(self.taken)
+        self.taken = []
+        while self.queue or any(self.held.values()):
+            self._dispatch()
+            waiting = self._waiting()
+            ready, _ = self.ray.wait(waiting, num_returns=1, timeout=SILENCE_S)
+            if not ready:
+                raise CramfastError(f"no result from any of {len(self.pool.actors)} Ray workers "
+                                    f"in {SILENCE_S} s: has the cluster a free CPU (and "
+                                    f"{self.pool.gpus} GPU) for each? (--workers)")
+            self.turn += 1
+            finished = self._take(ready[0])
+            if finished is not None:
+                return finished
+        self.finished = True
+        raise StopIteration
+
+    # -- the driver's side -----------------------------------------------------------------
+
+    def _add(self, ids, settings, init_mem) -> int:
+        index = len(self.texts)
+        self.texts.append(_Text(ids, settings, init_mem))
+        self.queue.append(index)
+        self.tries[index] = 0
+        return index
+
+    def _length(self, ids) -> int:
+        """Tokens of a text: its ids, or its tokenization where the model is loaded here, else
+        a bound (one token per byte, and two special tokens)."""
+        if isinstance(ids, str):
+            n = (len(self.lm.tokenizer(ids)["input_ids"]) if self.lm is not None
+                 else len(ids.encode()) + 2)
+        else:
+            n = len(ids)
+        cut = self.kwargs.get("max_length")
+        return min(n, cut) if cut else n
+
+    def _stored_records(self):
+        """A restarted driver: each text's record in the store, found by the fingerprint an
+        actor's stream gives it."""
+        try:
+            fps = self.ray.get(self.pool.actors[0].fingerprints.remote(self.kwargs, self.texts))
+        except self.ray.exceptions.RayActorError:
+            return                      # the texts start afresh
+        found = self.store.get(fps)
+        for text, fp in zip(self.texts, fps):
+            if fp in found:
+                text.record = (fp, found[fp])
+                self.from_store += 1
+
+    def _room(self, slot: int) -> int:
+        target = self.slots[slot] + LOOKAHEAD if slot in self.slots else self.opening
+        return target - len(self.held[slot])
+
+    def _dispatch(self):
+        """Queued texts to the actors with room, the most room first; one submit per actor."""
+        sends: dict[int, list] = {}
+        while self.queue:
+            slot = max(self.held, key=self._room)
+            if self._room(slot) <= 0:
+                break
+            index = self.queue.popleft()
+            self.held[slot].add(index)
+            self.tries[index] += 1
+            sends.setdefault(slot, []).append((index, self.texts[index]))
+        for slot, items in sends.items():
+            ref = self.pool.actors[slot].submit.remote(self.call, self.kwargs, items)
+            self.submits[ref] = self.pool.actors[slot]
+
+    def _waiting(self) -> list:
+        """Every actor's next message and saved checkpoint, and the submits not yet answered,
+        starting at another actor each turn (ray.wait answers the first ready in list order)."""
+        n = len(self.pool.actors)
+        order = [(self.turn + k) % n for k in range(n)]
+        self.sources = {self.pool.messages[s]: s for s in order}
+        self.sources.update({self.pool.saves[s]: s for s in order})
+        return list(self.sources) + list(self.submits)
+
+    def _take(self, ready):
+        """Act on one ready message; returns (index, result) for a finished text, else None."""
+        if ready in self.submits:
+            del self.submits[ready]
+            try:
+                self.ray.get(ready)
+            except self.ray.exceptions.RayActorError:
+                pass                    # its ``results`` says so too: replaced there
+            except self.ray.exceptions.RayTaskError as exc:
+                self._raise(exc)
+            return None
+        slot = self.sources[ready]
+        try:
+            message = self.ray.get(next(ready))
+        except self.ray.exceptions.RayActorError:
+            self._replace(slot)
+            return None
+        except StopIteration:           # closed from outside the pool: as if it died
+            self._replace(slot)
+            return None
+        except self.ray.exceptions.RayTaskError as exc:
+            self._raise(exc)
+        kind, call = message[:2]
+        if call != self.call:           # a stale message of an earlier call
+            return None
+        if kind == "open":
+            self.slots[slot] = message[2]
+        elif kind == "saved":
+            self._keep(slot, message[2])
+        elif kind == "error":
+            self._raise(message[2])
+        elif kind == "done":
+            index, result = message[2:]
+            self.held[slot].discard(index)
+            if index in self.done:
+                return None
+            self.done.add(index)
+            record = self.records.pop(index, None) or self.texts[index].record
+            if record is not None:
+                self.taken.append(record[0])
+            return index, result
+        return None
+
+    def _keep(self, slot: int, records: list):
+        """An actor's saved checkpoints: each text's newest, here and in the store."""
+        fresh = {}
+        for index, fp, blob in records:
+            if index in self.held[slot] and index not in self.done:
+                self.records[index] = (fp, blob)
+                fresh[fp] = blob
+        if self.store is not None and fresh:
+            self.store.put(fresh)
+
+    def _replace(self, slot: int):
+        """The actor of ``slot`` died: the texts it held go back to the queue's front, each with
+        its newest checkpoint, and a new actor takes its place."""
+        lost = sorted(self.held[slot])
+        self.held[slot] = set()
+        self.slots.pop(slot, None)
+        exhausted = [i for i in lost if self.tries[i] >= MAX_TRIES]
         if exhausted:
             raise CramfastError(f"texts {exhausted[:5]} were lost with {MAX_TRIES} actors in a "
                                 "row; giving up")
-        queue.extendleft(sorted(lost, reverse=True))
-        actors[slot], self._pids[slot] = self._new_actor()
-        self.replaced += 1
-        self.log(f"ray: a worker died; {len(lost)} text(s) re-queued, a new worker started "
-                 f"({len(actors)} alive)")
+        for index in lost:
+            self.texts[index].record = self.records.get(index, self.texts[index].record)
+            self.pool.resumed += self.texts[index].record is not None
+        self.queue.extendleft(reversed(lost))
+        self.ray.kill(self.pool.actors[slot])
+        self.pool._start_actor(slot)
+        self.pool.replaced += 1
+        self.pool.log(f"ray: a worker died; {len(lost)} text(s) re-queued "
+                      f"({sum(i in self.records for i in lost)} from a checkpoint), a new worker "
+                      f"started ({len(self.pool.actors)} alive)")
 
-    def close(self):
-        for actor in self.actors:
-            self.ray.kill(actor)
-        self.actors = []
-        if self.owns_ray:
-            self.ray.shutdown()
+    def _raise(self, error):
+        """A call's texts cannot run (bad input, a failing step): the error, as compress_iter
+        raises it; the pool starts its next call on fresh actors."""
+        self.finished = False
+        if isinstance(error, self.ray.exceptions.RayTaskError):
+            error = error.cause if isinstance(error.cause, CramfastError) else error
+        raise error

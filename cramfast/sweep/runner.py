@@ -365,8 +365,8 @@ class _RankRunner:
                   longest=None):
         """Compute ``jobs`` in one batched call and store each row as it comes. ``follow(job)``
         (a search): called on each stored job, returns the text's next job or None; the next
-        job joins the running batch (the engine's Stream.submit; ``longest`` its most tokens),
-        or, with a compress_iter that takes no more texts (a Ray pool's), a next call."""
+        job joins the running batch (Stream.submit, the engine's or a Ray pool's; ``longest``
+        its most tokens), or, with a compress_iter that takes no more texts, a next call."""
         jobs, texts = list(jobs), [self.sweep_jobs.tokens(j, lm.tokenizer) for j in jobs]
         kwargs = {} if follow is None or longest is None else {"longest": longest}
         inits = [None] * len(jobs)
@@ -552,7 +552,7 @@ def _on_ray(grid: Grid, args) -> Summary:
                    log=lambda line: print(f"cramfast.sweep: {line}", file=sys.stderr))
     try:
         return run_sweep(grid, quiet=args.quiet, compress_iter=pool.compress_iter, rank=0,
-                         world=1)
+                         world=1, checkpoints=True)
     finally:
         pool.close()
 
