@@ -90,6 +90,20 @@ def test_report_cli_errors_and_output(db, tmp_path, capsys):
     assert "| capacity |" in printed and "paper capacity" not in printed
 
 
+def test_the_first_passages_alone_compare_runs_on_the_same_texts(db, tmp_path, capsys):
+    """--samples N keeps the texts of the first N passages: here passage 0 alone, lossless at
+    8, 16 and (its search probe, now over every text of the group) 64, at 0.9 at 32; a bad N
+    is one line, exit 2."""
+    result = report.make_report([db], tmp_path / "first", samples=1)
+    one = {r["n_mem"]: r for r in result["table"]}[1]
+    assert result["rows"] == 7 and one["capacity"] == 64 and one["lengths"] == "8 16 32 64"
+    record = next(r for r in result["summary"] if r["n_mem"] == 1)
+    assert set(record["passages"].values()) == {1}
+    assert report.main([str(db), "--out", str(tmp_path / "none"), "--samples", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--samples must be >= 1" in err and "\n" not in err
+
+
 def test_published_names_match():
     assert report_groups.published("meta-llama/Llama-3.2-1B")[0] == "Llama-3.2-1B"
     assert report_groups.published("allenai/OLMo-1B-hf")[0] == "OLMo-1B"

@@ -171,12 +171,18 @@ def writable_folder(path) -> Path:
     return out
 
 
-def make_report(dbs, out_dir, threshold: float = CAPACITY_THRESHOLD, paper: bool = True) -> dict:
-    """Read the DBs (and their shards), write every table and figure into ``out_dir``."""
+def make_report(dbs, out_dir, threshold: float = CAPACITY_THRESHOLD, paper: bool = True,
+                samples: int | None = None) -> dict:
+    """Read the DBs (and their shards), write every table and figure into ``out_dir``.
+    ``samples``: only the texts of the first this many passages of every source (so that runs
+    with more passages compare with runs with fewer on the same texts)."""
     out = writable_folder(out_dir)
     rows = store.read_runs(dbs)
+    if samples is not None:
+        rows = [r for r in rows if r["sample"] < samples]
     if not rows:
-        raise CramfastError(f"{', '.join(map(str, dbs))}: no runs stored yet")
+        raise CramfastError(f"{', '.join(map(str, dbs))}: no runs stored yet"
+                            + ("" if samples is None else f" for the first {samples} passages"))
     groups = groups_of(rows)
     table = table_rows(groups, threshold)
     if not paper:
@@ -252,6 +258,9 @@ def _parser():
     p.add_argument("--threshold", type=float, default=CAPACITY_THRESHOLD,
                    help="capacity's accuracy threshold")
     p.add_argument("--no-paper", action="store_true", help="leave out the published numbers")
+    p.add_argument("--samples", type=int, metavar="N",
+                   help="only the first N passages of each source (runs of more passages "
+                        "compared with runs of fewer on the same texts)")
     return p
 
 
@@ -261,7 +270,10 @@ def main(argv=None) -> int:
 
 
 def _report_and_print(args) -> int:
-    result = make_report(args.dbs, args.out, args.threshold, paper=not args.no_paper)
+    if args.samples is not None and args.samples < 1:
+        raise CramfastError(f"--samples must be >= 1, got {args.samples}")
+    result = make_report(args.dbs, args.out, args.threshold, paper=not args.no_paper,
+                         samples=args.samples)
     print(result["markdown"])
     print("\nCapacity, two ways:\n")
     print(result["capacities"])
