@@ -74,6 +74,29 @@ def test_grid_from_toml_and_flags(tmp_path):
     assert tuple(paper["lengths"]) == grid.PAPER_LENGTHS
 
 
+def test_the_capacity_runs_script_names_grids_that_build(tmp_path):
+    """docs/capacity/run_all.sh: every sweep it runs builds its grid (shipped config, preset,
+    factor flags), the controls' factors give groups of their own, and bash reads the script."""
+    import shlex
+    import subprocess
+    script = REPO / "docs" / "capacity" / "run_all.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    factors, hashes = [""], {}
+    for line in map(str.strip, script.read_text().splitlines()):
+        if line.startswith("for factor in"):
+            factors = shlex.split(line.removeprefix("for factor in").split("; do")[0])
+        elif line == "done":
+            factors = [""]
+        elif line.startswith("sweep --config"):
+            for factor in factors:
+                args = (line.removeprefix("sweep ").replace('"$BOOKS"', "random")
+                        .replace("$OUT", str(tmp_path)).replace("$factor", factor))
+                g = grid_args(*shlex.split(args))
+                assert g.climb and g.optim["max_steps"] in (600, 5000)
+                hashes.setdefault(g.db, set()).add(g.settings_hash())
+    assert len(hashes) == 6 and len(hashes[str(tmp_path / "controls.db")]) == 5
+
+
 def test_sources_seeded_prefix_stable(corpus_file, trained_path, tmp_path):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(trained_path)
