@@ -14,7 +14,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))   # its sibling, when loaded by path
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # its sibling, run as a script
 
 from generated_section import GeneratedSection
 
