@@ -14,9 +14,10 @@ than slots, so that which worker gets which job matters), the makespans of:
 - Ray, cold (a local cluster already up; the actors start and load the model in the time) and
   warm (the same sweep again into a new store, the actors' models loaded),
 
-each its sweep's own wall time (run_sweep: the driver's model load included, interpreter start
-and imports not); and the per-job overhead of Ray against one process on a sweep of 1-step jobs,
-with one worker (the same compute as the one process). The load average before each run is
+each its sweep's own wall time (run_sweep), the first two warm too: their processes ran a
+1-step sweep of the same jobs first (the model loaded, the steps compiled); and the per-job
+overhead of Ray against one process on a sweep of 1-step jobs, with one worker (the same
+compute as the one process). The load average before each run is
 recorded beside it: the figures are only comparable on an otherwise idle CPU.
 """
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -35,7 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "tests" / "data" / "tiny-llama-trained"
 sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("TRITON_INTERPRET", "1")
-SECONDS = re.compile(r"rows written in ([0-9.]+) s")
 
 
 def corpus(folder: Path) -> Path:
@@ -58,13 +57,16 @@ def load() -> float:
 
 
 def sweep_processes(args_per_process: list[list[str]], ranks: bool) -> list[float]:
-    """Run ``python -m cramfast.sweep`` once per argument list, all at once (as ranks of one
-    world when ``ranks``); each one's own run time, from its summary line."""
+    """Run each argument list's sweep in a process of its own, all at once (as ranks of one
+    world when ``ranks``), each after a 1-step warm-up of the same jobs (the model loaded, the
+    steps compiled, as in Ray's warm run); each one's run time of the timed sweep."""
     procs = []
     for rank, args in enumerate(args_per_process):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(len(args_per_process))) \
             if ranks else None
-        procs.append(subprocess.Popen([sys.executable, "-m", "cramfast.sweep", *args], env=env,
+        warm_up = args + ["--db", args[args.index("--db") + 1] + ".warm", "--max-steps", "1"]
+        procs.append(subprocess.Popen([sys.executable, __file__, "--timed-sweep",
+                                       json.dumps([warm_up, args])], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                       text=True))
     seconds = []
@@ -72,8 +74,20 @@ def sweep_processes(args_per_process: list[list[str]], ranks: bool) -> list[floa
         out, _ = proc.communicate()
         if proc.returncode:
             raise RuntimeError(f"a sweep failed (exit {proc.returncode})")
-        seconds.append(float(SECONDS.search(out).group(1)))
+        seconds.append(float(out.split()[-1]))
     return seconds
+
+
+def timed_sweep(arg_lists: str):
+    """In a process of its own: the warm-up sweep, then the timed one; prints its seconds."""
+    import torch
+
+    from cramfast.sweep import runner
+    from cramfast.sweep.grid import build_grid
+    torch.set_num_threads(1)
+    for args in json.loads(arg_lists):
+        summary = runner.run_sweep(build_grid(runner._parser().parse_args(args)), quiet=True)
+    print(summary.seconds)
 
 
 def on_pool(pool, args: list[str]):
@@ -137,6 +151,8 @@ def overhead(tmp: Path, source: Path) -> dict:
 
 
 def main():
+    if sys.argv[1:2] == ["--timed-sweep"]:
+        return timed_sweep(sys.argv[2])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--samples", type=int, default=4)
