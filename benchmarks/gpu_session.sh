@@ -9,10 +9,13 @@
 # 2. benchmarks/gpu_end_to_end.py: 256 passages, the package defaults vs by hand vs fp32 vs the
 #    paper loop, exact decodes, mems decoded across precisions and batch sizes, a profile (JSON)
 #    (skipped, and the exit status 3, without the GGUF's first part)
-# 3. benchmarks/gpu_check.py: the fused CE's time against its targets (JSON)
-# 4. the kernel tests, compiled (TRITON_INTERPRET=0)
-# 5. benchmarks/gpu_throughput.py: step time and MFU at real shapes (JSON)
-# 6. the CUDA-only tests of the engine (CUDA graphs)
+# 3. the capacity runs (docs/capacity/run_all.sh) on the real model for CAPACITY_S seconds
+#    (default 150), resumed from the stores the working tree carries; the stores come back in
+#    OUT_DIR/capacity/ (stop the CPU's own run of them before: the two copies would diverge)
+# 4. benchmarks/gpu_check.py: the fused CE's time against its targets (JSON)
+# 5. the kernel tests, compiled (TRITON_INTERPRET=0)
+# 6. benchmarks/gpu_throughput.py: step time and MFU at real shapes (JSON)
+# 7. the CUDA-only tests of the engine (CUDA graphs)
 # Nothing is assumed to survive from an earlier call (each may land on a fresh machine): all
 # this call makes is made afresh under WORK.
 CARRY=${CARRY:-.gpu_carry}
@@ -101,6 +104,18 @@ print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', 
         bounded 250 end-to-end python3 benchmarks/gpu_end_to_end.py --books "$CARRY/books" --out "$out_dir/end_to_end.json" --paper-texts 2 --profile
     else
         echo "== end-to-end: skipped: $MODEL_MISSING"
+    fi
+    if [[ -z $MODEL_MISSING ]]; then
+        PYTHON=python3 CHECKPOINT_EVERY=20 bounded "${CAPACITY_S:-150}" capacity \
+            bash docs/capacity/run_all.sh "$CARRY/books"
+        mkdir -p "$out_dir/capacity"
+        # each store copied whole and consistent (SQLite's backup: its write-ahead log included)
+        python3 -c "import pathlib, sqlite3, sys
+for db in pathlib.Path('docs/capacity').glob('*.db'):
+    sqlite3.connect(db).backup(sqlite3.connect(pathlib.Path(sys.argv[1]) / db.name))" \
+            "$out_dir/capacity"
+    else
+        echo "== capacity: skipped: $MODEL_MISSING"
     fi
     bounded 120 gpu-check python3 benchmarks/gpu_check.py --no-tests --json "$out_dir/gpu_check.json"
     # shellcheck disable=SC2086  # $xdist is empty or two words

@@ -6,14 +6,17 @@
 #
 #   nohup nice -n 19 bash docs/capacity/run_all.sh [BOOKS] > docs/capacity/run_all.log 2>&1 &
 #
-# BOOKS: a folder of .txt books, the PG-19 stand-in (default ../shared/data/books). On a GPU the
-# same commands run unchanged (the batch is sized to the device).
+# BOOKS: a folder of .txt books, the PG-19 stand-in (default ../shared/data/books); PYTHON: the
+# interpreter (default .venv/bin/python); CHECKPOINT_EVERY: seconds between checkpoints. On a
+# GPU the same commands run unchanged (the batch is sized to the device): gpu_session.sh runs
+# this script in its capacity step.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BOOKS=${1:-../shared/data/books}
 PY=${PYTHON:-.venv/bin/python}
 OUT=docs/capacity
-sweep() { "$PY" -m cramfast.sweep --checkpoint-every 120 --quiet "$@"; }
+EVERY=${CHECKPOINT_EVERY:-120}      # seconds between saves of the texts in flight
+sweep() { "$PY" -m cramfast.sweep --checkpoint-every "$EVERY" --quiet "$@"; }
 
 # Table 1, the embedded model's row: prose and random words, fast and paper, one vector
 sweep --config capacity-pg19 --source "$BOOKS" --preset fast --db $OUT/pg19-fast.db
