@@ -70,6 +70,9 @@ def test_table1_follows_the_papers_definitions(db, tmp_path):
     assert two["capacity_rows"] == "runs.rank1.db#2" and two["paper_capacity"] is None
     for name in report_figures.FIGURES:
         assert (out / name).stat().st_size > 5000 and (out / name).read_bytes()[:4] == b"\x89PNG"
+    with open(out / "fig4_capacity_vs_nmem.csv") as f:          # Fig 4's points, bounds marked
+        fig4 = {r["n_mem"]: (r["capacity"], r["lower_bound"]) for r in csv.DictReader(f)}
+    assert fig4 == {"1": ("16", "False"), "2": ("32", "False")}
     with open(out / "table1.csv") as f:
         rows = list(csv.DictReader(f))
     assert rows[0]["capacity"] == "16" and rows[0]["paper_capacity"] == "80"

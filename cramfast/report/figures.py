@@ -7,7 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from cramfast.metrics import CAPACITY_THRESHOLD
-from cramfast.report.groups import PAPER_FIG4, Group, mean_of, published
+from cramfast.report.groups import PAPER_FIG4, Group, mean_of
 from cramfast.report.tables import write_csv
 
 FIGURES = ("fig1_capacity.png", "fig3_ce.png", "fig4_capacity_vs_nmem.png",
@@ -122,24 +122,37 @@ def fig3(groups: list[Group], out: Path, threshold=CAPACITY_THRESHOLD):
 
 
 def fig4(table: list[dict], out: Path):
+    """Capacity vs m per (model, source, settings), a capacity that is a lower bound (no longer
+    length failed) drawn as an open triangle pointing up; beside them the paper's PG-19 curves
+    (Pythia-160M, Llama-3.2-1B), dashed, wherever a prose series is drawn."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     series = defaultdict(list)
     for r in table:
         if r["capacity"] is not None:
             series[(r["model"], r["source"], r["settings"])].append(r)
+    several = len({settings for _, _, settings in series}) > 1
     points = []
     for i, ((model, source, settings), rows) in enumerate(sorted(series.items())):
         rows = sorted(rows, key=lambda r: r["n_mem"])
-        ax.plot([r["n_mem"] for r in rows], [r["capacity"] for r in rows], "o-", color=f"C{i % 10}",
-                label=f"{model} / {source}")
+        color = f"C{i % 10}"
+        tag = rows[0].get("preset") or (settings if several else None)
+        label = f"{model} / {source}" + (f" / {tag}" if tag else "")
+        ax.plot([r["n_mem"] for r in rows], [r["capacity"] for r in rows], "-", color=color,
+                label=label)
+        for r in rows:
+            bound = r["capacity_is_lower_bound"]
+            ax.plot(r["n_mem"], r["capacity"], "^" if bound else "o", color=color,
+                    markerfacecolor="none" if bound else color, markersize=7)
+            ax.annotate(("≥ " if bound else "") + str(r["capacity"]), (r["n_mem"], r["capacity"]),
+                        textcoords="offset points", xytext=(6, -10), fontsize=7, color=color)
         points += [dict(model=model, source=source, settings=settings, n_mem=r["n_mem"],
-                        capacity=r["capacity"], rows=r["capacity_rows"]) for r in rows]
-        pub = published(model)
-        if pub and pub[0] in PAPER_FIG4 and not source.startswith("random"):
-            ref = PAPER_FIG4[pub[0]]
-            ax.plot(list(ref), list(ref.values()), "x--", color=f"C{i % 10}",
-                    label=f"{pub[0]} (paper)")
+                        capacity=r["capacity"], lower_bound=r["capacity_is_lower_bound"],
+                        rows=r["capacity_rows"]) for r in rows]
+    if any(not source.startswith("random") for _, source, _ in series):
+        for j, (name, ref) in enumerate(PAPER_FIG4.items()):
+            ax.plot(list(ref), list(ref.values()), "x--", color=f"{0.25 + 0.3 * j:.2f}",
+                    label=f"{name} (paper, PG-19)")
     if series:
         ax.set_xscale("log", base=2)
         ax.set_yscale("log", base=2)
@@ -149,7 +162,7 @@ def fig4(table: list[dict], out: Path):
     ax.set(xlabel="mem vectors m", ylabel="capacity (tokens)",
            title="Fig 4: capacity vs number of mem vectors")
     _save(plt, fig, out / FIGURES[2], points, ["model", "source", "settings", "n_mem", "capacity",
-                                               "rows"])
+                                               "lower_bound", "rows"])
 
 
 def fig5(table: list[dict], out: Path):

@@ -194,6 +194,7 @@ def table_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[dict]:
         pub = published(g.model_label)
         row = dict(
             model=g.model_label, source=g.source_label, n_mem=g.n_mem, settings=g.settings_hash[:8],
+            preset=_one([sweep_record(r).get("preset") for r in g.rows]),
             d=d, V=V, max_cap=max_cap, texts=len(g.texts), runs=len(g.rows),
             lengths=" ".join(map(str, counted)),
             capacity=cap, capacity_is_lower_bound=lower_bound,
