@@ -2,11 +2,13 @@
 a job mix whose costs differ by 10x and more: the shipped tiny model (fp64), lengths 8..64, the
 default preset; short texts stop within tens of steps, long ones run most of their budget.
 
-    .venv/bin/python benchmarks/ray_balance.py [--workers 2] [--samples 4] [--out FILE.json]
+    .venv/bin/python benchmarks/ray_balance.py [--workers 2] [--regimes 0:4,4:4,4:12]
+        [--repeats 3] [--out FILE.json]
 
-Every worker and every process computes on one thread. For each batch size in ``--max-slots``
-(0: the engine's own, which on a CPU holds this whole mix at once; a small one: far more jobs
-than slots, so that which worker gets which job matters), the makespans of:
+Every worker and every process computes on one thread. For each regime (MAX_SLOTS:SAMPLES: a
+batch size, 0 the engine's own, whose 32 CPU slots hold the 24 jobs of 4 texts per length at
+once, or a small one, so that jobs outnumber slots and which worker gets which job matters; and
+the texts per length), ``--repeats`` times:
 
 - one process (all the work; the ideal makespan is it divided by the workers),
 - static sharding (one process per worker, each with every workers-th job, run at the same time:
@@ -15,16 +17,20 @@ than slots, so that which worker gets which job matters), the makespans of:
   warm (the same sweep again into a new store, the actors' models loaded),
 
 each its sweep's own wall time (run_sweep), the first two warm too: their processes ran a
-1-step sweep of the same jobs first (the model loaded, the steps compiled); and the per-job
-overhead of Ray against one process on a sweep of 1-step jobs, with one worker (the same
-compute as the one process). The load average before each run is
-recorded beside it: the figures are only comparable on an otherwise idle CPU.
+1-step sweep of the same jobs first (the model loaded, the steps compiled). Beside them the
+split alone, whatever a step costs: the makespan over the mean worker's time (the static ranks'
+own times, the Ray actors' CPU time), and the work Ray's actors did against the one process's;
+and the per-job overhead of Ray against one process on a sweep of 1-step jobs, with one worker
+(the same compute as the one process). The load average before each run and this session's
+autogroup (Linux shares the CPU between sessions before niceness counts) are recorded: the
+figures are only comparable on an otherwise idle CPU.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,11 +43,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-def corpus(folder: Path) -> Path:
+def corpus(folder: Path, paragraphs: int = 8) -> Path:
+    """The tests' prose, one paragraph per rotation of its sentences (at most 16)."""
     from conftest import CORPUS
     sentences = [s.strip() + "." for s in CORPUS.split(". ") if s.strip()]
-    path = folder / "corpus.txt"
-    path.write_text("\n\n".join(" ".join((sentences[k:] + sentences[:k]) * 6) for k in range(8)))
+    path = folder / f"corpus{paragraphs}.txt"
+    path.write_text("\n\n".join(" ".join((sentences[k:] + sentences[:k]) * 6)
+                                for k in range(paragraphs)))
     return path
 
 
@@ -50,6 +58,12 @@ def sweep_args(source, db, samples, lengths, max_steps, max_slots=0, extra=()):
     return ["--model", str(MODEL), "--source", str(source), "--lengths", lengths, "--samples",
             str(samples), "--dtype", "fp64", "--max-steps", str(max_steps), "--set",
             "fill_slots=0", "--db", str(db), "--quiet", "--threads", "1", *slots, *extra]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process of this machine (a local cluster's actor)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def load() -> float:
@@ -97,12 +111,13 @@ def on_pool(pool, args: list[str]):
     return runner.run_sweep(grid, quiet=True, compress_iter=pool.compress_iter, rank=0, world=1)
 
 
-def balance(args, tmp: Path, source: Path, max_slots: int) -> dict:
+def balance(args, tmp: Path, max_slots: int, samples: int, run: int) -> dict:
     from cramfast.sweep import store
     from cramfast.sweep.ray_engine import RayPool
-    tag = f"slots{max_slots}"
-    common = (args.samples, args.lengths, args.max_steps, max_slots)
-    out = dict(max_slots=max_slots or "engine's own")
+    source = corpus(tmp, 8 if samples <= 6 else 16)     # 8 paragraphs: 6 distinct passages
+    tag = f"slots{max_slots}-samples{samples}-run{run}"
+    common = (samples, args.lengths, args.max_steps, max_slots)
+    out = dict(max_slots=max_slots or "engine's own", samples=samples, run=run)
     out["one_process_load"] = load()
     [one] = sweep_processes([sweep_args(source, tmp / f"{tag}-one.db", *common)], ranks=False)
     steps = [r["steps"] for r in store.read_runs([tmp / f"{tag}-one.db"])]
@@ -114,7 +129,10 @@ def balance(args, tmp: Path, source: Path, max_slots: int) -> dict:
         out["ray_cold_load"] = load()
         cold = on_pool(pool, sweep_args(source, tmp / f"{tag}-ray.db", *common)).seconds
         out["ray_warm_load"] = load()
+        pids = pool.pids()
+        before = [cpu_seconds(pid) for pid in pids]
         warm = on_pool(pool, sweep_args(source, tmp / f"{tag}-ray2.db", *common)).seconds
+        busy = [cpu_seconds(pid) - b for pid, b in zip(pids, before)]
     finally:
         pool.close()
     ideal = one / args.workers
@@ -122,9 +140,23 @@ def balance(args, tmp: Path, source: Path, max_slots: int) -> dict:
                one_process_s=round(one, 2), ideal_s=round(ideal, 2),
                static_s=round(max(static), 2), static_ranks_s=[round(t, 2) for t in static],
                ray_cold_s=round(cold, 2), ray_warm_s=round(warm, 2),
+               ray_warm_actor_cpu_s=[round(b, 2) for b in busy],
+               # the split alone, whatever a step costs: makespan over the mean worker's work
+               static_imbalance=round(max(static) / statistics.mean(static), 3),
+               ray_warm_imbalance=round(warm / statistics.mean(busy), 3),
+               # the work Ray's workers did, against the one process's
+               ray_work_vs_one=round(sum(busy) / one, 3),
                static_vs_ideal=round(max(static) / ideal, 3),
                ray_cold_vs_ideal=round(cold / ideal, 3), ray_warm_vs_ideal=round(warm / ideal, 3))
     return out
+
+
+def medians(runs: list[dict]) -> dict:
+    """Each figure's median over the runs of one regime (the CPU's noise between runs is
+    larger than the differences measured)."""
+    keys = [k for k, v in runs[0].items() if k.endswith(("_s", "_ideal", "_imbalance", "_one"))
+            and isinstance(v, float)]
+    return {k: statistics.median(r[k] for r in runs) for k in keys}
 
 
 def overhead(tmp: Path, source: Path) -> dict:
@@ -155,11 +187,11 @@ def main():
         return timed_sweep(sys.argv[2])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--samples", type=int, default=4)
     p.add_argument("--lengths", default="8,16,24,32,48,64")
     p.add_argument("--max-steps", type=int, default=400)
-    p.add_argument("--max-slots", default="0,4", help="batch sizes to run the mix with "
-                   "(0: the engine's own)")
+    p.add_argument("--regimes", default="0:4,4:4,4:12", help="MAX_SLOTS:SAMPLES pairs to run "
+                   "the mix with (max_slots 0: the engine's own; samples: texts per length)")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each regime")
     p.add_argument("--out")
     args = p.parse_args()
     import torch
@@ -168,10 +200,17 @@ def main():
     source = corpus(tmp)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    out = dict(started=started, uptime_before=uptime, workers=args.workers,
-               lengths=args.lengths, samples=args.samples, max_steps=args.max_steps,
-               balance=[balance(args, tmp, source, int(s)) for s in args.max_slots.split(",")],
-               overhead=overhead(tmp, source),
+    group = Path("/proc/self/autogroup")      # the CPU share this session's processes get
+    regimes = []
+    for regime in args.regimes.split(","):
+        slots, samples = map(int, regime.split(":"))
+        runs = [balance(args, tmp, slots, samples, k) for k in range(args.repeats)]
+        regimes.append(dict(max_slots=slots or "engine's own", samples=samples,
+                            median=medians(runs), runs=runs))
+    out = dict(started=started, uptime_before=uptime,
+               autogroup=group.read_text().strip() if group.exists() else None,
+               workers=args.workers, lengths=args.lengths, max_steps=args.max_steps,
+               balance=regimes, overhead=overhead(tmp, source),
                uptime_after=subprocess.run(["uptime"], capture_output=True,
                                            text=True).stdout.strip())
     print(json.dumps(out, indent=1))

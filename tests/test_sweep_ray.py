@@ -30,6 +30,16 @@ COMPARED = ("model", "source", "sample", "length", "n_mem", "seed", "n_tokens", 
             "stop_reason", "accuracy", "exact", "best_step", "attempts", "decoded_ids")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The one-process runs here on one thread, as each actor computes (threads=1): the same
+    arithmetic, and no second thread to wait for on a busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def prose(tmp_path_factory):
     return write_rotated_corpus(tmp_path_factory.mktemp("ray_src"))
@@ -76,8 +86,10 @@ def test_workers_killed_mid_sweep_lose_nothing_and_store_nothing_twice(trained_p
                                                                        tmp_path, pool):
     """Up to five SIGKILLs, each at a random moment after the sweep stored one more row (at
     least three: on a loaded machine the sweep may end first). A learning rate too small to
-    solve anything: every job runs its 600 steps, long enough to be killed."""
-    plan = ("8,12,16,20,24,28,32", "4", "--lr", "1e-5", "--max-steps", "600")
+    solve anything: every job runs its 200 steps, long enough to be killed; two slots per
+    worker, so that rows come in waves (in one batch all 28 would end at one moment)."""
+    plan = ("8,12,16,20,24,28,32", "4", "--lr", "1e-5", "--max-steps", "200", "--max-slots",
+            "2")
     sweep.run_sweep(sweep_grid(trained_path, prose, tmp_path / "one.db", *plan), quiet=True)
     db = tmp_path / "ray.db"
     done = {}
@@ -103,7 +115,7 @@ def test_workers_killed_mid_sweep_lose_nothing_and_store_nothing_twice(trained_p
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 28    # each job once
     assert_same_rows(rows_by_key(db), rows_by_key(tmp_path / "one.db"))
-    # A worker killed after its last chunk is noticed when the pool next uses it: one more
+    # A worker killed after its last text is noticed when the pool next waits on it: one more
     # sweep reaches both workers, and then every killed worker has been replaced.
     sweep.run_sweep(sweep_grid(trained_path, prose, tmp_path / "after.db"), quiet=True,
                     compress_iter=pool.compress_iter, rank=0, world=1)

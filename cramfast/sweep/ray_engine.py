@@ -7,11 +7,13 @@ index once) over the pool.
 
 Each actor holds its model loaded once and one long-lived engine Stream, fed text by text: the
 driver keeps every actor holding about as many texts as its batch has slots (its stream's
-max_slots, plus LOOKAHEAD queued so that a slot freed at a sync is refilled at once) and sends
-the next text the moment one comes back, so a slow text holds up one slot, not a worker. A text
-the driver sends joins the actor's running batch at its next sync. The actor streams back each
-result as it finishes (a generator task, ``results``) and every checkpoint its stream saves
-(``saved``); the driver keeps each text's newest one, in the sweep's store too when it has one.
+max_slots, plus LOOKAHEAD queued so that a slot freed at a sync is refilled at once), longest
+texts first, and sends the next text the moment one comes back, so a slow text holds up one
+slot, not a worker. A text the driver sends joins the actor's running batch at its next sync;
+an actor whose stream has drained (every text done, none sent) waits, and the next text opens a
+new stream. The actor streams back each result as it finishes (a generator task, ``results``)
+and every checkpoint its stream saves (``saved``); the driver keeps each text's newest one, in
+the sweep's store too when it has one.
 
 An actor that dies (kill -9, out of memory, its node lost) costs only the steps since its texts'
 last checkpoints: the texts it held go back to the front of the queue, each with its newest
@@ -121,7 +123,9 @@ class _Cruncher:
         self.stream = None
         self.keys: dict[int, tuple] = {}    # the stream's index -> (key, _Text), not yet done
         self.fp_keys: dict[str, list] = {}  # fingerprint -> keys of the stream's texts
+        self.kwargs = None              # the running stream's compress_iter arguments
         self.outbox = _Outbox(self.lock)
+        self.failed: set = set()        # calls whose texts could not run
         self.closed = False
 
     def pid(self) -> int:
@@ -132,6 +136,8 @@ class _Cruncher:
         ``kwargs``. Raises CramfastError on bad input, as Stream.submit does."""
         with self.lock:
             for key, text in items:
+                if call in self.failed:
+                    break
                 if text.record is not None:
                     self.outbox.preloaded[text.record[0]] = text.record[1]
                 if self.stream is not None and self.call == call:
@@ -162,27 +168,42 @@ class _Cruncher:
                 first = [(key, text) for c, _, key, text in self.inbox if c == call]
                 self.inbox = deque(entry for entry in self.inbox if entry[0] != call)
                 try:
-                    stream = self._open(kwargs, first)
+                    stream, error = self._open(kwargs, first), None
+                    self.call = call
                 except Exception as exc:        # bad input: the driver raises it
-                    yield ("error", call, exc)
-                    continue
-                self.call, self.stream = call, stream
+                    stream, error = None, exc
+                    self._end(call, failed=True)
+            if error is not None:
+                yield ("error", call, error)
+                continue
             yield ("open", call, stream.batch.max_slots)
             try:
                 for index, result in stream:
                     with self.lock:
                         key, _ = self.keys.pop(index)
                     yield ("done", call, key, result)
-            except Exception as exc:
-                yield ("error", call, exc)
+            except Exception as exc:            # a failing step: the call ends with it
+                error = exc
             with self.lock:
-                # texts submitted as the stream's loop ended never entered it: the next stream
-                left = [(call, kwargs, key, text) for key, text in self.keys.values()]
-                self.inbox.extendleft(reversed(left))
-                self.call, self.stream = None, None
-                self.keys, self.fp_keys = {}, {}
+                self._end(call, failed=error is not None)
+            if error is not None:
+                yield ("error", call, error)
+
+    def _end(self, call: int, failed: bool):
+        """The running stream has ended. Texts submitted as its loop ended never entered it:
+        they wait for the next stream, unless the call failed (its texts are dropped, and so
+        are those sent later)."""
+        if failed:
+            self.failed.add(call)
+            self.inbox = deque(entry for entry in self.inbox if entry[0] != call)
+        else:
+            left = [(call, self.kwargs, key, text) for key, text in self.keys.values()]
+            self.inbox.extendleft(reversed(left))
+        self.call, self.stream, self.kwargs = None, None, None
+        self.keys, self.fp_keys = {}, {}
 
     def _open(self, kwargs: dict, first: list[tuple]):
+        self.kwargs = kwargs
         texts = [text for _, text in first]
         for text in texts:
             if text.record is not None:
@@ -334,14 +355,19 @@ class PoolStream:
         self.tries: dict[int, int] = {}
         self.done: set = set()
         self.taken: list = []           # fingerprints of results yielded: gone at the next one
-        self.submits: dict = {}         # a submit call's ObjectRef -> the actor it went to
+        self.submits: set = set()       # the ObjectRefs of submit calls not yet answered
         self.turn = 0
         self.sources: dict = {}         # what _waiting waits on -> its actor's slot
         self.finished = False
         for i, ids in enumerate(texts):
             self._add(ids, None if per_text is None else per_text[i],
                       None if init_mems is None else init_mems[i])
-        self.longest = max([longest or 0] + [self._length(t.ids) for t in self.texts])
+        lengths = [self._length(t.ids) for t in self.texts]
+        # Longest first: texts of about one length reach an actor together, so its batch is
+        # padded little (what the engine's bucketed queue does when it holds every text; an
+        # actor's holds LOOKAHEAD), and the short texts come last, to even out the workers' ends.
+        self.queue = deque(sorted(self.queue, key=lambda i: -lengths[i]))
+        self.longest = max([longest or 0] + lengths)
         self.kwargs["longest"] = self.longest   # every actor's batch sized for the longest
         self.opening = min(math.ceil(len(self.texts) / len(pool.actors)),
                            kwargs.get("max_slots") or OPENING_TEXTS)
@@ -434,7 +460,7 @@ class PoolStream:
             sends.setdefault(slot, []).append((index, self.texts[index]))
         for slot, items in sends.items():
             ref = self.pool.actors[slot].submit.remote(self.call, self.kwargs, items)
-            self.submits[ref] = self.pool.actors[slot]
+            self.submits.add(ref)
 
     def _waiting(self) -> list:
         """Every actor's next message and saved checkpoint, and the submits not yet answered,
@@ -448,7 +474,7 @@ class PoolStream:
     def _take(self, ready):
         """Act on one ready message; returns (index, result) for a finished text, else None."""
         if ready in self.submits:
-            del self.submits[ready]
+            self.submits.discard(ready)
             try:
                 self.ray.get(ready)
             except self.ray.exceptions.RayActorError:
