@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import cramfast
+from cramfast.errors import CramfastError
 from cramfast.sweep import grid, ray_engine, store
 from cramfast.sweep import runner as sweep
 
@@ -230,6 +231,18 @@ def test_a_restarted_driver_resumes_the_texts_from_its_store(lm, pool):
     assert stream.from_store == len(saved)
     assert_same_results(dict(stream), alone)
     assert store.records == {}
+
+
+def test_a_bad_text_on_ray_raises_as_in_one_process_and_the_pool_goes_on(lm, pool):
+    texts = corpus_texts(lm.tokenizer, [16, 24], seed=7)
+    kw = dict(model=lm, max_steps=20, fill_slots=0)
+    stream = pool.compress_iter(texts, **kw)
+    with pytest.raises(CramfastError, match="longer than the stream was sized for"):
+        stream.submit(corpus_texts(lm.tokenizer, [40], seed=7)[0])     # checked at once
+    stream.submit([5])                                  # checked by the actor that takes it
+    with pytest.raises(CramfastError, match="at least 2 are needed"):
+        dict(stream)
+    assert sorted(dict(pool.compress_iter(texts, **kw))) == [0, 1]
 
 
 def _running(pid: int) -> bool:
