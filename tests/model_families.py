@@ -1,6 +1,6 @@
 """The causal-LM families cramfast is tested on: a tiny config of each (transformers' own config
 classes, hidden 64, 2 layers, the tests' 300-token vocabulary). tests/test_model_families.py
-checks cramfast's objective against each model's own forward; the README's list of tested
+checks cramfast's objective against each model's own forward; docs/models.md's list of tested
 families is generated from FAMILIES (docs/families_table.py).
 
 A family is named by its model_type; a variant (``name:variant``) sets what the family's
