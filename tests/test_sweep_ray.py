@@ -122,6 +122,7 @@ def test_workers_killed_mid_sweep_lose_nothing_and_store_nothing_twice(trained_p
                     compress_iter=pool.compress_iter, rank=0, world=1)
     assert pool.replaced - replaced_before == kills
     assert all(_running(pid) for pid in pool.pids())
+    assert pool.status() == f"2 of 2 workers ({pool.replaced} replaced)"   # the progress bar's
 
 
 def test_a_capacity_search_on_ray_submits_each_probe_to_the_running_pool(trained_path, prose,

@@ -302,6 +302,11 @@ class RayPool:
         self.actors, self.messages, self.saves, self._pids = [], [], [], []
         self.model_key = None
 
+    def status(self) -> str:
+        """The pool in a few words, for a progress bar: its workers and those replaced."""
+        replaced = f" ({self.replaced} replaced)" if self.replaced else ""
+        return f"{len(self.actors)} of {self.workers} workers{replaced}"
+
     def pids(self) -> list[int]:
         """The actors' process ids (what a fault test kills); waits for actors still starting."""
         return self.ray.get(list(self._pids))

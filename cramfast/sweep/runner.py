@@ -80,10 +80,14 @@ def share(items: list, rank: int, world: int) -> list:
 
 
 class Progress:
-    """tqdm bar (jobs done/total, tokens/s, ETA) or, with quiet, a few plain lines."""
+    """tqdm bar (jobs done/total, ETA, tokens and token-steps of the finished jobs per second,
+    and on a pool the workers' state) or, with quiet, a few plain lines."""
 
-    def __init__(self, total: int, done: int, quiet: bool, rank: int, world: int, unit="job"):
-        self.quiet, self.tokens, self.start = quiet, 0, time.perf_counter()
+    def __init__(self, total: int, done: int, quiet: bool, rank: int, world: int, unit="job",
+                 workers=None):
+        self.quiet, self.start = quiet, time.perf_counter()
+        self.tokens = self.token_steps = 0
+        self.workers = workers          # None, or a callable: the pool's state in a few words
         self.prefix = f"[rank {rank}/{world}] " if world > 1 else ""
         self.bar = None
         if not quiet:
@@ -98,12 +102,18 @@ class Progress:
         else:
             print(self.prefix + message, file=sys.stderr, flush=True)
 
-    def update(self, n_jobs: int, tokens: int):
+    def update(self, n_jobs: int, tokens: int, steps: int = 0):
+        """``n_jobs`` more done; the finished result's ``tokens`` and the ``steps`` it took."""
         self.tokens += tokens
+        self.token_steps += tokens * steps
         if self.bar is not None:
             self.bar.update(n_jobs)
-            rate = self.tokens / max(time.perf_counter() - self.start, 1e-9)
-            self.bar.set_postfix_str(f"{rate:.1f} tok/s", refresh=False)
+            seconds = max(time.perf_counter() - self.start, 1e-9)
+            postfix = (f"{self.tokens / seconds:.1f} tok/s, "
+                       f"{self.token_steps / seconds:.0f} token-steps/s")
+            if self.workers is not None:
+                postfix += f", {self.workers()}"
+            self.bar.set_postfix_str(postfix, refresh=False)
 
     def skip(self, n_jobs: int):
         """``n_jobs`` will not run (a climb stopped): out of the total."""
@@ -144,10 +154,11 @@ class Summary:
 
 
 def run_sweep(grid: Grid, quiet: bool = False, compress_iter=None, rank: int | None = None,
-              world: int | None = None, before_work=None, checkpoints: bool | None = None
-              ) -> Summary:
+              world: int | None = None, before_work=None, checkpoints: bool | None = None,
+              workers=None) -> Summary:
     """Run (this rank's share of) the grid, storing each finished job at once; ``before_work``
-    is called once the inputs are checked, before the first job (the CLI sets threads there).
+    is called once the inputs are checked, before the first job (the CLI sets threads there);
+    ``workers`` (a pool's ``status``) is shown on the progress bar.
     With ``checkpoints`` (default: when this process computes, with cramfast's own
     compress_iter), the texts in flight are saved in the store too (checkpoint_seconds), and a
     rerun resumes them."""
@@ -168,7 +179,7 @@ def run_sweep(grid: Grid, quiet: bool = False, compress_iter=None, rank: int | N
                           mode="search" if grid.search else "climb" if grid.climb
                           else "warm" if grid.warm_start else "grid")
         runner = _RankRunner(grid, sweep_jobs, out, stored, quiet, rank, world, compress_iter,
-                             summary, out if checkpoints else None)
+                             summary, out if checkpoints else None, workers)
         if before_work:
             before_work()
         if grid.search:
@@ -192,12 +203,12 @@ class _RankRunner:
     every finished job the moment it is yielded."""
 
     def __init__(self, grid, sweep_jobs, out, stored, quiet, rank, world, compress_iter, summary,
-                 checkpoint):
+                 checkpoint, workers=None):
         self.grid, self.sweep_jobs, self.out, self.stored = grid, sweep_jobs, out, stored
         self.quiet, self.rank, self.world = quiet, rank, world
         self.compress_iter, self.summary = compress_iter, summary
         self.checkpoint = checkpoint        # the store, where texts in flight are saved
-        self.progress = None
+        self.progress, self.workers = None, workers
         self.record = grid.settings_record()
         self.loaded = None          # (model id, LoadedModel) of the model in memory
 
@@ -342,7 +353,8 @@ class _RankRunner:
 
     def _start(self, total, done, unit="job"):
         self.summary.total, self.summary.already = total, done
-        self.progress = Progress(total, done, self.quiet, self.rank, self.world, unit)
+        self.progress = Progress(total, done, self.quiet, self.rank, self.world, unit,
+                                 self.workers)
         if self.summary.skipped_context:
             self.progress.log(f"{self.sweep_jobs.skipped} job(s) left out: length + n_mem past the "
                               "model's context")
@@ -393,7 +405,7 @@ class _RankRunner:
             if self.out.add(row):
                 self.summary.ran += 1
             self.stored[job.key] = (result.accuracy,)
-            self.progress.update(1 if count else 0, result.n_tokens)
+            self.progress.update(1 if count else 0, result.n_tokens, result.steps)
             following = follow(job) if follow else None
             if following is None:
                 continue
@@ -552,7 +564,7 @@ def _on_ray(grid: Grid, args) -> Summary:
                    log=lambda line: print(f"cramfast.sweep: {line}", file=sys.stderr))
     try:
         return run_sweep(grid, quiet=args.quiet, compress_iter=pool.compress_iter, rank=0,
-                         world=1, checkpoints=True)
+                         world=1, checkpoints=True, workers=pool.status)
     finally:
         pool.close()
 
