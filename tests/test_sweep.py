@@ -583,11 +583,11 @@ def test_torchrun_two_ranks_climb(trained_path, corpus_file, tmp_path, capsys):
 
 def test_the_progress_bar_shows_token_steps_per_second_and_the_pool(capsys):
     bar = sweep.Progress(total=3, done=0, quiet=False, rank=0, world=1,
-                         workers=lambda: "2 of 2 workers (1 replaced)")
+                         workers=lambda: "2 workers (1 replaced)")
     bar.update(1, tokens=10, steps=30)
     bar.update(1, tokens=20, steps=5)
     assert (bar.tokens, bar.token_steps) == (30, 400)
     postfix = bar.bar.postfix
     bar.close()
     assert "tok/s" in postfix and "token-steps/s" in postfix
-    assert postfix.endswith("2 of 2 workers (1 replaced)")
+    assert postfix.endswith("2 workers (1 replaced)")

@@ -122,7 +122,7 @@ def test_workers_killed_mid_sweep_lose_nothing_and_store_nothing_twice(trained_p
                     compress_iter=pool.compress_iter, rank=0, world=1)
     assert pool.replaced - replaced_before == kills
     assert all(_running(pid) for pid in pool.pids())
-    assert pool.status() == f"2 of 2 workers ({pool.replaced} replaced)"   # the progress bar's
+    assert pool.status() == f"2 workers ({pool.replaced} replaced)"   # the progress bar's
 
 
 def test_a_capacity_search_on_ray_submits_each_probe_to_the_running_pool(trained_path, prose,
@@ -273,3 +273,10 @@ def test_the_sweep_command_runs_on_ray(trained_path, prose, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "2 jobs, 0 already stored, 2 rows written" in done.stdout
     assert len(store.read_runs([db])) == 2
+
+
+def test_a_worker_that_cannot_load_its_model_is_refused_in_one_line(lm, pool, tmp_path):
+    texts = corpus_texts(lm.tokenizer, [16], seed=7)
+    with pytest.raises(CramfastError, match=r"a Ray worker could not start: .*no-such-model"):
+        dict(pool.compress_iter(texts, model=str(tmp_path / "no-such-model"), max_steps=5))
+    assert sorted(dict(pool.compress_iter(texts, model=lm, max_steps=5))) == [0]

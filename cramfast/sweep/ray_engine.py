@@ -303,9 +303,10 @@ class RayPool:
         self.model_key = None
 
     def status(self) -> str:
-        """The pool in a few words, for a progress bar: its workers and those replaced."""
+        """The pool in a few words, for a progress bar: its workers (a dead one is replaced the
+        moment its death is seen) and how many died and were replaced."""
         replaced = f" ({self.replaced} replaced)" if self.replaced else ""
-        return f"{len(self.actors)} of {self.workers} workers{replaced}"
+        return f"{self.workers} workers{replaced}"
 
     def pids(self) -> list[int]:
         """The actors' process ids (what a fault test kills); waits for actors still starting."""
@@ -490,7 +491,13 @@ class PoolStream:
         slot = self.sources[ready]
         try:
             message = self.ray.get(next(ready))
-        except self.ray.exceptions.RayActorError:
+        except self.ray.exceptions.RayActorError as exc:
+            if exc.actor_init_failed:   # not a death to survive: every new actor would fail too
+                raise CramfastError("a Ray worker could not start: "
+                                    + str(exc).strip().splitlines()[-1]) from None
+            self._replace(slot)
+            return None
+        except self.ray.exceptions.ObjectLostError:     # its node lost with the message
             self._replace(slot)
             return None
         except StopIteration:           # closed from outside the pool: as if it died
