@@ -142,3 +142,20 @@ def test_a_layout_needs_a_bos_token(trained_path):
         cramfast.compress([[3, 50, 7, 9]], model=lm, max_steps=2, mem_position="after_bos")
     with pytest.raises(CramfastError, match="mem_position"):
         cramfast.compress([[3, 50, 7, 9]], model=lm, max_steps=2, mem_position="middle")
+
+
+def test_a_tokenizer_that_adds_a_bos_itself_takes_only_first():
+    """Its texts begin with the BOS: another one in the sequence is refused in one line."""
+    from types import SimpleNamespace
+
+    class AddsBos:                  # as Llama 3's: every encoding starts with the BOS
+        bos_token_id = 1
+
+        def __call__(self, text):
+            return SimpleNamespace(input_ids=[1, 57])
+
+    lm = SimpleNamespace(tokenizer=AddsBos(), name="llama-like")
+    assert layout_for(lm, "first") == Layout()
+    for position in ("after_bos", "before_bos"):
+        with pytest.raises(CramfastError, match="starts every text with its BOS"):
+            layout_for(lm, position)

@@ -51,6 +51,12 @@ def layout_for(lm: LoadedModel, mem_position: str) -> Layout:
     if bos is None:
         raise CramfastError(f"mem_position {mem_position!r} puts a BOS token in the sequence, but "
                             f"the tokenizer of {lm.name} has no bos_token_id")
+    if lm.tokenizer("a").input_ids[:1] == [bos]:
+        # its texts start with the BOS already: [mem ; text] is [mem ; bos ; ...], and a second
+        # BOS would be a sequence the model never saw
+        raise CramfastError(f"mem_position {mem_position!r}: the tokenizer of {lm.name} starts "
+                            "every text with its BOS, so 'first' is already [mem ; bos ; text]; "
+                            "the other positions are for tokenizers that add none")
     return Layout(before=(bos,)) if mem_position == "after_bos" else Layout(between=(bos,))
 
 
