@@ -243,6 +243,7 @@ def test_a_bad_text_on_ray_raises_as_in_one_process_and_the_pool_goes_on(lm, poo
     stream.submit([5])                                  # checked by the actor that takes it
     with pytest.raises(CramfastError, match="at least 2 are needed"):
         dict(stream)
+    assert list(stream) == []                           # the call has ended: no wait, no hang
     assert sorted(dict(pool.compress_iter(texts, **kw))) == [0, 1]
 
 

@@ -365,6 +365,7 @@ class PoolStream:
         self.turn = 0
         self.sources: dict = {}         # what _waiting waits on -> its actor's slot
         self.finished = False
+        self.failed = None              # the error that ended the call, if one did
         for i, ids in enumerate(texts):
             self._add(ids, None if per_text is None else per_text[i],
                       None if init_mems is None else init_mems[i])
@@ -398,6 +399,8 @@ class PoolStream:
         return self
 
     def __next__(self):
+        if self.failed is not None:     # a call whose texts could not run yields no more
+            raise StopIteration
         if self.store is not None and self.taken:   # the caller has stored those rows
             self.store.delete(self.taken)
         self.taken = []
@@ -493,8 +496,8 @@ class PoolStream:
             message = self.ray.get(next(ready))
         except self.ray.exceptions.RayActorError as exc:
             if exc.actor_init_failed:   # not a death to survive: every new actor would fail too
-                raise CramfastError("a Ray worker could not start: "
-                                    + str(exc).strip().splitlines()[-1]) from None
+                self._raise(CramfastError("a Ray worker could not start: "
+                                          + str(exc).strip().splitlines()[-1]))
             self._replace(slot)
             return None
         except self.ray.exceptions.ObjectLostError:     # its node lost with the message
@@ -548,14 +551,14 @@ class PoolStream:
                                 "row; giving up")
         for index in lost:
             self.texts[index].record = self.records.get(index, self.texts[index].record)
-            self.pool.resumed += self.texts[index].record is not None
+        resumed = sum(self.texts[i].record is not None for i in lost)
+        self.pool.resumed += resumed
         self.queue.extendleft(reversed(lost))
         self.ray.kill(self.pool.actors[slot])
         self.pool._start_actor(slot)
         self.pool.replaced += 1
-        self.pool.log(f"ray: a worker died; {len(lost)} text(s) re-queued "
-                      f"({sum(i in self.records for i in lost)} from a checkpoint), a new worker "
-                      f"started ({len(self.pool.actors)} alive)")
+        self.pool.log(f"ray: a worker died; {len(lost)} text(s) re-queued ({resumed} from a "
+                      f"checkpoint), a new worker started ({self.pool.status()})")
 
     def _raise(self, error):
         """A call's texts cannot run (bad input, a failing step): the error, as compress_iter
@@ -563,4 +566,5 @@ class PoolStream:
         self.finished = False
         if isinstance(error, self.ray.exceptions.RayTaskError):
             error = error.cause if isinstance(error.cause, CramfastError) else error
+        self.failed = error
         raise error
