@@ -542,6 +542,7 @@ class PoolStream:
     def _replace(self, slot: int):
         """The actor of ``slot`` died: the texts it held go back to the queue's front, each with
         its newest checkpoint, and a new actor takes its place."""
+        self._drain_saves(slot)
         lost = sorted(self.held[slot])
         self.held[slot] = set()
         self.slots.pop(slot, None)
@@ -559,6 +560,18 @@ class PoolStream:
         self.pool.replaced += 1
         self.pool.log(f"ray: a worker died; {len(lost)} text(s) re-queued ({resumed} from a "
                       f"checkpoint), a new worker started ({self.pool.status()})")
+
+    def _drain_saves(self, slot: int):
+        """The checkpoints a dead actor sent before it died and not yet read: kept, so that its
+        texts resume from their newest."""
+        saves = self.pool.saves[slot]
+        while self.ray.wait([saves], num_returns=1, timeout=0)[0]:
+            try:
+                message = self.ray.get(next(saves))
+            except (StopIteration, self.ray.exceptions.RayError):
+                return
+            if message[:2] == ("saved", self.call):
+                self._keep(slot, message[2])
 
     def _raise(self, error):
         """A call's texts cannot run (bad input, a failing step): the error, as compress_iter

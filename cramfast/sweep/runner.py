@@ -559,9 +559,12 @@ def _sweep_and_report(args) -> int:
 
 def _on_ray(grid: Grid, args) -> Summary:
     """The sweep with its texts computed by Ray actors; this process plans and stores."""
+    from tqdm import tqdm
+
     from cramfast.sweep.ray_engine import RayPool
+    # the pool's lines (a worker died, ...) printed above the progress bar, not through it
     pool = RayPool(args.address, args.workers, args.gpus_per_worker, args.threads,
-                   log=lambda line: print(f"cramfast.sweep: {line}", file=sys.stderr))
+                   log=lambda line: tqdm.write(f"cramfast.sweep: {line}", file=sys.stderr))
     try:
         return run_sweep(grid, quiet=args.quiet, compress_iter=pool.compress_iter, rank=0,
                          world=1, checkpoints=True, workers=pool.status)
