@@ -4,7 +4,12 @@
 # started again, and a finished run costs only its planning. The report at the end writes
 # docs/capacity/report/ and docs/capacity/summary.json.
 #
-#   nohup nice -n 19 bash docs/capacity/run_all.sh [BOOKS] > docs/capacity/run_all.log 2>&1 &
+#   setsid bash -c 'echo 19 > /proc/self/autogroup; exec nice -n 19 bash docs/capacity/run_all.sh' \
+#       > docs/capacity/run_all.log 2>&1 < /dev/null &
+#
+# (Linux shares the CPU between sessions before niceness counts: in a session of its own at
+# autogroup nice 19 the run takes only the CPU other work leaves; `nohup nice` alone would
+# still take half of it.) Append [BOOKS] after run_all.sh for another folder of books.
 #
 # BOOKS: a folder of .txt books, the PG-19 stand-in (default ../shared/data/books); PYTHON: the
 # interpreter (default .venv/bin/python); CHECKPOINT_EVERY: seconds between checkpoints. On a
