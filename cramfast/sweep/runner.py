@@ -287,7 +287,9 @@ class _RankRunner:
         source, n_mem, seed) group: its texts at its next length are computed (this rank's
         share, the groups of one model / n_mem / seed in one batched call), then, once every
         rank's rows of that length are stored, the group's mean accuracy decides whether it goes
-        on. Lengths whose rows are all stored are decided without computing anything."""
+        on. The length after it joins the same call where it runs whatever that mean is
+        (_Climb.ahead), so no compute goes past the stop. Lengths whose rows are all stored are
+        decided without computing anything."""
         units = set(share(self.sweep_jobs.texts(), self.rank, self.world))
         mine = [j for j in self.sweep_jobs.jobs if text_of(j) in units]
         self._start(len(mine), sum(j.key in self.stored for j in mine))
@@ -305,7 +307,8 @@ class _RankRunner:
                     if state.done:
                         self._climb_finished((mid, src, n_mem, seed), climbs.pop(src), units)
                         continue
-                    todo += [j for j in state.current
+                    ahead = [] if self.grid.warm_start else state.ahead  # warm: needs L's mem
+                    todo += [j for j in state.current + ahead
                              if text_of(j) in units and j.key not in self.stored]
                     waiting += state.current
                 if todo:
@@ -451,6 +454,15 @@ class _Climb:
     @property
     def current(self) -> list:
         return self.jobs[self.lengths[self.index]]
+
+    @property
+    def ahead(self) -> list:
+        """The next length's jobs when they run whatever the current length's mean turns out to
+        be (one more length below would not reach the patience): computed beside the current
+        ones, so that a length's slowest texts do not leave the batch's other slots empty."""
+        if self.below + 1 >= CLIMB_PATIENCE or self.index + 1 >= len(self.lengths):
+            return []
+        return self.jobs[self.lengths[self.index + 1]]
 
     def decide(self, accuracies):
         """The current length's accuracies (one per text) seen: on to the next length."""
