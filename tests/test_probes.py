@@ -98,6 +98,18 @@ def check_restart_mix_probe(lines):
     assert all(0 < int(steps) <= BUDGET for _, _, steps, _, _ in runs)
 
 
+def check_length_groups_probe(lines):
+    arms = [re.fullmatch(r"(length groups|one padded batch): (\d+) ms per step \(best of 2\), "
+                         r"(\d+) us per token", line) for line in lines[:2]]
+    assert len(lines) == 3 and all(arms), lines
+    assert [a[1] for a in arms] == ["length groups", "one padded batch"]
+    tokens = N * (L + 2 * L)                    # --texts N of each of the two lengths
+    for a in arms:                              # the two figures are one measurement, rounded
+        assert int(a[3]) * tokens / 1000 == pytest.approx(int(a[2]), abs=0.5 + 0.01 * tokens)
+    ratio = re.fullmatch(r"padded / grouped: ([\d.]+)", lines[2])
+    assert ratio and float(ratio[1]) > 0
+
+
 def check_step_live_probe(lines):
     arms = [re.fullmatch(r"(leave at once|ride to the sync) [\d.]+ s (\[.*\])", line)
             for line in lines]
@@ -166,6 +178,8 @@ TINY = {
                          check_hard_texts_stall),
     "init_probe": (["--length", L, "--texts", N, "--steps", BUDGET, "--bow", 0.5, "--bow-tokens",
                     "rest", "--up", 1.1, "--down", 0.5, "init_scale=2"], check_init_probe),
+    "length_groups_probe": (["--lengths", f"{L},{2 * L}", "--texts", N, "--steps", 3,
+                             "--repeats", 2], check_length_groups_probe),
     "lbfgs_probe": (["--texts", N, "--length", L, "--cap", 40], check_lbfgs_probe),
     "restart_mix_probe": (["--redraws", "random", "--lengths", L, "--steps", BUDGET],
                           check_restart_mix_probe),

@@ -148,3 +148,45 @@ def test_recomputed_activations_change_no_result_and_hold_less(trained_path):
         return sum(total)
 
     assert saved_bytes(True) < saved_bytes(False) / 3
+
+
+def test_length_groups_bound_the_padding():
+    from cramfast.engine.step import length_groups, text_lengths
+    assert length_groups([96, 128, 96, 128, 120]) == [[1, 3, 4], [0, 2]]
+    assert length_groups([16, 16, 16]) == [[0, 1, 2]]
+    assert length_groups([100, 87, 88]) == [[0, 2], [1]]
+    for lengths in ([5], [9, 4, 17, 17, 3, 12], list(range(2, 40))):
+        groups = length_groups(lengths)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+        for g in groups:
+            assert all(lengths[i] >= 0.875 * lengths[g[0]] for i in g)
+    _, targets = pad_batch([[1, 2, 3], [4, 5, 6, 7, 8], [9, 10]], 8, "cpu")
+    assert text_lengths(targets) == [3, 5, 2]
+
+
+def test_length_grouped_steps_equal_one_padded_batch(trained_path):
+    """On a CPU the live rows step in length groups, each cut to its longest text (rows of
+    9 and 12 tokens apart, 12 and 11 together): every slot's state follows what one batch
+    padded to 16 gives (fp64), with a slot stopping in between."""
+    lm = cramfast.load_model(trained_path, dtype=torch.float64)
+    texts = corpus_texts(lm.tokenizer, [9, 12, 11, 6])
+    settings = TextSettings(lr=0.05, max_steps=4)
+    states = []
+    for drop in (True, False):
+        state = SlotState(4, 1, lm.hidden_size, torch.float64, "cpu")
+        for slot, ids in enumerate(texts):
+            s = settings if slot != 3 else TextSettings(lr=0.05, max_steps=2)
+            state.start(slot, engine.init_mem(lm, ids, 1, slot, 1.0), len(ids) - 1, s)
+        steps = engine.EagerSteps(lm, state, "torch", drop_stopped=drop)
+        ids, targets = pad_batch(texts, 16, "cpu")
+        if drop:
+            assert [g.tolist() for g, _ in steps._length_groups(targets)] == [[1, 2], [0], [3]]
+        out = torch.stack(steps.steps(torch.arange(4), ids, targets, 5))
+        states.append((state, out))
+    (grouped, out_g), (padded, out_p) = states
+    assert torch.equal(out_g, out_p) and out_g[4, 3] == -1
+    for name in ("mem", "exp_avg", "exp_avg_sq", "best_mem"):
+        torch.testing.assert_close(getattr(grouped, name), getattr(padded, name),
+                                   rtol=1e-10, atol=1e-12)
+    for name in SlotState.COUNTS:
+        assert torch.equal(getattr(grouped, name), getattr(padded, name)), name

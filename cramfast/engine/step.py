@@ -111,11 +111,40 @@ def step(lm: LoadedModel, state: SlotState, rows: torch.Tensor, ids: torch.Tenso
     return torch.where(failed, FAILED_ON_DEVICE, torch.where(active, correct, -1))
 
 
+# A length group (EagerSteps on a CPU) takes the rows whose texts are at least this fraction of
+# its longest: padding is charged at most 1 - LENGTH_GROUP_FILL of the group's tokens.
+LENGTH_GROUP_FILL = 0.875
+
+
+def text_lengths(targets: torch.Tensor) -> list[int]:
+    """Each row's text length (tokens) from its padded targets [B, T-1]: one more than its last
+    scored position's index + 1 (IGNORE_INDEX past the text, pad_batch's)."""
+    scored = targets != ops.IGNORE_INDEX
+    position = torch.arange(1, targets.shape[1] + 1, device=targets.device)
+    return [max(n, 1) + 1 for n in (scored * position).amax(dim=1).tolist()]
+
+
+def length_groups(lengths: list[int], fill: float = LENGTH_GROUP_FILL) -> list[list[int]]:
+    """Row indices in groups, longest texts first: a group is its longest row and every next
+    row (by length) at least ``fill`` of it long, so right-padded to its longest it wastes at
+    most 1 - fill of its tokens. Equal lengths share a group."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and lengths[i] >= fill * lengths[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 class EagerSteps:
     """k steps of the slots in ``rows``, each kernel launched from Python. With
-    ``drop_stopped`` the slots that stopped since the last sync leave the batch at once (on a
-    CPU reading the device's active mask costs nothing and a row costs its share of the step;
-    on a GPU the read would be a host sync per step, and a stopped row is nearly free)."""
+    ``drop_stopped`` the slots that stopped since the last sync leave the batch at once, and
+    the others step in length groups (length_groups), each cut to its own longest text: on a
+    CPU reading the device's active mask costs nothing and a row costs its share of the step,
+    padding included. On a GPU the read would be a host sync per step, a stopped row is nearly
+    free, and one wide batch beats several narrow ones."""
 
     def __init__(self, lm: LoadedModel, state: SlotState, backend=None, update=mem_update,
                  drop_stopped: bool | None = None, recompute: bool = False,
@@ -123,20 +152,34 @@ class EagerSteps:
         self.lm, self.state, self.backend, self.update = lm, state, backend, update
         self.recompute, self.layout = recompute, layout
         self.drop_stopped = lm.device.type == "cpu" if drop_stopped is None else drop_stopped
+        self._groups: tuple = (None, None)      # (the targets they are for, their groups)
 
     def steps(self, rows, ids, targets, k: int) -> list[torch.Tensor]:
         return [self._one(rows, ids, targets) for _ in range(k)]
 
     def _one(self, rows, ids, targets):
-        live = self.state.active[rows]
-        if not self.drop_stopped or bool(live.all()):
+        if not self.drop_stopped:
             return step(self.lm, self.state, rows, ids, targets, self.backend, self.update,
                         self.recompute, self.layout)
+        live = self.state.active[rows]
         out = torch.full((len(rows),), -1, dtype=torch.long, device=rows.device)
-        if bool(live.any()):
-            out[live] = step(self.lm, self.state, rows[live], ids[live], targets[live],
-                             self.backend, self.update, self.recompute, self.layout)
+        for group, n in self._length_groups(targets):
+            group = group[live[group]]
+            if len(group):
+                out[group] = step(self.lm, self.state, rows[group], ids[group, :n],
+                                  targets[group, :n - 1], self.backend, self.update,
+                                  self.recompute, self.layout)
         return out
+
+    def _length_groups(self, targets) -> list[tuple[torch.Tensor, int]]:
+        """(row indices, the group's longest text) per length group of this batch; the same
+        batch is stepped sync_every times, so its groups are found once."""
+        if self._groups[0] is not targets:
+            lengths = text_lengths(targets)
+            self._groups = (targets, [
+                (torch.tensor(g, device=targets.device), max(lengths[i] for i in g))
+                for g in length_groups(lengths)])
+        return self._groups[1]
 
 
 class GraphedSteps(EagerSteps):
