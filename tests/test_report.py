@@ -298,3 +298,40 @@ def test_search_only_lengths_off_the_grid_do_not_decide_the_capacity():
     g = report_groups.groups_of(rows)[0]
     assert list(g.capacity_lengths()) == [8, 16]
     assert g.capacity()[:2] == (8, False)
+
+
+def test_controlled_comparison_names_what_sets_each_group_apart(tmp_path):
+    """Groups of one model and m that differ in budget or one setting are set side by side, each
+    with what it changed from its preset and its capacity; a lone group gets no comparison."""
+    from cramfast.settings import preset_settings
+
+    def run(sample, length, acc, settings_hash, source="pg19:test?x", n_mem=1, **changed):
+        optim = dict(preset_settings("fast"), **changed)
+        r = row(sample, length, acc, n_mem=n_mem, source=source)
+        r.update(settings_hash=settings_hash, sweep=json.dumps(
+            {"preset": "fast", "optim": optim, "identity": dict(changed, warm_start=False)}))
+        return r
+    path = tmp_path / "controls.db"
+    with store.Store(path) as s:
+        for sample in (0, 1):
+            s.add(run(sample, 16, 1.0, "base"))
+            s.add(run(sample, 32, 1.0, "base"))
+            s.add(run(sample, 16, 1.0, "short", max_steps=600))
+            s.add(run(sample, 32, 0.9, "short", max_steps=600))
+            s.add(run(sample, 16, 0.95, "sink", mem_position="after_bos"))
+            s.add(run(sample, 16, 1.0, "random", source="random:x"))
+            s.add(run(sample, 16, 1.0, "alone", n_mem=2))
+    result = report.make_report([path], tmp_path / "rep")
+    with open(tmp_path / "rep" / "controlled.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["text_kind"], r["max_steps"], r["changed"], r["capacity"]) for r in rows] == [
+        ("prose", "5000", "", "32"), ("prose", "5000", "mem_position=after_bos", ""),
+        ("prose", "600", "", "16"), ("random", "5000", "", "16")]
+    assert all(r["n_mem"] == "1" for r in rows)
+    assert rows[0]["mean_accuracy"] == "16:1.000 32:1.000"
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## What moves the capacity" in md
+    assert "| 600 | – | 2 | 16 | 16:1.000 32:0.900 | 26.9 |" in md   # 0.9 · 31 − 1
+    changed = {rec["settings_hash"]: rec["settings_changed"] for rec in result["summary"]}
+    assert changed["short"] == {"max_steps": 600} and changed["base"] == {}
+    assert changed["sink"] == {"mem_position": "after_bos"}

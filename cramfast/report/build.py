@@ -23,7 +23,8 @@ capacity's inputs), summary.json (one record per group: capacity, passages and m
 per length, preset, max_steps, the search's per-text capacities),
 fig1_capacity.png, fig3_ce.png, fig4_capacity_vs_nmem.png, fig5_theory_vs_measured.png, one CSV
 per figure with the plotted points, search.csv (--search runs), warm_start.csv (--warm-start
-runs), and report.md embedding it all. Every number carries the refs ("FILE#id") of its rows.
+runs), controlled.csv (a model and m with several groups: what sets each apart, its capacity),
+and report.md embedding it all. Every number carries the refs ("FILE#id") of its rows.
 The numbers are computed in cramfast.report.groups, the figures drawn in cramfast.report.figures.
 The output folder is checked writable before the store is read.
 """
@@ -40,6 +41,7 @@ from cramfast.metrics import CAPACITY_THRESHOLD
 from cramfast.report import tables
 from cramfast.report.figures import FIGURES, fig1, fig3, fig4, fig5
 from cramfast.report.groups import (
+    controlled_rows,
     groups_of,
     per_length_rows,
     search_rows,
@@ -147,6 +149,17 @@ def per_length_table(per_length: list[dict], threshold: float) -> str:
     return tables.markdown_table(head, body)
 
 
+def controlled_table(controlled: list[dict]) -> str:
+    """The controlled comparison in markdown: one row per group of a model and m."""
+    head = ["model", "m", "text", "preset", "max steps", "changed", "texts", "capacity",
+            "mean accuracy by L", "token gain"]
+    return tables.markdown_table(head, [
+        [c["model"], str(c["n_mem"]), c["text_kind"], _fmt(c["preset"]), _fmt(c["max_steps"]),
+         c["changed"] or "–", _fmt(c["texts"]), _capacity_cell(c), c["mean_accuracy"] or "–",
+         _fmt(c["token_gain"])]
+        for c in controlled])
+
+
 def warm_start_table(warm: list[dict]) -> str:
     """Steps per length with and without --warm-start, in markdown."""
     head = ["model", "source", "m", "L", "pairs", "cold steps", "warm steps", "saved"]
@@ -205,6 +218,9 @@ def make_report(dbs, out_dir, threshold: float = CAPACITY_THRESHOLD, paper: bool
                            "accuracies (sd with n - 1), clipped to [0, 1]; null below 2 texts",
         records=summary), indent=1, ensure_ascii=False) + "\n")
     searches, warm = search_rows(groups), warm_start_rows(groups)
+    controlled = controlled_rows(groups, threshold)
+    if controlled:
+        tables.write_csv(out / "controlled.csv", controlled)
     if searches:
         tables.write_csv(out / "search.csv", searches)
     if warm:
@@ -237,6 +253,14 @@ def make_report(dbs, out_dir, threshold: float = CAPACITY_THRESHOLD, paper: bool
              "per_length.csv and summary.json.", ""]
     if settings_notes:
         text += ["Settings:", ""] + sorted(set(settings_notes)) + [""]
+    if controlled:
+        text += ["## What moves the capacity", "",
+                 "Every group of one model and m, side by side: its text kind, preset, budget "
+                 "and the settings changed from the preset (what the run was given with --set); "
+                 "rows that differ in one of them are a controlled comparison when they ran on "
+                 "the same passages (`--samples N`: the first N of every source). Mean accuracy "
+                 "by L: over the texts run at L (\"(5)\": fewer than the group's). In "
+                 "controlled.csv.", "", controlled_table(controlled), ""]
     if searches:
         text += [f"Capacity search: {len(searches)} text(s), per-text results in search.csv.", ""]
     if warm:

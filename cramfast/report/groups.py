@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from cramfast.metrics import CAPACITY_THRESHOLD
 from cramfast.metrics import capacity as paper_capacity
+from cramfast.presets import PRESETS
+from cramfast.settings import RESULT_SETTINGS, preset_settings
 from cramfast.sweep.grid import PAPER_LENGTHS
 
 # Kuratov, Arkhipov, Bulatov, Burtsev (2025), arXiv 2502.13063, Table 1 (one vector):
@@ -289,6 +291,62 @@ def warm_start_rows(groups: list[Group]) -> list[dict]:
     return out
 
 
+def overrides(g: Group) -> dict:
+    """The result settings a group ran with that differ from its preset's as it is now (what
+    its run was given with --set, --max-steps, ...), from the sweep's record; {} without one."""
+    record = sweep_record(g.rows[0])
+    preset, optim = record.get("preset"), record.get("optim")
+    if preset not in PRESETS or not optim:
+        return {}
+    own = preset_settings(preset)
+    return {k: optim[k] for k in RESULT_SETTINGS if k in optim and optim[k] != own.get(k)}
+
+
+def controlled_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[dict]:
+    """The controlled comparison: per model and n_mem that has more than one group (other
+    settings or another text kind over the same model), one row per group with what sets it
+    apart (text kind, preset, the settings changed from the preset), its capacity and the mean
+    accuracy at each length it was decided from. Rows of one model and m are sorted by text
+    kind, preset and changes, so that one factor's rows sit together."""
+    by_model = defaultdict(list)
+    for g in groups:
+        by_model[(g.model_label, g.n_mem)].append(g)
+    out = []
+    for (model, n_mem), members in sorted(by_model.items()):
+        if len(members) < 2:
+            continue
+        rows = []
+        for g in members:
+            cap, lower_bound, _ = g.capacity(threshold)
+            counted = g.capacity_lengths()
+            changed = overrides(g)
+            record = sweep_record(g.rows[0])
+            max_steps = _one([sweep_record(r).get("optim", {}).get("max_steps") for r in g.rows])
+            gains = g.gain_rows(threshold)
+            rows.append(dict(
+                model=model, n_mem=n_mem, text_kind=text_kind(g.source), source=g.source_label,
+                preset=record.get("preset"), max_steps=max_steps,
+                changed=", ".join(f"{k}={v}" for k, v in sorted(changed.items()) if
+                                  k != "max_steps"),
+                texts=len(g.texts), capacity=cap, capacity_is_lower_bound=lower_bound,
+                capacity_passages=len(counted[cap]) if cap is not None else None,
+                lengths=" ".join(map(str, counted)),
+                mean_accuracy=" ".join(
+                    f"{L}:{mean_of([r['accuracy'] for r in rs]):.3f}" + (
+                        f"({len(rs)})" if len(rs) < len(g.texts) else "")
+                    for L, rs in counted.items()),
+                token_gain=mean_of([r["token_gain"] for r in gains]),
+                settings_hash=g.settings_hash))
+        out += sorted(rows, key=_controlled_order)
+    return out
+
+
+def _controlled_order(r: dict):
+    """Text kind, preset, the larger budget first, then the changed settings."""
+    steps = r["max_steps"] if isinstance(r["max_steps"], int) else 0
+    return r["text_kind"], str(r["preset"]), -steps, r["changed"]
+
+
 def _one(values):
     """The value all of ``values`` share (None ignored); several: sorted and joined by ","."""
     found = {v for v in values if v is not None}
@@ -316,7 +374,8 @@ def summary_records(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[d
     """One record per group for summary.json: the paper's capacity and what it is decided from
     (passages and mean accuracy per length, with the 95% interval), the per-text search capacity
     where the group has --search rows, and the settings the rows ran with (preset and max_steps
-    from the sweep's record, column ``sweep``, else the result's own settings, ``settings``)."""
+    from the sweep's record, column ``sweep``, else the result's own settings, ``settings``;
+    settings_changed: those that differ from the preset's, overrides())."""
     out = []
     for g in groups:
         cap, lower_bound, _ = g.capacity(threshold)
@@ -344,7 +403,8 @@ def summary_records(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[d
         out.append(dict(
             model=g.model_label, model_id=g.model, source=g.source_label, source_id=g.source,
             text_kind=text_kind(g.source), preset=_one([rec.get("preset") for rec in records]),
-            max_steps=max_steps, settings_hash=g.settings_hash, n_mem=g.n_mem,
+            max_steps=max_steps, settings_changed=overrides(g), settings_hash=g.settings_hash,
+            n_mem=g.n_mem,
             d=g.info("hidden_size"), V=g.info("vocab_size"), max_cap=g.info("max_cap"),
             texts=len(g.texts), runs=len(g.rows),
             capacity=cap, capacity_is_lower_bound=lower_bound, capacity_note=note,
