@@ -106,7 +106,7 @@ print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', 
         echo "== end-to-end: skipped: $MODEL_MISSING"
     fi
     if [[ -z $MODEL_MISSING ]]; then
-        PYTHON=python3 CHECKPOINT_EVERY=20 bounded "${CAPACITY_S:-150}" capacity \
+        PYTHON=python3 CHECKPOINT_EVERY=20 CHAINS=1 bounded "${CAPACITY_S:-150}" capacity \
             bash docs/capacity/run_all.sh "$CARRY/books"
         mkdir -p "$out_dir/capacity"
         # each store copied whole and consistent (SQLite's backup: its write-ahead log included)

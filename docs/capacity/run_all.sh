@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Every run of docs/capacity, one after another, each resumable: a run killed at any moment
-# goes on from its store (finished rows and checkpoints of the texts in flight) when this is
-# started again, and a finished run costs only its planning. The report at the end writes
+# Every run of docs/capacity, each resumable: a run killed at any moment goes on from its store
+# (finished rows and checkpoints of the texts in flight) when this is started again, and a
+# finished run costs only its planning. The runs go in two chains side by side, one CPU thread
+# each (on a 2-core CPU two one-thread processes step more texts per second than one process of
+# two threads: docs/benchmarks.md); the report at the end, once both have ended, writes
 # docs/capacity/report/ and docs/capacity/summary.json.
 #
 #   setsid bash -c 'echo 19 > /proc/self/autogroup; exec nice -n 19 bash docs/capacity/run_all.sh' \
@@ -9,37 +11,60 @@
 #
 # (Linux shares the CPU between sessions before niceness counts: in a session of its own at
 # autogroup nice 19 the run takes only the CPU other work leaves; `nohup nice` alone would
-# still take half of it.) Append [BOOKS] after run_all.sh for another folder of books.
+# still take half of it.) Stop it with kill -TERM -- -PGID (the chains go with it). Append
+# [BOOKS] after run_all.sh for another folder of books.
 #
 # BOOKS: a folder of .txt books, the PG-19 stand-in (default ../shared/data/books); PYTHON: the
-# interpreter (default .venv/bin/python); CHECKPOINT_EVERY: seconds between checkpoints. On a
-# GPU the same commands run unchanged (the batch is sized to the device): gpu_session.sh runs
-# this script in its capacity step.
+# interpreter (default .venv/bin/python); CHECKPOINT_EVERY: seconds between checkpoints;
+# CHAINS: 2 (default, side by side, one thread each) or 1 (one after the other, torch's own
+# thread count). On a GPU the same commands run unchanged (the batch is sized to the device):
+# gpu_session.sh runs this script in its capacity step, CHAINS=1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BOOKS=${1:-../shared/data/books}
 PY=${PYTHON:-.venv/bin/python}
 OUT=docs/capacity
 EVERY=${CHECKPOINT_EVERY:-120}      # seconds between saves of the texts in flight
-sweep() { "$PY" -m cramfast.sweep --checkpoint-every "$EVERY" --quiet "$@"; }
+CHAINS=${CHAINS:-2}
+THREADS=()
+[[ $CHAINS == 2 ]] && THREADS=(--threads 1)
+sweep() {
+    echo "== $(date -u '+%F %H:%M') sweep $*"
+    "$PY" -m cramfast.sweep --checkpoint-every "$EVERY" --quiet "${THREADS[@]}" "$@"
+}
 
-# Table 1, the embedded model's row: prose and random words, fast and paper, one vector
-sweep --config capacity-pg19 --source "$BOOKS" --preset fast --db $OUT/pg19-fast.db
-sweep --config capacity-random --preset fast --db $OUT/random-fast.db
-# the published settings take most of their budget on every text: 8 passages (the grids' first 8)
-sweep --config capacity-pg19 --source "$BOOKS" --preset paper --samples 8 --db $OUT/pg19-paper.db
-sweep --config capacity-random --preset paper --samples 8 --db $OUT/random-paper.db
-# Fig 4: m = 2 and 4 (m = 1 is the first run's)
-sweep --config capacity-nmem --source "$BOOKS" --preset fast --db $OUT/nmem-fast.db
-# the controlled table: one factor changed per run, the first 8 passages of the first run
-for factor in "--max-steps 600" "--set mem_position=after_bos" "--set mem_position=before_bos"; do
-    # shellcheck disable=SC2086  # the factor is a flag and its value
-    sweep --config capacity-controls --source "$BOOKS" --preset fast $factor --db $OUT/controls.db
-done
-for factor in "--max-steps 600" "--set lr=0.5std"; do
-    # shellcheck disable=SC2086
-    sweep --config capacity-controls --source "$BOOKS" --preset paper $factor --db $OUT/controls.db
-done
+# Table 1's prose column (m = 1, the headline), Fig 4 (m = 2 and 4), the published settings on
+# prose (they take most of their budget on every text: 8 passages, the grids' first 8)
+table_and_fig4() {
+    sweep --config capacity-pg19 --source "$BOOKS" --preset fast --db $OUT/pg19-fast.db
+    sweep --config capacity-nmem --source "$BOOKS" --preset fast --db $OUT/nmem-fast.db
+    sweep --config capacity-pg19 --source "$BOOKS" --preset paper --samples 8 --db $OUT/pg19-paper.db
+}
+
+# the controlled table (one factor changed per run, the first 8 passages of pg19-fast's; the
+# short budgets first, they are cheap) and Table 1's random-word column
+controls_and_random() {
+    sweep --config capacity-controls --source "$BOOKS" --preset fast --max-steps 600 --db $OUT/controls.db
+    sweep --config capacity-controls --source "$BOOKS" --preset paper --max-steps 600 --db $OUT/controls.db
+    sweep --config capacity-random --preset fast --db $OUT/random-fast.db
+    sweep --config capacity-controls --source "$BOOKS" --preset fast --set mem_position=after_bos --db $OUT/controls.db
+    sweep --config capacity-controls --source "$BOOKS" --preset fast --set mem_position=before_bos --db $OUT/controls.db
+    sweep --config capacity-controls --source "$BOOKS" --preset paper --set lr=0.5std --db $OUT/controls.db
+    sweep --config capacity-random --preset paper --samples 8 --db $OUT/random-paper.db
+}
+
+if [[ $CHAINS == 2 ]]; then
+    trap 'trap - TERM INT; kill -TERM 0' TERM INT     # a stop takes both chains with it
+    table_and_fig4 & first=$!
+    controls_and_random & second=$!
+    status=0
+    wait $first || status=$?
+    wait $second || status=$?
+    (( status == 0 ))
+else
+    table_and_fig4
+    controls_and_random
+fi
 
 "$PY" -m cramfast.report $OUT/pg19-fast.db $OUT/random-fast.db $OUT/pg19-paper.db \
     $OUT/random-paper.db $OUT/nmem-fast.db --out $OUT/report
