@@ -448,6 +448,37 @@ def test_climb_stops_after_two_lengths_below_threshold(trained_path, corpus_file
     assert sweep.run_sweep(plain, quiet=True, compress_iter=again).ran == 0 and again.calls == []
 
 
+def test_climb_without_rounds_stores_what_rounds_store(trained_path, corpus_file, tmp_path):
+    """The real climb in one process: a length is decided the moment its last row is stored
+    and the lengths that then run join the running batch (the engine's Stream), in one batched
+    call; through a compress_iter that takes no more texts it runs in rounds. Both store the
+    same rows (fp64, no parallel attempts) and stop at the same length."""
+    import cramfast
+    calls = {True: 0, False: 0}
+
+    def counted(stream):
+        def compress_iter(texts, **kw):
+            calls[stream] += 1
+            results = cramfast.compress_iter(texts, **kw)
+            return results if stream else (item for item in results)
+        return compress_iter
+
+    summaries = {}
+    for stream in (True, False):
+        g = climb_grid(trained_path, corpus_file, tmp_path / f"{stream}.db", "--dtype", "fp64",
+                       "--samples", "2", "--preset", "fast", "--max-steps", "200",
+                       "--set", "fill_slots=0")
+        summaries[stream] = sweep.run_sweep(g, quiet=True, compress_iter=counted(stream))
+    assert summaries[True].climb == summaries[False].climb
+    assert calls[True] == 1 and calls[False] >= 2
+    key = lambda r: (r["sample"], r["length"])
+    rows = {stream: {key(r): r for r in rows_of(tmp_path / f"{stream}.db")} for stream in calls}
+    assert rows[True].keys() == rows[False].keys() and len({L for _, L in rows[True]}) >= 3
+    for k, row in rows[False].items():
+        assert (rows[True][k]["steps"], rows[True][k]["stop_reason"]) == (row["steps"],
+                                                                         row["stop_reason"])
+
+
 def test_climb_goes_on_after_one_length_below(trained_path, corpus_file, tmp_path):
     db = tmp_path / "dip.db"
     # 16 and 32 fail for every text, 24 passes: never two in a row, so every length runs

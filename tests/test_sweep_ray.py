@@ -145,6 +145,26 @@ def test_a_capacity_search_on_ray_submits_each_probe_to_the_running_pool(trained
     assert_same_rows(rows_by_key(tmp_path / "ray.db"), rows_by_key(tmp_path / "one.db"))
 
 
+def test_a_climb_on_ray_submits_each_length_to_the_running_pool(trained_path, prose, tmp_path,
+                                                                 pool):
+    """A climb on Ray is one compress_iter call per group too: a length's next jobs are
+    submitted the moment it is decided, and the climb stores what a one-process climb does."""
+    plan = ("8,12,16,24,32", "2", "--climb", "--preset", "fast")
+    alone = sweep.run_sweep(sweep_grid(trained_path, prose, tmp_path / "one.db", *plan),
+                            quiet=True)
+    calls = []
+
+    def counted(texts, **kwargs):
+        calls.append(len(texts))
+        return pool.compress_iter(texts, **kwargs)
+
+    on_ray = sweep.run_sweep(sweep_grid(trained_path, prose, tmp_path / "ray.db", *plan),
+                             quiet=True, compress_iter=counted, rank=0, world=1)
+    assert calls == [4] and on_ray.ran == alone.ran > 4        # later lengths were submitted
+    assert on_ray.climb == alone.climb
+    assert_same_rows(rows_by_key(tmp_path / "ray.db"), rows_by_key(tmp_path / "one.db"))
+
+
 class DictStore:
     """A CheckpointStore in memory; ``on_put(n)`` runs after the n-th put (a fault injected)."""
 

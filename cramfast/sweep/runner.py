@@ -283,12 +283,14 @@ class _RankRunner:
                            count=False, follow=follow, longest=cap)
 
     def climb(self):
-        """The grid's lengths in increasing order, one round per length, for every (model,
-        source, n_mem, seed) group: its texts at its next length are computed (this rank's
-        share, the groups of one model / n_mem / seed in one batched call), then, once every
-        rank's rows of that length are stored, the group's mean accuracy decides whether it goes
-        on. The length after it joins the same call where it runs whatever that mean is
-        (_Climb.ahead), so no compute goes past the stop. Lengths whose rows are all stored are
+        """The grid's lengths in increasing order for every (model, source, n_mem, seed) group:
+        once a length's rows are all stored (every text's, every rank's), the group's mean
+        accuracy there decides whether it goes on. The length after the one running joins it
+        where it runs whatever that mean is (_Climb.ahead), so no compute goes past the stop.
+        In one process (or a Ray pool) the groups of one model / n_mem / seed share one batched
+        call that runs without rounds: a length is decided the moment its last row is stored,
+        and what runs next joins the running batch at once (_climb_stream). Under torchrun and
+        with warm starts, in rounds (_climb_rounds). Lengths whose rows are all stored are
         decided without computing anything."""
         units = set(share(self.sweep_jobs.texts(), self.rank, self.world))
         mine = [j for j in self.sweep_jobs.jobs if text_of(j) in units]
@@ -297,25 +299,63 @@ class _RankRunner:
                                                 lambda j: (j.model, j.n_mem, j.seed)):
             # every text's jobs (all ranks'), by source then length: what the means are over
             climbs = {src: _Climb(group) for src, group in _groups(jobs, lambda j: j.source)}
-            lm = None
-            while climbs:
-                todo, waiting = [], []
-                for src in list(climbs):
-                    state = climbs[src]
-                    while not state.done and all(j.key in self.stored for j in state.current):
-                        state.decide([self.stored[j.key][0] for j in state.current])
-                    if state.done:
-                        self._climb_finished((mid, src, n_mem, seed), climbs.pop(src), units)
-                        continue
-                    ahead = [] if self.grid.warm_start else state.ahead  # warm: needs L's mem
-                    todo += [j for j in state.current + ahead
-                             if text_of(j) in units and j.key not in self.stored]
-                    waiting += state.current
-                if todo:
-                    lm = lm or self._load(mid)
-                    self._compress(lm, todo, n_mem, seed, origin="climb",
-                                   warm=self.grid.warm_start)
-                self._await(waiting)
+            if self.world == 1 and not self.grid.warm_start:
+                self._climb_stream(mid, n_mem, seed, climbs, units)
+            else:
+                self._climb_rounds(mid, n_mem, seed, climbs, units)
+
+    def _climb_stream(self, mid, n_mem, seed, climbs: dict, units):
+        """One model / n_mem / seed's climbs in one batched call: each stored row may decide
+        its source's length, and the jobs that decision lets run are submitted to the running
+        call (the stream's; a compress_iter without one runs them in the next call)."""
+        submitted = set()
+
+        def runnable(src) -> list:
+            """What the stored rows decide for src's climb; the jobs it runs now, not yet
+            given to the call."""
+            state = climbs[src]
+            while not state.done and all(j.key in self.stored for j in state.current):
+                state.decide([self.stored[j.key][0] for j in state.current])
+            if state.done:
+                self._climb_finished((mid, src, n_mem, seed), climbs.pop(src), units)
+                return []
+            todo = [j for j in state.current + state.ahead
+                    if j.key not in self.stored and j.key not in submitted]
+            submitted.update(j.key for j in todo)
+            return todo
+
+        first = [j for src in list(climbs) for j in runnable(src)]
+        if first:
+            longest = max(max(state.lengths) for state in climbs.values())
+            self._compress(self._load(mid), first, n_mem, seed, origin="climb",
+                           follow=lambda job: runnable(job.source) if job.source in climbs
+                           else [], longest=longest)
+        for src in list(climbs):            # a job the compressor never gave: said in one line
+            self._await(climbs[src].current)
+
+    def _climb_rounds(self, mid, n_mem, seed, climbs: dict, units):
+        """One model / n_mem / seed's climbs, one batched call per round: every group's next
+        length (and the one after, where it runs either way), then, once every rank's rows of
+        it are stored (read from their shards), the decisions."""
+        lm = None
+        while climbs:
+            todo, waiting = [], []
+            for src in list(climbs):
+                state = climbs[src]
+                while not state.done and all(j.key in self.stored for j in state.current):
+                    state.decide([self.stored[j.key][0] for j in state.current])
+                if state.done:
+                    self._climb_finished((mid, src, n_mem, seed), climbs.pop(src), units)
+                    continue
+                ahead = [] if self.grid.warm_start else state.ahead  # warm: needs L's mem
+                todo += [j for j in state.current + ahead
+                         if text_of(j) in units and j.key not in self.stored]
+                waiting += state.current
+            if todo:
+                lm = lm or self._load(mid)
+                self._compress(lm, todo, n_mem, seed, origin="climb",
+                               warm=self.grid.warm_start)
+            self._await(waiting)
 
     def _climb_finished(self, group, state, units):
         left = state.lengths[state.index:]
@@ -379,8 +419,8 @@ class _RankRunner:
     def _compress(self, lm, jobs, n_mem, seed, origin, warm=False, count=True, follow=None,
                   longest=None):
         """Compute ``jobs`` in one batched call and store each row as it comes. ``follow(job)``
-        (a search): called on each stored job, returns the text's next job or None; the next
-        job joins the running batch (Stream.submit, the engine's or a Ray pool's; ``longest``
+        (a search, a climb): called on each stored job, returns the next job, a list of them or
+        None; each joins the running batch (Stream.submit, the engine's or a Ray pool's; ``longest``
         its most tokens), or, with a compress_iter that takes no more texts, a next call."""
         jobs, texts = list(jobs), [self.sweep_jobs.tokens(j, lm.tokenizer) for j in jobs]
         kwargs = {} if follow is None or longest is None else {"longest": longest}
@@ -410,16 +450,17 @@ class _RankRunner:
             self.stored[job.key] = (result.accuracy,)
             self.progress.update(1 if count else 0, result.n_tokens, result.steps)
             following = follow(job) if follow else None
-            if following is None:
-                continue
-            if hasattr(results, "submit"):
-                index = results.submit(self.sweep_jobs.tokens(following, lm.tokenizer))
+            following = [] if following is None else following if isinstance(
+                following, list) else [following]
+            for job in following:
+                if not hasattr(results, "submit"):
+                    later.append(job)
+                    continue
+                index = results.submit(self.sweep_jobs.tokens(job, lm.tokenizer))
                 if index != len(jobs):          # indices go on from the first texts'
                     raise RuntimeError(f"the stream gave index {index}, expected {len(jobs)}")
-                jobs.append(following)
+                jobs.append(job)
                 inits.append(None)
-            else:
-                later.append(following)
         if later:
             self._compress(lm, later, n_mem, seed, origin, warm, count, follow, longest)
 
