@@ -117,8 +117,8 @@ LENGTH_GROUP_FILL = 0.875
 
 
 def text_lengths(targets: torch.Tensor) -> list[int]:
-    """Each row's text length (tokens) from its padded targets [B, T-1]: one more than its last
-    scored position's index + 1 (IGNORE_INDEX past the text, pad_batch's)."""
+    """Each row's text length (tokens) from its padded targets [B, T-1] (IGNORE_INDEX past the
+    text, pad_batch's): its targets up to the last scored one, plus the given first token."""
     scored = targets != ops.IGNORE_INDEX
     position = torch.arange(1, targets.shape[1] + 1, device=targets.device)
     return [max(n, 1) + 1 for n in (scored * position).amax(dim=1).tolist()]
