@@ -335,3 +335,11 @@ def test_controlled_comparison_names_what_sets_each_group_apart(tmp_path):
     changed = {rec["settings_hash"]: rec["settings_changed"] for rec in result["summary"]}
     assert changed["short"] == {"max_steps": 600} and changed["base"] == {}
     assert changed["sink"] == {"mem_position": "after_bos"}
+
+
+def test_figures_label_a_capacity_decided_over_fewer_passages():
+    row = dict(capacity=96, capacity_is_lower_bound=True, capacity_passages=3, texts=16,
+               lengths="16 32 64 80 96")
+    assert report_figures._capacity_label(row) == "≥ 96 (3/16)"
+    assert report_figures._capacity_label(dict(row, capacity_passages=16)) == "≥ 96"
+    assert report_figures._capacity_label(dict(row, capacity=None)) == "<16"

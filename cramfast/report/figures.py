@@ -80,9 +80,15 @@ def fig1(table: list[dict], out: Path, threshold=CAPACITY_THRESHOLD):
 
 
 def _capacity_label(row) -> str:
+    """A Table 1 row's capacity as its figures label it: "≥ 80" a lower bound, "(3/16)" decided
+    over fewer passages than the group's texts (a length still running)."""
     if row["capacity"] is None:
         return f"<{row['lengths'].split()[0]}" if row["lengths"] else "–"
-    return ("≥ " if row["capacity_is_lower_bound"] else "") + str(row["capacity"])
+    label = ("≥ " if row["capacity_is_lower_bound"] else "") + str(row["capacity"])
+    passages = row.get("capacity_passages")
+    if passages is not None and passages < row["texts"]:
+        label += f" ({passages}/{row['texts']})"
+    return label
 
 
 def fig3(groups: list[Group], out: Path, threshold=CAPACITY_THRESHOLD):
@@ -144,7 +150,7 @@ def fig4(table: list[dict], out: Path):
             bound = r["capacity_is_lower_bound"]
             ax.plot(r["n_mem"], r["capacity"], "^" if bound else "o", color=color,
                     markerfacecolor="none" if bound else color, markersize=7)
-            ax.annotate(("≥ " if bound else "") + str(r["capacity"]), (r["n_mem"], r["capacity"]),
+            ax.annotate(_capacity_label(r), (r["n_mem"], r["capacity"]),
                         textcoords="offset points", xytext=(6, -10), fontsize=7, color=color)
         points += [dict(model=model, source=source, settings=settings, n_mem=r["n_mem"],
                         capacity=r["capacity"], lower_bound=r["capacity_is_lower_bound"],
