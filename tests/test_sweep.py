@@ -204,19 +204,24 @@ def test_search_capacity_doubling_then_bisection(trained_path, corpus_file, tmp_
     assert again.calls == [] and summary2.ran == 0 and summary2.search == summary.search
 
 
+def stream_or_rounds(stream: bool, calls: dict):
+    """cramfast.compress_iter, its calls counted in calls[stream]; with stream False its results
+    come through a plain generator, which takes no more texts (so the sweep runs in rounds)."""
+    import cramfast
+
+    def compress_iter(texts, **kw):
+        calls[stream] += 1
+        results = cramfast.compress_iter(texts, **kw)
+        return results if stream else (item for item in results)
+    return compress_iter
+
+
 def test_search_without_rounds_stores_what_rounds_store(trained_path, corpus_file, tmp_path):
     """The real search: each text's next probe joins the running batch (the engine's Stream),
     in one batched call; through a compress_iter that takes no more texts it runs in rounds.
     Both store the same rows (fp64, no parallel attempts) and find the same capacities."""
-    import cramfast
     calls = {True: 0, False: 0}
-
-    def counted(stream):
-        def compress_iter(texts, **kw):
-            calls[stream] += 1
-            results = cramfast.compress_iter(texts, **kw)
-            return results if stream else (item for item in results)
-        return compress_iter
+    counted = lambda stream: stream_or_rounds(stream, calls)
 
     found = {}
     for stream in (True, False):
@@ -453,15 +458,8 @@ def test_climb_without_rounds_stores_what_rounds_store(trained_path, corpus_file
     and the lengths that then run join the running batch (the engine's Stream), in one batched
     call; through a compress_iter that takes no more texts it runs in rounds. Both store the
     same rows (fp64, no parallel attempts) and stop at the same length."""
-    import cramfast
     calls = {True: 0, False: 0}
-
-    def counted(stream):
-        def compress_iter(texts, **kw):
-            calls[stream] += 1
-            results = cramfast.compress_iter(texts, **kw)
-            return results if stream else (item for item in results)
-        return compress_iter
+    counted = lambda stream: stream_or_rounds(stream, calls)
 
     summaries = {}
     for stream in (True, False):

@@ -125,11 +125,9 @@ def test_workers_killed_mid_sweep_lose_nothing_and_store_nothing_twice(trained_p
     assert pool.status() == f"2 workers ({pool.replaced} replaced)"   # the progress bar's
 
 
-def test_a_capacity_search_on_ray_submits_each_probe_to_the_running_pool(trained_path, prose,
-                                                                           tmp_path, pool):
-    """One compress_iter call per group: each text's next probe is submitted the moment its
-    last one is stored (no rounds), and the search ends where a one-process search does."""
-    plan = ("8,32", "3", "--search", "capacity")
+def alone_and_on_ray(trained_path, prose, tmp_path, pool, plan):
+    """The same sweep in one process and on the pool: (its summaries, the pool's
+    compress_iter calls, each the count of texts it was first given)."""
     alone = sweep.run_sweep(sweep_grid(trained_path, prose, tmp_path / "one.db", *plan),
                             quiet=True)
     calls = []
@@ -140,29 +138,28 @@ def test_a_capacity_search_on_ray_submits_each_probe_to_the_running_pool(trained
 
     on_ray = sweep.run_sweep(sweep_grid(trained_path, prose, tmp_path / "ray.db", *plan),
                              quiet=True, compress_iter=counted, rank=0, world=1)
+    assert_same_rows(rows_by_key(tmp_path / "ray.db"), rows_by_key(tmp_path / "one.db"))
+    return alone, on_ray, calls
+
+
+def test_a_capacity_search_on_ray_submits_each_probe_to_the_running_pool(trained_path, prose,
+                                                                           tmp_path, pool):
+    """One compress_iter call per group: each text's next probe is submitted the moment its
+    last one is stored (no rounds), and the search ends where a one-process search does."""
+    alone, on_ray, calls = alone_and_on_ray(trained_path, prose, tmp_path, pool,
+                                            ("8,32", "3", "--search", "capacity"))
     assert calls == [3] and on_ray.ran == alone.ran > 3       # later probes were submitted
     assert on_ray.search == alone.search
-    assert_same_rows(rows_by_key(tmp_path / "ray.db"), rows_by_key(tmp_path / "one.db"))
 
 
 def test_a_climb_on_ray_submits_each_length_to_the_running_pool(trained_path, prose, tmp_path,
                                                                  pool):
     """A climb on Ray is one compress_iter call per group too: a length's next jobs are
     submitted the moment it is decided, and the climb stores what a one-process climb does."""
-    plan = ("8,12,16,24,32", "2", "--climb", "--preset", "fast")
-    alone = sweep.run_sweep(sweep_grid(trained_path, prose, tmp_path / "one.db", *plan),
-                            quiet=True)
-    calls = []
-
-    def counted(texts, **kwargs):
-        calls.append(len(texts))
-        return pool.compress_iter(texts, **kwargs)
-
-    on_ray = sweep.run_sweep(sweep_grid(trained_path, prose, tmp_path / "ray.db", *plan),
-                             quiet=True, compress_iter=counted, rank=0, world=1)
+    alone, on_ray, calls = alone_and_on_ray(trained_path, prose, tmp_path, pool,
+                                            ("8,12,16,24,32", "2", "--climb", "--preset", "fast"))
     assert calls == [4] and on_ray.ran == alone.ran > 4        # later lengths were submitted
     assert on_ray.climb == alone.climb
-    assert_same_rows(rows_by_key(tmp_path / "ray.db"), rows_by_key(tmp_path / "one.db"))
 
 
 class DictStore:
