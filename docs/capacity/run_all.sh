@@ -7,7 +7,7 @@
 # docs/capacity/report/ and docs/capacity/summary.json.
 #
 #   setsid bash -c 'echo 19 > /proc/self/autogroup; exec nice -n 19 bash docs/capacity/run_all.sh' \
-#       > docs/capacity/run_all.log 2>&1 < /dev/null &
+#       >> docs/capacity/run_all.log 2>&1 < /dev/null &
 #
 # (Linux shares the CPU between sessions before niceness counts: in a session of its own at
 # autogroup nice 19 the run takes only the CPU other work leaves; `nohup nice` alone would
