@@ -60,6 +60,19 @@ def study_passages(tokenizer, path, length: int, k: int, seed: int = 0) -> list[
     return sources.sample_passages(tokenizer, text, length, k, seed)
 
 
+def seconds_per_step(lm, texts, evaluations: int, drop_stopped=None) -> float:
+    """Stepping seconds per evaluation of ``texts`` in one batch (Hooks.on_timing, the
+    stepping alone): preset `paper` at lr 1e-9 so that nothing stops, every text evaluated
+    ``evaluations`` times in one stretch between host syncs; ``drop_stopped`` as Hooks'."""
+    from cramfast.engine import Hooks, compress
+    timings = []
+    compress(texts, model=lm, preset="paper", lr=1e-9, max_steps=evaluations - 1,
+             patience=1000, max_slots=len(texts), sync_every=evaluations,
+             hooks=Hooks(on_timing=timings.append, drop_stopped=drop_stopped))
+    stepping = [t for t in timings if t.phase == "steps"]
+    return sum(t.seconds for t in stepping) / sum(t.steps for t in stepping)
+
+
 def run(main: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> None:
     """Run a probe's ``main(args)`` as a command line and exit with its status."""
     def command() -> int:

@@ -11,23 +11,13 @@ The run quoted in docs/benchmarks.md, from the repository root:
 """
 from __future__ import annotations
 
-from cramfast.engine import Hooks, compress
+from cramfast.engine import compress
 from cramfast.errors import CramfastError
 from cramfast.models import load_model
 
 import _probe
 
 ARMS = (("length groups", None), ("one padded batch", False))
-
-
-def seconds_per_step(lm, texts, evaluations: int, drop_stopped) -> float:
-    """Stepping seconds per evaluation of ``texts`` in one batch."""
-    timings = []
-    compress(texts, model=lm, preset="paper", lr=1e-9, max_steps=evaluations - 1,
-             patience=1000, max_slots=len(texts), sync_every=evaluations,
-             hooks=Hooks(on_timing=timings.append, drop_stopped=drop_stopped))
-    stepping = [t for t in timings if t.phase == "steps"]
-    return sum(t.seconds for t in stepping) / sum(t.steps for t in stepping)
 
 
 def main(args):
@@ -40,7 +30,7 @@ def main(args):
     seconds = {name: [] for name, _ in ARMS}
     for _ in range(args.repeats):
         for name, drop in ARMS:
-            seconds[name].append(seconds_per_step(lm, texts, args.steps, drop))
+            seconds[name].append(_probe.seconds_per_step(lm, texts, args.steps, drop))
     tokens = sum(len(t) for t in texts)
     for name, _ in ARMS:
         best = min(seconds[name])

@@ -9,21 +9,11 @@ repository root:
 """
 from __future__ import annotations
 
-from cramfast.engine import Hooks, compress
+from cramfast.engine import compress
 from cramfast.errors import CramfastError
 from cramfast.models import load_model
 
 import _probe
-
-
-def seconds_per_step(lm, texts, evaluations: int) -> float:
-    """Stepping seconds per evaluation of ``texts`` in one batch."""
-    timings = []
-    compress(texts, model=lm, preset="paper", lr=1e-9, max_steps=evaluations - 1,
-             patience=1000, max_slots=len(texts), sync_every=evaluations,
-             hooks=Hooks(on_timing=timings.append))
-    stepping = [t for t in timings if t.phase == "steps"]
-    return sum(t.seconds for t in stepping) / sum(t.steps for t in stepping)
 
 
 def main(args):
@@ -34,7 +24,7 @@ def main(args):
                                   seed=0)
     compress(texts[:1], model=lm, max_steps=1, sync_every=1)          # warm-up
     for batch in args.batches:
-        step = seconds_per_step(lm, texts[:batch], args.steps)
+        step = _probe.seconds_per_step(lm, texts[:batch], args.steps)
         print(f"B={batch:2d}: {step * 1000:.0f} ms per step, "
               f"{step / batch * 1000:.1f} ms per text-step")
 
