@@ -26,5 +26,8 @@ def test_eight_tokens_of_a_novel_crammed_and_decoded(books_dir):
         assert res.steps <= 300 and res.info_gain_bits > 0
         decoded, _ = cramfast.decode(res, model=lm)
         assert decoded == ids
+        # Alone, not in the batch the result was measured in: the CPU's fp32 matmuls block
+        # differently by batch shape, and that rounding, carried through 30 layers, moves the
+        # summed CE by some 1e-6 relative, by CPU. A wrong mem or position moves it by far more.
         ce, correct, _ = engine.evaluate(lm, [ids], res.mem[None])
-        assert int(correct[0]) == 7 and float(ce[0]) == pytest.approx(res.ce_with_mem, rel=1e-6)
+        assert int(correct[0]) == 7 and float(ce[0]) == pytest.approx(res.ce_with_mem, rel=1e-4)
