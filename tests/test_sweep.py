@@ -76,7 +76,8 @@ def test_grid_from_toml_and_flags(tmp_path):
 
 def test_the_capacity_runs_script_names_grids_that_build(tmp_path):
     """docs/capacity/run_all.sh: every sweep it runs builds its grid (shipped config, preset,
-    factor flags), the controls' factors give groups of their own, and bash reads the script."""
+    factor flags), the controls' factors give groups of their own (the search shares the
+    grid's at its budget), and bash reads the script."""
     import shlex
     import subprocess
     script = REPO / "docs" / "capacity" / "run_all.sh"
@@ -92,7 +93,7 @@ def test_the_capacity_runs_script_names_grids_that_build(tmp_path):
                 args = (line.removeprefix("sweep ").replace('"$BOOKS"', "random")
                         .replace("$OUT", str(tmp_path)).replace("$factor", factor))
                 g = grid_args(*shlex.split(args))
-                assert g.climb and g.optim["max_steps"] in (600, 5000)
+                assert (g.climb or g.search) and g.optim["max_steps"] in (600, 5000)
                 hashes.setdefault(g.db, set()).add(g.settings_hash())
     assert len(hashes) == 6 and len(hashes[str(tmp_path / "controls.db")]) == 8
 

@@ -43,14 +43,16 @@ table_and_fig4() {
 
 # the controlled table (one factor changed per run, the first 8 passages of pg19-fast's) and
 # Table 1's random-word column. Every factor first at the short budget (600 steps: a row costs
-# about an hour of one CPU thread), beside `fast` and `paper` at 600; then random words at 5000;
-# then the factors again at 5000 steps
+# about an hour of one CPU thread), beside `fast` and `paper` at 600, and the per-text search
+# beside `fast` at 600 (its probes at the grid's lengths are the grid's rows); then random words
+# at 5000; then the factors again at 5000 steps
 controls_and_random() {
     sweep --config capacity-controls --source "$BOOKS" --preset fast --max-steps 600 --db $OUT/controls.db
     sweep --config capacity-controls --source "$BOOKS" --preset paper --max-steps 600 --db $OUT/controls.db
     sweep --config capacity-controls --source "$BOOKS" --preset fast --max-steps 600 --set mem_position=after_bos --db $OUT/controls.db
     sweep --config capacity-controls --source "$BOOKS" --preset fast --max-steps 600 --set mem_position=before_bos --db $OUT/controls.db
     sweep --config capacity-controls --source "$BOOKS" --preset paper --max-steps 600 --set lr=0.5std --db $OUT/controls.db
+    sweep --config capacity-search --source "$BOOKS" --preset fast --max-steps 600 --db $OUT/controls.db
     sweep --config capacity-random --preset fast --db $OUT/random-fast.db
     sweep --config capacity-controls --source "$BOOKS" --preset fast --set mem_position=after_bos --db $OUT/controls.db
     sweep --config capacity-controls --source "$BOOKS" --preset fast --set mem_position=before_bos --db $OUT/controls.db
