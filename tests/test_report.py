@@ -271,9 +271,13 @@ def test_passages_lower_bounds_and_no_capacity_are_labelled():
     table = report_groups.table_rows(groups)
     assert report._capacity_cell(table[0]) == "≥ 16 (2/3)" and report._capacity_cell(
         table[1]) == "<8"
-    lines = report.per_length_table(report_groups.per_length_rows(groups), 0.99).splitlines()
+    per_length = report_groups.per_length_rows(groups)
+    lines = report.per_length_table(per_length, 0.99, show_settings=False).splitlines()
     assert lines[3] == "| EleutherAI/pythia-160m | pg19 | 1 | 16 | 2/3 | 1.0000 | " \
-        "1.0000 – 1.0000 | yes | yes |"
+        "1.0000 – 1.0000 | yes | yes | 160 |"                  # steps: 10 per token in row()
+    with_settings = report.per_length_table(per_length, 0.99, show_settings=True).splitlines()
+    assert with_settings[0].startswith("| model | source | m | settings | L |")
+    assert with_settings[3].startswith("| EleutherAI/pythia-160m | pg19 | 1 | h1 | 16 | 2/3 |")
 
 
 def test_accuracy_interval_is_the_normal_one_over_texts():

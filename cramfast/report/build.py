@@ -133,19 +133,22 @@ def capacity_table(table: list[dict], summary: list[dict], show_settings: bool) 
     return tables.markdown_table(head, body)
 
 
-def per_length_table(per_length: list[dict], threshold: float) -> str:
+def per_length_table(per_length: list[dict], threshold: float, show_settings: bool) -> str:
     """Mean accuracy per group and length with its 95% interval and its passages ("3/4": fewer
-    than the group's texts); "counted": a length the paper's capacity is decided at."""
-    head = ["model", "source", "m", "L", "passages", "mean accuracy", "95% interval",
-            f"≥ {threshold:g}", "counted"]
+    than the group's texts); "counted": a length the paper's capacity is decided at; the mean
+    steps of its texts (what the length cost)."""
+    head = ["model", "source", "m"] + (["settings"] if show_settings else []) + [
+        "L", "passages", "mean accuracy", "95% interval", f"≥ {threshold:g}", "counted",
+        "mean steps"]
     body = []
     for p in per_length:
         passages = str(p["passages"]) + (f"/{p['texts']}" if p["passages"] < p["texts"] else "")
         interval = ("–" if p["ci95_low"] is None
                     else f"{p['ci95_low']:.4f} – {p['ci95_high']:.4f}")
-        body.append([p["model"], p["source"], str(p["n_mem"]), str(p["length"]), passages,
-                     _fmt(p["mean_accuracy"], 4), interval, _fmt(p["passes"]),
-                     _fmt(p["counted"])])
+        body.append([p["model"], p["source"], str(p["n_mem"])]
+                    + ([p["settings"]] if show_settings else [])
+                    + [str(p["length"]), passages, _fmt(p["mean_accuracy"], 4), interval,
+                       _fmt(p["passes"]), _fmt(p["counted"]), _fmt(p["mean_steps"], 0)])
     return tables.markdown_table(head, body)
 
 
@@ -246,7 +249,8 @@ def make_report(dbs, out_dir, threshold: float = CAPACITY_THRESHOLD, paper: bool
             "## Table 1", "", md, "", legend, "",
             "## Capacity: the paper's and per text", "", capacities, ""]
     text += [f"- {line}" for line in capacity_sentences(threshold)] + [""]
-    text += ["## Mean accuracy per length", "", per_length_table(per_length, threshold), "",
+    text += ["## Mean accuracy per length", "",
+             per_length_table(per_length, threshold, show_settings), "",
              "95% interval: normal approximation over the texts' accuracies (mean ± 1.96 · sd / "
              "√n), none for one text, zero wide when every text has the same accuracy. "
              "Passages \"3/4\": the length was run for fewer than the group's texts. All in "
