@@ -15,7 +15,7 @@ import torch
 
 import cramfast
 from cramfast import results_io
-from cramfast.engine import checkpoint
+from cramfast.engine import checkpoint, stopping
 from cramfast.sweep import runner as sweep
 from cramfast.sweep import store
 
@@ -130,6 +130,52 @@ def test_checkpoints_are_saved_when_due(lm, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# a polite stop (engine/stopping.py): SIGTERM or Ctrl-C saves every text in flight, then ends
+
+
+def test_a_sigterm_saves_every_text_in_flight_at_the_next_sync_and_the_rerun_ends_the_same(
+        lm, tmp_path):
+    """No save is due in the run (checkpoint_seconds 1e9): what the rerun resumes from is the
+    stop's own save."""
+    texts = corpus_texts(lm.tokenizer, [40, 56, 64, 80], seed=1)
+    kw = dict(HARD, fill_slots=0, checkpoint_seconds=1e9)
+    expected = cramfast.compress(texts, model=lm, **kw)
+    folder, got = tmp_path / "ckpt", {}
+    with stopping.stop_on_signals(), pytest.raises(stopping.Stopped) as stop:
+        for i, result in cramfast.compress_iter(texts, model=lm, checkpoint=folder, **kw):
+            got[i] = result
+            signal.raise_signal(signal.SIGTERM)     # as the first text comes: three in flight
+    assert stop.value.signum == signal.SIGTERM and stop.value.saved == len(texts) - len(got)
+    assert 0 < len(got) < len(texts) and len(list(folder.iterdir())) == stop.value.saved
+    left = [i for i in range(len(texts)) if i not in got]
+    got.update(zip(left, cramfast.compress([texts[i] for i in left], model=lm, checkpoint=folder,
+                                           **kw)))
+    assert_identical([got[i] for i in range(len(texts))], expected)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL      # the handlers are put back
+
+
+def test_a_stop_with_no_loop_running_or_a_second_signal_stops_at_once():
+    with stopping.stop_on_signals(), pytest.raises(stopping.Stopped) as stop:
+        signal.raise_signal(signal.SIGINT)           # nothing in flight: nothing to wait for
+    assert (stop.value.signum, stop.value.saved) == (signal.SIGINT, None)
+    lines = []
+    with stopping.stop_on_signals(lines.append), stopping.saving_loop():
+        signal.raise_signal(signal.SIGTERM)          # a loop runs: it is asked, not killed
+        signal.raise_signal(signal.SIGTERM)          # the same stop, forwarded by a wrapper
+        assert stopping.stop_signal() == signal.SIGTERM and len(lines) == 1
+        time.sleep(stopping.ECHO_SECONDS)
+        with pytest.raises(stopping.Stopped):
+            signal.raise_signal(signal.SIGTERM)      # a second stop
+    assert stopping.stop_signal() is None
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)    # as a job started with `&` is
+    try:
+        with stopping.stop_on_signals():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# ---------------------------------------------------------------------------------------------
 # a sweep killed with SIGKILL 20 times
 
 
@@ -190,7 +236,39 @@ def test_a_sweep_killed_20_times_loses_nothing_and_ends_as_uninterrupted(tmp_pat
         assert {k: got[key][k] for k in compared} == {k: row[k] for k in compared}, key
 
 
-def test_compress_with_a_checkpoint_folder_resumes_after_a_kill(tmp_path, corpus_file):
+def test_a_sweep_sent_sigterm_saves_its_texts_exits_143_and_the_rerun_ends_as_uninterrupted(
+        tmp_path, corpus_file):
+    args = ["--model", str(TRAINED), "--source", str(corpus_file), "--lengths", "16,48",
+            "--samples", "3", "--dtype", "fp64", "--max-steps", "600", "--lr", "0.03",
+            "--max-slots", "32", "--checkpoint-every", "1000000", "--threads", "1", "--quiet"]
+    assert sweep.main([*args, "--db", str(tmp_path / "once.db")]) == 0
+    db = tmp_path / "stopped.db"
+    proc = subprocess.Popen([sys.executable, "-m", "cramfast.sweep", *args, "--db", str(db)],
+                            cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while proc.poll() is None and _saved(db)[0] == 0 and time.time() < deadline:
+        time.sleep(0.02)                 # the first row stored: the others are in flight
+    assert proc.poll() is None, "the sweep ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err and "text(s) in flight saved" in err
+    rows, saved_at = _saved(db)
+    assert 0 < rows < 6 and saved_at > 0        # saved by the stop: no save was due before
+    assert sweep.main([*args, "--db", str(db)]) == 0
+    expected = {tuple(r[k] for k in store.KEY): r
+                for r in store.read_runs([tmp_path / "once.db"], with_mem=True)}
+    got = {tuple(r[k] for k in store.KEY): r for r in store.read_runs([db], with_mem=True)}
+    assert got.keys() == expected.keys()
+    for key, row in expected.items():
+        assert {k: got[key][k] for k in ("steps", "stop_reason", "mem", "ce_with_mem")} == {
+            k: row[k] for k in ("steps", "stop_reason", "mem", "ce_with_mem")}, key
+
+
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_compress_with_a_checkpoint_folder_resumes_after_a_kill(tmp_path, corpus_file, stop):
+    """SIGKILL: the rerun goes on from the last save; SIGTERM: from the stop's own save."""
     command = [sys.executable, "-m", "cramfast", "compress", "--model", str(TRAINED), "--dtype",
                "fp64", "--file", str(corpus_file), "--length", "56", "--samples", "3", "--lr",
                "0.05", "--set", "stall_steps=25", "--max-steps", "300", "--threads", "1",
@@ -201,15 +279,17 @@ def test_compress_with_a_checkpoint_folder_resumes_after_a_kill(tmp_path, corpus
     folder = tmp_path / "ckpt"
     resume = ("--checkpoint", str(folder), "--checkpoint-every", "0")
     proc = subprocess.Popen([*command, "--out", "killed", *resume], cwd=tmp_path, env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while proc.poll() is None and not list(folder.glob("*.pt")) and time.time() < deadline:
         time.sleep(0.02)
     time.sleep(0.5)
     assert proc.poll() is None, "it finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.kill(proc.pid, stop)
+    _, err = proc.communicate(timeout=120)
     assert list(folder.glob("*.pt"))
+    if stop == signal.SIGTERM:
+        assert proc.returncode == 143 and "stopped by SIGTERM" in err.splitlines()[-1], err
     assert run("--out", "resumed", *resume).returncode == 0
     assert not list(folder.iterdir())
     once, _ = results_io.read_results(tmp_path / "once")

@@ -6,6 +6,7 @@ done and says so. Bad input: one line on stderr naming the value and the flag, e
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import sys
@@ -19,6 +20,7 @@ from cramfast.cli.flags import add_flags, setting_flags
 from cramfast.cli.threads import busy_cores, default_threads, set_threads  # noqa: F401 (tests)
 from cramfast.cli.tools import Parser, at_least, run
 from cramfast.engine.hooks import Hooks
+from cramfast.engine.stopping import Stopped, stop_on_signals
 from cramfast.errors import CramfastError
 from cramfast.presets import DEFAULT_PRESET
 from cramfast.results_io import ResultWriter, read_results
@@ -100,19 +102,24 @@ def _compress(args) -> int:
     progress.start(len(texts))
     progress.line(_format_row(COLUMNS))
     rows, start = [], time.perf_counter()
+    # with --checkpoint, SIGTERM or Ctrl-C first saves every text in flight (engine/stopping.py)
+    polite = (stop_on_signals(lambda line: print(f"cramfast: {line}", file=sys.stderr))
+              if args.checkpoint else contextlib.nullcontext())
     try:
-        for index, res in results:
-            rows.append(table_row(index, res))
-            if writer:
-                writer.write(index, res)
-            progress.done(_format_row(rows[-1].values()))
-    except KeyboardInterrupt:
+        with polite:
+            for index, res in results:
+                rows.append(table_row(index, res))
+                if writer:
+                    writer.write(index, res)
+                progress.done(_format_row(rows[-1].values()))
+    except (KeyboardInterrupt, Stopped) as exc:
         progress.close()
         _write_tables(args, rows)
         kept = f", kept in {args.out}" if writer and writer.written else ""
-        print(f"cramfast: interrupted: {len(rows)} of {len(texts)} results done{kept}",
+        saved = f"; {exc}, the same command goes on" if isinstance(exc, Stopped) else ""
+        print(f"cramfast: interrupted: {len(rows)} of {len(texts)} results done{kept}{saved}",
               file=sys.stderr)
-        return 130
+        return 128 + exc.signum if isinstance(exc, Stopped) else 130
     progress.close()
     _write_tables(args, rows)
     wall = time.perf_counter() - start

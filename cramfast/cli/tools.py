@@ -1,5 +1,6 @@
 """What every command line of cramfast shares: bad input is one line on stderr and exit code 2,
-naming the flag to change; Ctrl-C is one line and exit code 130; library chatter (loading bars,
+naming the flag to change; Ctrl-C is one line and exit code 130 (a run that checkpoints first
+saves its texts in flight: 128 + the signal's number); library chatter (loading bars,
 config warnings) stays quiet so that the line a user needs is not buried."""
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 import warnings
 from collections.abc import Callable
 
+from cramfast.engine.stopping import Stopped
 from cramfast.errors import CramfastError
 from cramfast.settings import RESULT_SETTINGS, SettingError
 
@@ -17,7 +19,7 @@ def run(prog: str, command: Callable[[], int], flags: dict[str, str] | None = No
     """Run ``command``; a CramfastError becomes "PROG: error: MESSAGE" and exit 2 (a bad setting
     also says which flag sets it: ``flags`` maps setting names to this program's flags, other
     result-changing settings are set with --set), KeyboardInterrupt "PROG: " + ``interrupted``
-    and 130."""
+    and 130, a polite stop by signal S (engine/stopping.py) its line and 128 + S."""
     quiet_libraries()
     warnings.formatwarning = lambda message, *args, **kwargs: f"{prog}: warning: {message}\n"
     try:
@@ -28,6 +30,9 @@ def run(prog: str, command: Callable[[], int], flags: dict[str, str] | None = No
     except CramfastError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except Stopped as exc:              # a polite stop (engine/stopping.py): nothing lost
+        print(f"{prog}: {exc}; {interrupted}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print(f"{prog}: {interrupted}", file=sys.stderr)
         return 130

@@ -21,6 +21,7 @@ The path, top to bottom:
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from collections import deque
@@ -38,6 +39,7 @@ from cramfast.engine.optim import SlotState
 from cramfast.engine.scheduler import Scheduler
 from cramfast.engine.sizing import size_batch
 from cramfast.engine.step import GraphedSteps, make_stepper, pad_batch, use_cuda_graphs
+from cramfast.engine.stopping import Stopped, saving_loop, stop_signal
 from cramfast.errors import CramfastError
 from cramfast.metrics import CompressionResult, decoded_back, make_result
 from cramfast.models import LoadedModel, load_model
@@ -175,10 +177,17 @@ def optimize(lm: LoadedModel, jobs: list[Job], n_mem: int, batch: BatchSettings,
              incoming: deque | None = None, budget: int = 0):
     """Drive the scheduler; yields the list of jobs finished at each sync (their ``result``
     filled in). Each scheduler job is one Attempt, its id drawn from one counter. With a
-    ``checkpointer``, texts it holds a record of go on from there, and every text in flight is
-    saved when a save is due. ``incoming``: jobs that arrive while it runs (a Stream's); each
+    ``checkpointer``, texts it holds a record of go on from there, every text in flight is
+    saved when a save is due, and a polite stop (stopping.py) saves them all at the next sync
+    and raises Stopped. ``incoming``: jobs that arrive while it runs (a Stream's); each
     joins the queue at the next sync, and the run ends when nothing is running, queued or
     incoming. ``budget``: tokens the longest of them may need (padded length + n_mem)."""
+    with saving_loop() if checkpointer else contextlib.nullcontext():
+        yield from _optimize(lm, jobs, n_mem, batch, backend, hooks, checkpointer, incoming,
+                             budget)
+
+
+def _optimize(lm, jobs, n_mem, batch, backend, hooks, checkpointer, incoming, budget):
     hooks = hooks or Hooks()
     incoming = deque() if incoming is None else incoming
     budget = max(batch.token_budget, budget, max(len(j.token_ids) for j in jobs) + n_mem)
@@ -236,7 +245,8 @@ def optimize(lm: LoadedModel, jobs: list[Job], n_mem: int, batch: BatchSettings,
             done = verify_decodes(lm, sched, attempts, done, attempt_ids, layout)
             if hooks.on_timing:
                 hooks.on_timing(Timing("decode_check", time.perf_counter() - started, checked, 0))
-        if checkpointer and checkpointer.due(sched.evaluations()):
+        stopping = checkpointer is not None and stop_signal() is not None
+        if checkpointer and (stopping or checkpointer.due(sched.evaluations())):
             started = time.perf_counter()
             records = in_flight(attempts, state, sched)
             checkpointer.save(records, sched.evaluations())
@@ -247,6 +257,8 @@ def optimize(lm: LoadedModel, jobs: list[Job], n_mem: int, batch: BatchSettings,
             yield done
             if checkpointer:                # the caller has taken them: their records can go
                 checkpointer.finished([job.index for job in done])
+        if stopping:                        # a polite stop (stopping.py): all saved, all handed
+            raise Stopped(stop_signal(), len(records))
 
 
 def idle_rows(occupied: list[int], max_slots: int) -> list[int]:

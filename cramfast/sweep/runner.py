@@ -49,6 +49,7 @@ from cramfast import models
 from cramfast.cli.flags import add_flags, setting_flags
 from cramfast.cli.threads import set_threads
 from cramfast.cli.tools import Parser, at_least, run
+from cramfast.engine.stopping import stop_on_signals
 from cramfast.errors import CramfastError
 from cramfast.metrics import CAPACITY_THRESHOLD
 from cramfast.sources import CHUNKINGS
@@ -595,8 +596,10 @@ def _sweep_and_report(args) -> int:
     if args.engine == "ray":
         summary = _on_ray(grid, args)
     else:
-        summary = run_sweep(grid, quiet=args.quiet,
-                            before_work=lambda: set_threads(args.threads, "cramfast.sweep"))
+        # SIGTERM or Ctrl-C first saves every text in flight in the store (engine/stopping.py)
+        with stop_on_signals(lambda line: print(f"cramfast.sweep: {line}", file=sys.stderr)):
+            summary = run_sweep(grid, quiet=args.quiet,
+                                before_work=lambda: set_threads(args.threads, "cramfast.sweep"))
     print(summary.line())
     if summary.search:
         caps = sorted(summary.search.values())

@@ -11,8 +11,10 @@
 #
 # (Linux shares the CPU between sessions before niceness counts: in a session of its own at
 # autogroup nice 19 the run takes only the CPU other work leaves; `nohup nice` alone would
-# still take half of it.) Stop it with kill -TERM -- -PGID (the chains go with it). Append
-# [BOOKS] after run_all.sh for another folder of books.
+# still take half of it.) Stop it with kill -TERM -- -PGID (the chains go with it): each sweep
+# saves every text in flight at its next sync, then exits (with long texts on one thread, some
+# minutes later: wait until no cramfast.sweep runs). Append [BOOKS] after run_all.sh for another
+# folder of books.
 #
 # BOOKS: a folder of .txt books, the PG-19 stand-in (default ../shared/data/books); PYTHON: the
 # interpreter (default .venv/bin/python); CHECKPOINT_EVERY: seconds between checkpoints;
@@ -62,6 +64,7 @@ controls_and_random() {
 
 if [[ $CHAINS == 2 ]]; then
     trap 'trap - TERM INT; kill -TERM 0' TERM INT     # a stop takes both chains with it
+    # (a sweep takes a copy of the stop within a second as the same stop: engine/stopping.py)
     table_and_fig4 & first=$!
     controls_and_random & second=$!
     status=0
