@@ -315,6 +315,14 @@ class Store:
     def checkpoints(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0]
 
+    def checkpoint_records(self) -> list[tuple[bytes, float]]:
+        """Every text in flight: (its record, when it was saved, as time.time()); none in a
+        store made before checkpoints were kept."""
+        try:
+            return self.conn.execute("SELECT record, saved_at FROM checkpoints").fetchall()
+        except sqlite3.OperationalError:        # no table checkpoints
+            return []
+
     def _checkpoint_transaction(self, sql: str, rows: list[tuple]):
         if rows:
             self._transaction("save checkpoints", lambda: self.conn.executemany(sql, rows))

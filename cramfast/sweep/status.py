@@ -1,0 +1,115 @@
+"""``python -m cramfast.sweep.status DB [DB...]``: where a sweep stands, read from its store
+while it runs (or after it was stopped).
+
+For every group of stored rows (model, source, m and settings, as the report groups them: the
+preset, the budget and the settings changed from the preset named), per length: the rows
+stored, how many are lossless, their mean accuracy and mean steps. Then the texts in flight,
+from the store's checkpoints: per m and length, how many, the steps they have run, their best
+teacher-forced accuracy so far and the steps their budget leaves at most (an upper bound on what
+they still cost), and when the newest of them was saved (a sweep that has saved nothing for
+long is not running). A checkpoint does not say which passage or group it belongs to, only its
+text's length, m and settings.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from collections import defaultdict
+
+from cramfast.cli.tools import Parser, run
+from cramfast.engine.checkpoint import unpack
+from cramfast.report.groups import groups_of, mean_of, overrides, sweep_record
+from cramfast.report.tables import markdown_table
+from cramfast.sweep import store
+
+
+def stored_table(rows: list[dict]) -> str:
+    """Per group and length: rows, lossless ones, mean accuracy, mean steps."""
+    body = []
+    for g in groups_of(rows):
+        record = sweep_record(g.rows[0])
+        budget = (record.get("optim") or {}).get("max_steps")
+        changed = {k: v for k, v in overrides(g).items() if k != "max_steps"}
+        what = ", ".join([record.get("preset") or "?", f"{budget or '?'} steps"]
+                         + [f"{k}={v}" for k, v in sorted(changed.items())])
+        what += f" [{g.settings_hash[:8]}]"
+        for length, at in g.per_length().items():
+            lossless = sum(r["stop_reason"] == "lossless" for r in at)
+            body.append([g.model_label, g.source_label, str(g.n_mem), what, str(length),
+                         str(len(at)), str(lossless),
+                         f"{mean_of([r['accuracy'] for r in at]):.4f}",
+                         f"{mean_of([r['steps'] for r in at]):.0f}"])
+    return markdown_table(["model", "source", "m", "settings", "L", "stored", "lossless",
+                           "mean accuracy", "mean steps"], body)
+
+
+def in_flight(records: list[tuple[bytes, float]]) -> list[dict]:
+    """One entry per text in flight: m, L, steps run, best accuracy so far, budget, when saved
+    (texts whose record cannot be read, or whose attempts are all queued, are counted apart)."""
+    out = []
+    for blob, saved_at in records:
+        record = unpack(blob)
+        slots = [a["slot_state"] for a in (record or {}).get("attempts", [])
+                 if a.get("slot_state") is not None]
+        if not slots:
+            out.append(dict(readable=record is not None, saved_at=saved_at))
+            continue
+        n_pred = int(slots[0]["n_pred"])
+        steps = max(int(s["steps"]) for s in slots)
+        out.append(dict(readable=True, saved_at=saved_at, n_mem=int(slots[0]["mem"].shape[0]),
+                        length=n_pred + 1, steps=steps,
+                        best=max(int(s["best_correct"]) for s in slots) / max(n_pred, 1),
+                        left=max(int(s["max_steps"]) - int(s["steps"]) for s in slots)))
+    return out
+
+
+def in_flight_table(texts: list[dict]) -> str:
+    groups = defaultdict(list)
+    for t in texts:
+        if "length" in t:
+            groups[(t["n_mem"], t["length"])].append(t)
+    body = []
+    for (n_mem, length), at in sorted(groups.items()):
+        steps, best = [t["steps"] for t in at], [t["best"] for t in at]
+        body.append([str(n_mem), str(length), str(len(at)), f"{min(steps)}–{max(steps)}",
+                     f"{min(best):.3f}–{max(best):.3f}", f"{sum(t['left'] for t in at):,}"])
+    return markdown_table(["m", "L", "in flight", "steps run", "best accuracy so far",
+                           "steps left at most"], body)
+
+
+def status(path) -> str:
+    """The status of one store (with its rank shards) as text."""
+    files = store.family(path)
+    rows = store.read_runs([path])      # refuses a path that holds no store, in one line
+    records = []
+    for f in files:
+        with store.Store(f, create=False) as s:
+            records += s.checkpoint_records()
+    lines = [f"{path}: {len(rows)} row(s) stored, {len(records)} text(s) in flight", ""]
+    if rows:
+        lines += [stored_table(rows), ""]
+    if records:
+        texts = in_flight(records)
+        ago = (time.time() - max(t["saved_at"] for t in texts)) / 60
+        unplaced = sum("length" not in t for t in texts)
+        lines += [in_flight_table(texts), "",
+                  f"newest save {ago:.0f} min ago"
+                  + (f"; {unplaced} record(s) unreadable or not started" if unplaced else ""),
+                  ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = Parser(prog="python -m cramfast.sweep.status", description=__doc__.split("\n\n")[0])
+    p.add_argument("dbs", nargs="+", metavar="DB", help="stores written by cramfast.sweep")
+    args = p.parse_args(argv)
+
+    def show() -> int:
+        for path in args.dbs:
+            print(status(path))
+        return 0
+    return run("cramfast.sweep.status", show)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""python -m cramfast.sweep.status: the rows a store holds per group and length, and the texts
+in flight from its checkpoints, read from a store a sweep wrote and a run stopped mid-way."""
+import pytest
+
+import cramfast
+from cramfast.sweep import runner as sweep
+from cramfast.sweep import status, store
+
+from conftest import TRAINED, corpus_texts, write_rotated_corpus
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+class Stop(Exception):
+    """Stands in for a kill: raised right after the store's second save of the texts in flight."""
+
+
+class StopAfterTwoSaves(store.Store):
+    saves = 0
+
+    def put(self, records):
+        super().put(records)
+        self.saves += 1
+        if self.saves == 2:
+            raise Stop
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    """A store with 2 lengths x 2 rows from a sweep, and 2 texts of 40 tokens in flight."""
+    tmp = tmp_path_factory.mktemp("status")
+    path = tmp / "s.db"
+    assert sweep.main(["--model", str(TRAINED), "--source", str(write_rotated_corpus(tmp)),
+                       "--lengths", "8,16", "--samples", "2", "--dtype", "fp64",
+                       "--max-steps", "200", "--threads", "1", "--quiet",
+                       "--db", str(path)]) == 0
+    lm = cramfast.load_model(str(TRAINED), dtype="fp64")
+    texts = corpus_texts(lm.tokenizer, [40, 40])
+    with StopAfterTwoSaves(path) as saved, pytest.raises(Stop):
+        list(cramfast.compress_iter(texts, model=lm, max_steps=300, lr=0.05, stall_steps=25,
+                                    checkpoint=saved, checkpoint_seconds=0))
+    return path
+
+
+def test_status_counts_the_stored_rows_per_length_and_the_texts_in_flight(db):
+    text = status.status(db)
+    assert text.startswith(f"{db}: 4 row(s) stored, 2 text(s) in flight")
+    stored = [line for line in text.splitlines() if line.startswith("| tiny-llama-trained")]
+    assert [line.split(" | ")[4:6] for line in stored] == [["8", "2"], ["16", "2"]]
+    [flight] = [line for line in text.splitlines() if line.startswith("| 1 | 40 |")]
+    assert flight.split(" | ")[2] == "2"                    # both texts, at L = 40
+    steps = flight.split(" | ")[3]
+    assert 0 < int(steps.split("–")[0]) < 300               # part of the budget run
+    assert "newest save 0 min ago" in text
+
+
+def test_the_command_prints_every_store_and_a_path_that_is_not_one_is_a_one_line_error(
+        db, tmp_path, capsys):
+    assert status.main([str(db), str(db)]) == 0
+    assert capsys.readouterr().out.count("2 text(s) in flight") == 2
+    notdb = tmp_path / "notes.txt"
+    notdb.write_text("not a store")
+    assert status.main([str(notdb)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(
+        "cramfast.sweep.status: error:"), err
