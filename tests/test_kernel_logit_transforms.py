@@ -36,6 +36,12 @@ def make_case(n, d, v, spread, dtype, bias=True, masked=(), seed=0):
     return cast(hidden), cast(weight), targets.to(DEVICE), cast(b)
 
 
+def transformed_logits(hidden, weight, targets, bias, scale, cap):
+    """(n, v) logits as the model's head gives them: scaled, then soft-capped."""
+    z = (hidden @ weight.T + (0 if bias is None else bias)) * scale
+    return z if cap is None else cap * torch.tanh(z / cap)
+
+
 def run(backend, hidden, weight, targets, bias, **transform):
     h = hidden.detach().clone().requires_grad_()
     loss, argmax, margin = ops.linear_cross_entropy(h, weight, targets, bias, backend=backend,
@@ -67,8 +73,16 @@ def test_transformed_logits_match_the_reference(backend, dtype, transform, shape
     torch.testing.assert_close(margin.double()[scored], ref_margin[scored], **bar(2))
     torch.testing.assert_close(grad.double(), ref_grad, **bar(3))
     assert (argmax[~scored] == -1).all() and (loss[~scored] == 0).all()
+    # the argmax: exact in fp32 where the reference's top two logits are apart by more than
+    # fp32 reorderings move them (of 65k logits, two can be within that); elsewhere, and in
+    # 16-bit, a logit within the bar of the row's max
+    logits = transformed_logits(*up, scale, cap)[scored]
+    picked = logits.gather(1, argmax[scored][:, None]).squeeze(1)
+    assert (picked >= logits.max(dim=1).values - bar(2)["atol"]).all()
     if dtype == torch.float32:
-        assert torch.equal(argmax, ref_argmax)
+        top2 = logits.topk(2, dim=1).values
+        apart = top2[:, 0] - top2[:, 1] > 1e-4
+        assert torch.equal(argmax[scored][apart], ref_argmax[scored][apart])
     if cap is not None:     # the cap binds: every logit within it, the argmax of capped ones
         assert float(ref_margin[scored].abs().max()) < 2 * cap
 
