@@ -554,9 +554,18 @@ def test_climb_shards_texts_across_ranks(trained_path, corpus_file, tmp_path, mo
     fakes = [fake_compressor(lambda ids: 20) for _ in range(2)]
     summaries, errors = {}, []
 
+    def rank0_late_ahead(texts, *args, **kwargs):
+        # rank 0's rows of the length ahead land well after those of the length being decided:
+        # rank 1 must still wait for them before its next round (no race decides the rounds)
+        for i, result in fakes[0](texts, *args, **kwargs):
+            if len(texts[i]) > min(len(t) for t in texts):
+                time.sleep(0.2)
+            yield i, result
+
     def rank(r):
         try:
-            summaries[r] = sweep.run_sweep(g, quiet=True, compress_iter=fakes[r], rank=r, world=2)
+            summaries[r] = sweep.run_sweep(g, quiet=True, rank=r, world=2,
+                                           compress_iter=rank0_late_ahead if r == 0 else fakes[1])
         except Exception as exc:      # shown by the assertion below
             errors.append(exc)
     threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]

@@ -337,7 +337,8 @@ class _RankRunner:
     def _climb_rounds(self, mid, n_mem, seed, climbs: dict, units):
         """One model / n_mem / seed's climbs, one batched call per round: every group's next
         length (and the one after, where it runs either way), then, once every rank's rows of
-        it are stored (read from their shards), the decisions."""
+        both are stored (read from their shards), the decisions: each rank decides from the
+        same rows, so the rounds do not depend on which rank's rows land first."""
         lm = None
         while climbs:
             todo, waiting = [], []
@@ -351,7 +352,7 @@ class _RankRunner:
                 ahead = [] if self.grid.warm_start else state.ahead  # warm: needs L's mem
                 todo += [j for j in state.current + ahead
                          if text_of(j) in units and j.key not in self.stored]
-                waiting += state.current
+                waiting += state.current + ahead
             if todo:
                 lm = lm or self._load(mid)
                 self._compress(lm, todo, n_mem, seed, origin="climb",
