@@ -64,6 +64,16 @@ def _tiny_config(arch: str, vocab: int):
 ARCHS = ("llama", "gpt_neox", "gpt2", "opt")
 
 
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """A CLI run in-process sets torch's thread count (--threads): the tests after it keep
+    theirs, since a reduction's rounding can follow the thread count."""
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """{arch: folder} of tiny causal LMs saved with save_pretrained (random init, the shipped
