@@ -8,6 +8,7 @@ import cramfast
 import cramfast.settings
 from cramfast import engine
 from cramfast.engine import Hooks
+from cramfast.engine.step import pad_batch, predict
 
 from conftest import corpus_texts
 
@@ -79,9 +80,15 @@ def test_triton_and_torch_backends_agree(trained_path):
     kw = dict(model=lm, lr=0.03, max_steps=12, sync_every=4)
     by_torch = cramfast.compress(texts, backend="torch", **kw)
     by_triton = cramfast.compress(texts, backend="triton", **kw)
-    for a, b in zip(by_torch, by_triton):
-        assert (a.steps, a.stop_reason, a.accuracy) == (b.steps, b.stop_reason, b.accuracy)
+    for ids, a, b in zip(texts, by_torch, by_triton):
+        assert (a.steps, a.stop_reason) == (b.steps, b.stop_reason)
         torch.testing.assert_close(a.mem, b.mem, rtol=1e-4, atol=1e-4)
+        # a position whose target ties its best rival (|margin| within fp32 reordering of the two
+        # backends' sums) may go either way on another CPU; every other one must agree
+        padded, targets = pad_batch([ids], len(ids), lm.device)
+        ties = int((predict(lm, padded, targets, a.mem[None], "torch")[2].abs() < 1e-3).sum())
+        n = a.n_tokens - 1
+        assert abs(round(a.accuracy * n) - round(b.accuracy * n)) <= ties
         assert a.ce_with_mem == pytest.approx(b.ce_with_mem, rel=1e-4)
 
 

@@ -1,5 +1,6 @@
 """The optimizer study: candidates share one batch and give the same numbers as separate runs."""
 import pytest
+import torch
 
 import cramfast
 from cramfast.study import runner as study
@@ -8,7 +9,9 @@ from conftest import CORPUS, corpus_texts
 
 
 def test_candidates_in_one_batch_match_separate_runs(trained_path, tmp_path):
-    lm = cramfast.load_model(trained_path)
+    # fp64: exact equality across batch shapes; in fp32 a step's rounding depends on the shape
+    # (and the CPU's kernels), and a threshold crossed one step apart changes the counts
+    lm = cramfast.load_model(trained_path, dtype=torch.float64)
     texts = corpus_texts(lm.tokenizer, [7, 12, 9], seed=5)
     candidates = {"a": {"lr": 0.03}, "b": {"lr_std": 0.5}}
     per_text = []
