@@ -83,7 +83,7 @@ def test_decode_failures_are_caught_and_a_margin_prevents_them(bf16_model):
     assert kept[0].settings["margin"] == 0.5 and kept[0].settings["margin_16bit"] == 0.5
 
 
-@settings(max_examples=6, deadline=None,
+@settings(max_examples=6, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10 ** 6))
 def test_with_a_margin_every_lossless_text_decodes_alone(bf16_model, seed):

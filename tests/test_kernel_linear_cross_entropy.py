@@ -140,7 +140,7 @@ def test_all_rows_masked():
     assert (loss == 0).all() and (argmax == -1).all() and (grad == 0).all()
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=8, deadline=None, derandomize=True)
 @given(n=st.integers(1, 40), d=st.integers(1, 140), v=st.integers(1, 1100),
        bias=st.booleans(), mask_bits=st.integers(0, 2 ** 40 - 1), seed=st.integers(0, 2 ** 16))
 def test_property_random_shapes(n, d, v, bias, mask_bits, seed):

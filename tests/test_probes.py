@@ -164,7 +164,9 @@ def check_travel_probe(lines):
     lossless, texts = int(made[1]), int(made[2])
     assert texts == N and 0 <= lossless <= N
     if lossless:
-        assert float(made[3]) >= 0.5                      # every lossless mem has its margin
+        # every lossless mem has its margin, as the loop saw it; the probe's figure is the final
+        # evaluation's, another batch shape's rounding of the same logits
+        assert float(made[3]) >= 0.5 - 1e-3
     decoded = [re.fullmatch(r"decoded in (\w+), batch (\d+): (\d+)/(\d+) exact", line)
                for line in lines[1:]]
     assert [(d[1], d[2]) for d in decoded] == [("bf16", "1"), ("fp32", "2")]
