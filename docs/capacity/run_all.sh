@@ -35,19 +35,20 @@ sweep() {
     "$PY" -m cramfast.sweep --checkpoint-every "$EVERY" --quiet "${THREADS[@]}" "$@"
 }
 
-# Table 1's prose column (m = 1, the headline), Fig 4 (m = 2 and 4), the published settings on
-# prose (they take most of their budget on every text: 8 passages, the grids' first 8)
+# Table 1's prose column (m = 1, the headline), the published settings on prose (they take
+# most of their budget on every text: 8 passages, the grids' first 8), then Fig 4 (m = 2 and 4,
+# the longest texts: days of one CPU thread)
 table_and_fig4() {
     sweep --config capacity-pg19 --source "$BOOKS" --preset fast --db $OUT/pg19-fast.db
-    sweep --config capacity-nmem --source "$BOOKS" --preset fast --db $OUT/nmem-fast.db
     sweep --config capacity-pg19 --source "$BOOKS" --preset paper --samples 8 --db $OUT/pg19-paper.db
+    sweep --config capacity-nmem --source "$BOOKS" --preset fast --db $OUT/nmem-fast.db
 }
 
 # the controlled table (one factor changed per run, the first 8 passages of pg19-fast's) and
 # Table 1's random-word column. Every factor first at the short budget (600 steps: a row costs
 # about an hour of one CPU thread), beside `fast` and `paper` at 600, and the per-text search
 # beside `fast` at 600 (its probes at the grid's lengths are the grid's rows); then random words
-# at 5000; then the factors again at 5000 steps
+# at 5000 with both presets (Table 1's other column); then the factors again at 5000 steps
 controls_and_random() {
     sweep --config capacity-controls --source "$BOOKS" --preset fast --max-steps 600 --db $OUT/controls.db
     sweep --config capacity-controls --source "$BOOKS" --preset paper --max-steps 600 --db $OUT/controls.db
@@ -56,10 +57,10 @@ controls_and_random() {
     sweep --config capacity-controls --source "$BOOKS" --preset paper --max-steps 600 --set lr=0.5std --db $OUT/controls.db
     sweep --config capacity-search --source "$BOOKS" --preset fast --max-steps 600 --db $OUT/controls.db
     sweep --config capacity-random --preset fast --db $OUT/random-fast.db
+    sweep --config capacity-random --preset paper --samples 8 --db $OUT/random-paper.db
     sweep --config capacity-controls --source "$BOOKS" --preset fast --set mem_position=after_bos --db $OUT/controls.db
     sweep --config capacity-controls --source "$BOOKS" --preset fast --set mem_position=before_bos --db $OUT/controls.db
     sweep --config capacity-controls --source "$BOOKS" --preset paper --set lr=0.5std --db $OUT/controls.db
-    sweep --config capacity-random --preset paper --samples 8 --db $OUT/random-paper.db
 }
 
 if [[ $CHAINS == 2 ]]; then
