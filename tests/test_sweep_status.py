@@ -52,6 +52,17 @@ def test_status_counts_the_stored_rows_per_length_and_the_texts_in_flight(db):
     steps = flight.split(" | ")[3]
     assert 0 < int(steps.split("–")[0]) < 300               # part of the budget run
     assert "newest save 0 min ago" in text
+    [left] = [line for line in text.splitlines() if line.startswith("at most ")]
+    assert float(left.split()[2]) >= 0 and "at the pace so far" in left
+
+
+def test_the_time_left_is_the_slowest_running_text_budget_at_its_pace():
+    texts = [dict(length=40, seconds_left=1800.0), dict(length=80, seconds_left=7200.0),
+             dict(readable=True, saved_at=0.0)]           # one whose attempts are all queued
+    assert status.time_left(texts) == ("at most 2.0 h more at the pace so far (the texts "
+                                       "running; 1 not started and a climb's later lengths not "
+                                       "counted)")
+    assert status.time_left([dict(length=40, seconds_left=None)]) == "no pace recorded yet"
 
 
 def test_the_command_prints_every_store_and_a_path_that_is_not_one_is_a_one_line_error(

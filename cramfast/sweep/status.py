@@ -7,8 +7,10 @@ stored, how many are lossless, their mean accuracy and mean steps. Then the text
 from the store's checkpoints: per m and length, how many, the steps they have run, their best
 teacher-forced accuracy so far and the steps their budget leaves at most (an upper bound on what
 they still cost), and when the newest of them was saved (a sweep that has saved nothing for
-long is not running). A checkpoint does not say which passage or group it belongs to, only its
-text's length, m and settings.
+long is not running). Then the time they need at most at the pace so far: each text's budget
+left times its seconds per step until now (texts in flight share a batch, whose steps only get
+cheaper as texts leave it); the lengths a climb has not started are not in it. A checkpoint
+does not say which passage or group it belongs to, only its text's length, m and settings.
 """
 from __future__ import annotations
 
@@ -56,11 +58,26 @@ def in_flight(records: list[tuple[bytes, float]]) -> list[dict]:
             continue
         n_pred = int(slots[0]["n_pred"])
         steps = max(int(s["steps"]) for s in slots)
+        left = max(int(s["max_steps"]) - int(s["steps"]) for s in slots)
+        # the text's wall seconds so far over its steps: the pace of the batch it ran in
+        pace = record["seconds"] / steps if steps and record.get("seconds") else None
         out.append(dict(readable=True, saved_at=saved_at, n_mem=int(slots[0]["mem"].shape[0]),
                         length=n_pred + 1, steps=steps,
                         best=max(int(s["best_correct"]) for s in slots) / max(n_pred, 1),
-                        left=max(int(s["max_steps"]) - int(s["steps"]) for s in slots)))
+                        left=left, seconds_left=None if pace is None else left * pace))
     return out
+
+
+def time_left(texts: list[dict]) -> str:
+    """The wall time the texts in flight need at most at the pace so far, in words."""
+    bounds = [t["seconds_left"] for t in texts if t.get("seconds_left") is not None]
+    if not bounds:
+        return "no pace recorded yet"
+    waiting = sum("length" not in t for t in texts)
+    hours = max(bounds) / 3600
+    return (f"at most {hours:.1f} h more at the pace so far (the texts running; "
+            + (f"{waiting} not started and " if waiting else "")
+            + "a climb's later lengths not counted)")
 
 
 def in_flight_table(texts: list[dict]) -> str:
@@ -95,7 +112,7 @@ def status(path) -> str:
         lines += [in_flight_table(texts), "",
                   f"newest save {ago:.0f} min ago"
                   + (f"; {unplaced} record(s) unreadable or not started" if unplaced else ""),
-                  ""]
+                  time_left(texts), ""]
     return "\n".join(lines)
 
 
