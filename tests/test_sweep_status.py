@@ -37,8 +37,8 @@ def db(tmp_path_factory):
     lm = cramfast.load_model(str(TRAINED), dtype="fp64")
     texts = corpus_texts(lm.tokenizer, [40, 40])
     with StopAfterTwoSaves(path) as saved, pytest.raises(Stop):
-        list(cramfast.compress_iter(texts, model=lm, max_steps=300, lr=0.05, stall_steps=25,
-                                    checkpoint=saved, checkpoint_seconds=0))
+        list(cramfast.compress_iter(texts, model=lm, preset="paper", max_steps=200, lr=0.05,
+                                    stall_steps=25, checkpoint=saved, checkpoint_seconds=0))
     return path
 
 
@@ -50,10 +50,29 @@ def test_status_counts_the_stored_rows_per_length_and_the_texts_in_flight(db):
     [flight] = [line for line in text.splitlines() if line.startswith("| 1 | 40 |")]
     assert flight.split(" | ")[2] == "2"                    # both texts, at L = 40
     steps = flight.split(" | ")[3]
-    assert 0 < int(steps.split("–")[0]) < 300               # part of the budget run
+    assert 0 < int(steps.split("–")[0]) < 200               # part of the budget run
+    # no rows stored at L = 40: its mean will end between the two texts' mean best and 1
+    best = [float(b) for b in flight.split(" | ")[4].split("–")]
+    low, high = (float(b) for b in flight.split(" | ")[6].rstrip(" |").split("–"))
+    assert best[0] <= low <= best[1] and high == 1.0
     assert "newest save 0 min ago" in text
     [left] = [line for line in text.splitlines() if line.startswith("at most ")]
     assert float(left.split()[2]) >= 0 and "at the pace so far" in left
+
+
+def test_texts_of_another_budget_than_the_stored_group_get_no_bounds(db):
+    rows = store.read_runs([db])
+    with store.Store(db, create=False) as s:
+        texts = status.in_flight(s.checkpoint_records())
+    assert "| 0." in status.in_flight_table(texts, rows).splitlines()[-1]   # the same budget
+    for t in texts:
+        t["budget"]["max_steps"] = 5000
+    assert status.in_flight_table(texts, rows).splitlines()[-1].endswith("| – |")
+
+
+def test_a_length_mean_ends_between_its_rows_with_the_best_so_far_and_every_text_lossless():
+    assert status.mean_bounds([1.0, 0.9], [0.5, 0.8]) == "0.8000–0.9750"
+    assert status.mean_bounds([], [0.25]) == "0.2500–1.0000"
 
 
 def test_the_time_left_is_the_slowest_running_text_budget_at_its_pace():

@@ -5,12 +5,16 @@ For every group of stored rows (model, source, m and settings, as the report gro
 preset, the budget and the settings changed from the preset named), per length: the rows
 stored, how many are lossless, their mean accuracy and mean steps. Then the texts in flight,
 from the store's checkpoints: per m and length, how many, the steps they have run, their best
-teacher-forced accuracy so far and the steps their budget leaves at most (an upper bound on what
-they still cost), and when the newest of them was saved (a sweep that has saved nothing for
-long is not running). Then the time they need at most at the pace so far: each text's budget
-left times its seconds per step until now (texts in flight share a batch, whose steps only get
-cheaper as texts leave it); the lengths a climb has not started are not in it. A checkpoint
-does not say which passage or group it belongs to, only its text's length, m and settings.
+teacher-forced accuracy so far, the steps their budget leaves at most (an upper bound on what
+they still cost) and, where the stored rows of that m form one group (of the running texts'
+optimizer and budget), the interval the length's mean accuracy will end in (from the stored
+rows with the running texts' best so far, a best that only grows, to every running text
+lossless); when the newest of them was saved (a
+sweep that has saved nothing for long is not running); the time they need at most at the pace
+so far: each text's budget left times its seconds per step until now (texts in flight share a
+batch, whose steps only get cheaper as texts leave it; the lengths a climb has not started are
+not in it). A checkpoint does not say which passage or group it belongs to, only its text's
+length, m and settings.
 """
 from __future__ import annotations
 
@@ -58,14 +62,27 @@ def in_flight(records: list[tuple[bytes, float]]) -> list[dict]:
             continue
         n_pred = int(slots[0]["n_pred"])
         steps = max(int(s["steps"]) for s in slots)
+        settings = record["attempts"][0].get("settings") or {}
         left = max(int(s["max_steps"]) - int(s["steps"]) for s in slots)
         # the text's wall seconds so far over its steps: the pace of the batch it ran in
         pace = record["seconds"] / steps if steps and record.get("seconds") else None
         out.append(dict(readable=True, saved_at=saved_at, n_mem=int(slots[0]["mem"].shape[0]),
                         length=n_pred + 1, steps=steps,
                         best=max(int(s["best_correct"]) for s in slots) / max(n_pred, 1),
-                        left=left, seconds_left=None if pace is None else left * pace))
+                        left=left, seconds_left=None if pace is None else left * pace,
+                        budget={k: settings.get(k) for k in BUDGET_KEYS}))
     return out
+
+
+# What a checkpoint's settings and a group's record both hold that tells a preset or budget
+# apart (a factor the checkpoint does not record, such as mem_position, it cannot tell apart)
+BUDGET_KEYS = ("optimizer", "init", "max_steps", "patience", "lr_std", "focal_gamma")
+
+
+def runs_in(group, text: dict) -> bool:
+    """Whether a text in flight can be the group's: the same optimizer, init and budget."""
+    optim = (sweep_record(group.rows[0]).get("optim") or {})
+    return all(optim.get(k) == v for k, v in text["budget"].items() if k in optim)
 
 
 def time_left(texts: list[dict]) -> str:
@@ -80,18 +97,39 @@ def time_left(texts: list[dict]) -> str:
             + "a climb's later lengths not counted)")
 
 
-def in_flight_table(texts: list[dict]) -> str:
+def mean_bounds(stored: list[float], best: list[float]) -> str:
+    """Where a length's mean accuracy will end, from its stored rows' accuracies and its
+    running texts' best so far: from their mean as they stand (a running text's best only
+    grows) to their mean were every running text to end lossless. (A result's accuracy is its
+    best mem's final evaluation, which may round a token apart from the count in flight.)"""
+    n = len(stored) + len(best)
+    now, ceiling = (sum(stored) + sum(best)) / n, (sum(stored) + len(best)) / n
+    return f"{now:.4f}–{ceiling:.4f}"
+
+
+def in_flight_table(texts: list[dict], rows: list[dict]) -> str:
+    """Per m and length, the texts in flight; where the stored rows of that m form one group
+    whose optimizer and budget the texts in flight have (they are then its), the bounds of the
+    length's mean accuracy."""
     groups = defaultdict(list)
     for t in texts:
         if "length" in t:
             groups[(t["n_mem"], t["length"])].append(t)
+    of_m = defaultdict(list)
+    for g in groups_of(rows):
+        of_m[g.n_mem].append(g)
     body = []
     for (n_mem, length), at in sorted(groups.items()):
         steps, best = [t["steps"] for t in at], [t["best"] for t in at]
+        bounds = "–"
+        if len(of_m[n_mem]) <= 1 and all(runs_in(g, t) for g in of_m[n_mem] for t in at):
+            stored = [r["accuracy"] for g in of_m[n_mem] for r in g.per_length().get(length, [])]
+            bounds = mean_bounds(stored, best)
         body.append([str(n_mem), str(length), str(len(at)), f"{min(steps)}–{max(steps)}",
-                     f"{min(best):.3f}–{max(best):.3f}", f"{sum(t['left'] for t in at):,}"])
+                     f"{min(best):.3f}–{max(best):.3f}", f"{sum(t['left'] for t in at):,}",
+                     bounds])
     return markdown_table(["m", "L", "in flight", "steps run", "best accuracy so far",
-                           "steps left at most"], body)
+                           "steps left at most", "mean accuracy at L will end in"], body)
 
 
 def status(path) -> str:
@@ -109,7 +147,7 @@ def status(path) -> str:
         texts = in_flight(records)
         ago = (time.time() - max(t["saved_at"] for t in texts)) / 60
         unplaced = sum("length" not in t for t in texts)
-        lines += [in_flight_table(texts), "",
+        lines += [in_flight_table(texts, rows), "",
                   f"newest save {ago:.0f} min ago"
                   + (f"; {unplaced} record(s) unreadable or not started" if unplaced else ""),
                   time_left(texts), ""]
