@@ -9,12 +9,11 @@ teacher-forced accuracy so far, the steps their budget leaves at most (an upper 
 they still cost) and, where the stored rows of that m form one group (of the running texts'
 optimizer and budget), the interval the length's mean accuracy will end in (from the stored
 rows with the running texts' best so far, a best that only grows, to every running text
-lossless); when the newest of them was saved (a
-sweep that has saved nothing for long is not running); the time they need at most at the pace
-so far: each text's budget left times its seconds per step until now (texts in flight share a
-batch, whose steps only get cheaper as texts leave it; the lengths a climb has not started are
-not in it). A checkpoint does not say which passage or group it belongs to, only its text's
-length, m and settings.
+lossless); when the newest of them was saved (a sweep that has saved nothing for long is not
+running); the time they need at most at the pace so far: each text's budget left times its
+seconds per step until now (texts in flight share a batch, whose steps only get cheaper as
+texts leave it; the lengths a climb has not started are not in it). A checkpoint does not say
+which passage or group it belongs to, only its text's length, m and settings.
 """
 from __future__ import annotations
 
