@@ -9,6 +9,7 @@ import torch
 
 from cramfast import ops
 from cramfast.kernels.interpreter import INTERPRET  # conftest set TRITON_INTERPRET
+from cramfast.models import model_logits
 from cramfast.ops import twins
 
 from conftest import KERNEL_DEVICE, KERNEL_TOL, needs_kernels
@@ -34,12 +35,6 @@ def make_case(n, d, v, spread, dtype, bias=True, masked=(), seed=0):
     b = torch.randn(v, generator=g) if bias else None
     cast = lambda x: None if x is None else x.to(DEVICE, dtype)
     return cast(hidden), cast(weight), targets.to(DEVICE), cast(b)
-
-
-def transformed_logits(hidden, weight, targets, bias, scale, cap):
-    """(n, v) logits as the model's head gives them: scaled, then soft-capped."""
-    z = (hidden @ weight.T + (0 if bias is None else bias)) * scale
-    return z if cap is None else cap * torch.tanh(z / cap)
 
 
 def run(backend, hidden, weight, targets, bias, **transform):
@@ -76,7 +71,8 @@ def test_transformed_logits_match_the_reference(backend, dtype, transform, shape
     # the argmax: exact in fp32 where the reference's top two logits are apart by more than
     # fp32 reorderings move them (of 65k logits, two can be within that); elsewhere, and in
     # 16-bit, a logit within the bar of the row's max
-    logits = transformed_logits(*up, scale, cap)[scored]
+    hidden, weight, _, bias = up
+    logits = model_logits(hidden @ weight.T + (0 if bias is None else bias), scale, cap)[scored]
     picked = logits.gather(1, argmax[scored][:, None]).squeeze(1)
     assert (picked >= logits.max(dim=1).values - bar(2)["atol"]).all()
     if dtype == torch.float32:
