@@ -78,9 +78,9 @@ def in_flight(records: list[tuple[bytes, float]]) -> list[dict]:
 BUDGET_KEYS = ("optimizer", "init", "max_steps", "patience", "lr_std", "focal_gamma")
 
 
-def runs_in(group, text: dict) -> bool:
-    """Whether a text in flight can be the group's: the same optimizer, init and budget."""
-    optim = (sweep_record(group.rows[0]).get("optim") or {})
+def runs_in(optim: dict, text: dict) -> bool:
+    """Whether a text in flight can be of the group whose optimizer settings are ``optim``: the
+    same optimizer, init and budget."""
     return all(optim.get(k) == v for k, v in text["budget"].items() if k in optim)
 
 
@@ -114,15 +114,16 @@ def in_flight_table(texts: list[dict], rows: list[dict]) -> str:
     for t in texts:
         if "length" in t:
             groups[(t["n_mem"], t["length"])].append(t)
-    of_m = defaultdict(list)
+    of_m = defaultdict(list)          # m -> [(group, its optimizer settings)]
     for g in groups_of(rows):
-        of_m[g.n_mem].append(g)
+        of_m[g.n_mem].append((g, sweep_record(g.rows[0]).get("optim") or {}))
     body = []
     for (n_mem, length), at in sorted(groups.items()):
         steps, best = [t["steps"] for t in at], [t["best"] for t in at]
         bounds = "–"
-        if len(of_m[n_mem]) <= 1 and all(runs_in(g, t) for g in of_m[n_mem] for t in at):
-            stored = [r["accuracy"] for g in of_m[n_mem] for r in g.per_length().get(length, [])]
+        if len(of_m[n_mem]) <= 1 and all(runs_in(o, t) for _, o in of_m[n_mem] for t in at):
+            stored = [r["accuracy"] for g, _ in of_m[n_mem]
+                      for r in g.per_length().get(length, [])]
             bounds = mean_bounds(stored, best)
         body.append([str(n_mem), str(length), str(len(at)), f"{min(steps)}–{max(steps)}",
                      f"{min(best):.3f}–{max(best):.3f}", f"{sum(t['left'] for t in at):,}",
