@@ -253,31 +253,56 @@ def test_summary_json_from_a_climb_and_a_search(trained_path, tmp_path, capsys):
     assert per_length[("book.txt", "24")]["counted"] == "True"
 
 
-def test_passages_lower_bounds_and_no_capacity_are_labelled():
+def test_a_length_some_texts_have_not_reached_is_open_until_they_cannot_change_it():
     rows = [dict(row(s, 8, 1.0), id=s, ref=f"r.db#{s}") for s in range(3)] + [
         dict(row(s, 16, 1.0), id=10 + s, ref=f"r.db#{10 + s}") for s in range(2)]  # 2 of 3 texts
     rows += [dict(row(s, L, 0.5, n_mem=2), id=20 + s + L, ref="r.db#x") for s in range(2)
              for L in (8, 16)]
     groups = report_groups.groups_of(rows)
     one, two = report_groups.summary_records(groups)
-    assert one["capacity"] == 16 and one["capacity_is_lower_bound"]
+    # 16's mean over the 3 texts will end in [2/3, 1]: open, so 8 is all that is decided
+    assert one["capacity"] == 8 and one["capacity_is_lower_bound"]
+    assert one["verdicts"] == {"8": "pass", "16": "open"} and one["open_lengths"] == [16]
+    assert one["mean_accuracy_will_end_in"] == {"8": [1.0, 1.0], "16": [2 / 3, 1.0]}
     assert one["passages"] == {"8": 3, "16": 2} and one["min_passages"] == 2
-    assert one["capacity_note"] == ("lower bound: 16 is the largest length tried and none failed; "
-                                    "decided over 2 of the group's 3 texts")
+    assert one["capacity_note"] == ("16 still open (2 of the group's 3 texts stored there, the "
+                                    "mean will end in 0.6667–1.0000)")
     assert one["mean_accuracy_ci95"] == {"8": [1.0, 1.0], "16": [1.0, 1.0]}
-    assert two["capacity"] is None
+    assert two["capacity"] is None and two["verdicts"] == {"8": "fail", "16": "fail"}
     assert two["capacity_note"] == "below the smallest length tried (8): no length reaches 0.99"
     assert one["preset"] is None and one["max_steps"] is None and one["text_kind"] == "prose"
     table = report_groups.table_rows(groups)
-    assert report._capacity_cell(table[0]) == "≥ 16 (2/3)" and report._capacity_cell(
-        table[1]) == "<8"
+    assert report_groups.capacity_label(table[0]) == "≥ 8 (16 open)"
+    assert report_groups.capacity_label(table[1]) == "<8"
     per_length = report_groups.per_length_rows(groups)
     lines = report.per_length_table(per_length, 0.99, show_settings=False).splitlines()
     assert lines[3] == "| EleutherAI/pythia-160m | pg19 | 1 | 16 | 2/3 | 1.0000 | " \
-        "1.0000 – 1.0000 | yes | yes | 160 |"                  # steps: 10 per token in row()
+        "1.0000 – 1.0000 | 0.6667 – 1.0000 | open | 160 |"       # steps: 10 per token in row()
     with_settings = report.per_length_table(per_length, 0.99, show_settings=True).splitlines()
     assert with_settings[0].startswith("| model | source | m | settings | L |")
     assert with_settings[3].startswith("| EleutherAI/pythia-160m | pg19 | 1 | h1 | 16 | 2/3 |")
+    # at a threshold the missing text cannot miss (2 of 3 lossless >= 0.6 whatever it does),
+    # 16 is decided over 2 texts
+    one, _ = report_groups.summary_records(groups, threshold=0.6)
+    assert one["capacity"] == 16 and one["capacity_is_lower_bound"] and one["open_lengths"] == []
+    assert one["capacity_note"] == ("lower bound: 16 is the largest length tried and none failed; "
+                                    "decided over 2 of the group's 3 texts")
+    assert report_groups.capacity_label(report_groups.table_rows(groups, 0.6)[0]) == "≥ 16 (2/3)"
+
+
+def test_a_partial_length_below_the_threshold_whatever_the_rest_do_fails():
+    # 3 texts at 8, lossless; at 16 one text stored at 0.5: the mean ends <= (0.5 + 2) / 3 < 0.99
+    rows = [dict(row(s, 8, 1.0), id=s, ref=f"r.db#{s}") for s in range(3)]
+    rows.append(dict(row(0, 16, 0.5), id=10, ref="r.db#10"))
+    [g] = report_groups.groups_of(rows)
+    assert g.verdicts() == {8: "pass", 16: "fail"}
+    assert g.capacity() == (8, False, ["r.db#0", "r.db#1", "r.db#2"])
+    # none passed yet and the smallest is open: undecided, not "below the smallest"
+    [g] = report_groups.groups_of(rows[:1] + [dict(row(1, 16, 1.0), id=11, ref="r.db#11")])
+    [record] = report_groups.summary_records([g])
+    assert record["capacity"] is None and record["verdicts"] == {"8": "open", "16": "open"}
+    assert record["capacity_note"].startswith("undecided: no length has passed yet; 8 still open")
+    assert report_groups.capacity_label(report_groups.table_rows([g])[0]) == "? (8, 16 open)"
 
 
 def test_accuracy_interval_is_the_normal_one_over_texts():
@@ -341,9 +366,11 @@ def test_controlled_comparison_names_what_sets_each_group_apart(tmp_path):
     assert changed["sink"] == {"mem_position": "after_bos"}
 
 
-def test_figures_label_a_capacity_decided_over_fewer_passages():
+def test_tables_and_figures_label_a_capacity_alike():
     row = dict(capacity=96, capacity_is_lower_bound=True, capacity_passages=3, texts=16,
                lengths="16 32 64 80 96")
-    assert report_figures._capacity_label(row) == "≥ 96 (3/16)"
-    assert report_figures._capacity_label(dict(row, capacity_passages=16)) == "≥ 96"
-    assert report_figures._capacity_label(dict(row, capacity=None)) == "<16"
+    assert report_groups.capacity_label(row) == "≥ 96 (3/16)"
+    assert report_groups.capacity_label(dict(row, capacity_passages=16)) == "≥ 96"
+    assert report_groups.capacity_label(dict(row, capacity=None)) == "<16"
+    assert report_groups.capacity_label(dict(row, capacity=80, capacity_passages=16,
+                                             open_lengths="96")) == "≥ 80 (96 open)"

@@ -5,12 +5,13 @@ Rows are grouped by (model, source, n_mem, settings); a DB's rank shards (torchr
 one row per job. For each group:
   d, V, MaxCap   the model's input-embedding width, vocabulary and round(d * 16 / log2 V)
   capacity       the paper's: the largest length L on the grid whose mean accuracy over the
-                 texts run at L is >= 0.99; the grid: the lengths a grid mode ran (grid, warm
+                 group's texts is >= 0.99; the grid: the lengths a grid mode ran (grid, warm
                  start, climb) and those of the paper's grid that a --search reached for every
                  text (its other probes reach only the texts lossless below them, a biased
-                 mean); "≥" marks a capacity that is the longest length counted (none longer
-                 failed: a lower bound); a length run for fewer than the group's texts is
-                 labelled with its passage count ("3/4")
+                 mean). A length that some texts have not reached yet is decided only when its
+                 mean is >= 0.99 (or < 0.99) whatever they do, else it is open; "≥" marks a
+                 lower bound (the longest length counted, or a longer one still open: "(96
+                 open)")
   token gain     mean over the group's runs with accuracy <= 0.99 (the paper's averaging),
   CE reduction   in tokens and nats
   utilisation    token gain / (MaxCap * n_mem)
@@ -41,6 +42,7 @@ from cramfast.metrics import CAPACITY_THRESHOLD
 from cramfast.report import tables
 from cramfast.report.figures import FIGURES, fig1, fig3, fig4, fig5
 from cramfast.report.groups import (
+    capacity_label,
     controlled_rows,
     groups_of,
     per_length_rows,
@@ -56,9 +58,10 @@ from cramfast.sweep import store
 def capacity_sentences(threshold: float) -> list[str]:
     """What each of the two capacities means, one sentence each."""
     return [f"**Capacity** (the paper's definition, Kuratov et al. 2025): the largest length L "
-            f"on the grid whose mean accuracy over the texts run at L is ≥ {threshold:g}, one "
-            "number per model, source and m; ≥ marks the longest length run (none longer "
-            "failed), a lower bound.",
+            f"on the grid whose mean accuracy over the texts is ≥ {threshold:g}, one number per "
+            "model, source and m; a length some texts have not reached yet counts only once "
+            "their results cannot change its verdict (else it is open); ≥ marks a lower bound: "
+            "the longest length run (none longer failed) or a longer one still open.",
             "**Search capacity** (`--search capacity`): for each text alone, the largest length "
             "it was crammed into losslessly (teacher-forced accuracy 1.0), found by doubling and "
             "then bisection, off the grid; given as the median, min and max over the texts, with "
@@ -88,7 +91,7 @@ def markdown_table(rows: list[dict], show_settings: bool) -> str:
         head += ["paper capacity", "paper gain", "paper CE red."]
     body = []
     for r in rows:
-        cap = _capacity_cell(r)
+        cap = capacity_label(r)
         cells = [r["model"], r["source"],
                  str(r["n_mem"])] + ([r["settings"]] if show_settings else []) + [
             _fmt(r["d"]), _fmt(r["V"]), _fmt(r["max_cap"]), _fmt(r["texts"]), cap,
@@ -103,19 +106,6 @@ def markdown_table(rows: list[dict], show_settings: bool) -> str:
     return tables.markdown_table(head, body)
 
 
-def _capacity_cell(r: dict) -> str:
-    """A Table 1 row's paper capacity: "<8" below the smallest length, "≥ 16" a lower bound,
-    "(3/4)" when its length was run for fewer than the group's texts."""
-    below = r["capacity"] is None and r["lengths"]
-    cap = "<" + r["lengths"].split()[0] if below else _fmt(r["capacity"])
-    if r["capacity_is_lower_bound"]:
-        cap = f"≥ {cap}"
-    passages = r.get("capacity_passages")
-    if passages is not None and passages < r["texts"]:
-        cap += f" ({passages}/{r['texts']})"
-    return cap
-
-
 def capacity_table(table: list[dict], summary: list[dict], show_settings: bool) -> str:
     """The paper's capacity (column "capacity") and the per-text search capacity side by side,
     one row per group."""
@@ -127,7 +117,7 @@ def capacity_table(table: list[dict], summary: list[dict], show_settings: bool) 
         search = rec["search"] or {}
         body.append([r["model"], r["source"], str(r["n_mem"])]
                     + ([r["settings"]] if show_settings else [])
-                    + [_fmt(r["texts"]), _capacity_cell(r), _fmt(r["capacity_passages"])]
+                    + [_fmt(r["texts"]), capacity_label(r), _fmt(r["capacity_passages"])]
                     + [_fmt(search.get(k)) for k in ("texts", "median", "min", "max",
                                                      "lower_bound_texts")])
     return tables.markdown_table(head, body)
@@ -135,20 +125,25 @@ def capacity_table(table: list[dict], summary: list[dict], show_settings: bool) 
 
 def per_length_table(per_length: list[dict], threshold: float, show_settings: bool) -> str:
     """Mean accuracy per group and length with its 95% interval and its passages ("3/4": fewer
-    than the group's texts); "counted": a length the paper's capacity is decided at; the mean
-    steps of its texts (what the length cost)."""
+    than the group's texts); where fewer, the interval the mean over the group's texts will end
+    in; the verdict (yes, no, open, or not counted: a length the paper's capacity is not decided
+    at); the mean steps of its texts (what the length cost)."""
     head = ["model", "source", "m"] + (["settings"] if show_settings else []) + [
-        "L", "passages", "mean accuracy", "95% interval", f"≥ {threshold:g}", "counted",
-        "mean steps"]
+        "L", "passages", "mean accuracy", "95% interval", "will end in",
+        f"≥ {threshold:g}", "mean steps"]
     body = []
     for p in per_length:
         passages = str(p["passages"]) + (f"/{p['texts']}" if p["passages"] < p["texts"] else "")
         interval = ("–" if p["ci95_low"] is None
                     else f"{p['ci95_low']:.4f} – {p['ci95_high']:.4f}")
+        will_end = ("–" if p["passages"] == p["texts"]
+                    else f"{p['mean_will_end_low']:.4f} – {p['mean_will_end_high']:.4f}")
+        verdict = {"pass": "yes", "fail": "no", "open": "open", None: "not counted"}[
+            p["verdict"]]
         body.append([p["model"], p["source"], str(p["n_mem"])]
                     + ([p["settings"]] if show_settings else [])
                     + [str(p["length"]), passages, _fmt(p["mean_accuracy"], 4), interval,
-                       _fmt(p["passes"]), _fmt(p["counted"]), _fmt(p["mean_steps"], 0)])
+                       will_end, verdict, _fmt(p["mean_steps"], 0)])
     return tables.markdown_table(head, body)
 
 
@@ -158,7 +153,7 @@ def controlled_table(controlled: list[dict]) -> str:
             "mean accuracy by L", "token gain"]
     return tables.markdown_table(head, [
         [c["model"], str(c["n_mem"]), c["text_kind"], _fmt(c["preset"]), _fmt(c["max_steps"]),
-         c["changed"] or "–", _fmt(c["texts"]), _capacity_cell(c), c["mean_accuracy"] or "–",
+         c["changed"] or "–", _fmt(c["texts"]), capacity_label(c), c["mean_accuracy"] or "–",
          _fmt(c["token_gain"])]
         for c in controlled])
 
@@ -233,7 +228,8 @@ def make_report(dbs, out_dir, threshold: float = CAPACITY_THRESHOLD, paper: bool
     fig4(table, out)
     fig5(table, out)
     legend = (f"capacity: largest grid length with mean accuracy ≥ {threshold:g} over its texts "
-              "(≥: none longer failed, a lower bound; (3/4): run for 3 of the group's 4 texts); "
+              "(≥: a lower bound, none longer failed or a longer one is open; (96 open): a "
+              "length some texts have not reached, whose verdict they can still change); "
               "token gain and CE reduction: means over runs "
               f"with accuracy ≤ {threshold:g}; "
               "utilisation = token gain / (MaxCap · m); bits/vector = CE reduction in bits / m. "
@@ -253,7 +249,8 @@ def make_report(dbs, out_dir, threshold: float = CAPACITY_THRESHOLD, paper: bool
              per_length_table(per_length, threshold, show_settings), "",
              "95% interval: normal approximation over the texts' accuracies (mean ± 1.96 · sd / "
              "√n), none for one text, zero wide when every text has the same accuracy. "
-             "Passages \"3/4\": the length was run for fewer than the group's texts. All in "
+             "Passages \"3/4\": the length was run for fewer than the group's texts; \"will end "
+             "in\": its mean over all of them, the others counted at 0 and at 1. All in "
              "per_length.csv and summary.json.", ""]
     if settings_notes:
         text += ["Settings:", ""] + sorted(set(settings_notes)) + [""]

@@ -7,7 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from cramfast.metrics import CAPACITY_THRESHOLD
-from cramfast.report.groups import PAPER_FIG4, Group, mean_of
+from cramfast.report.groups import PAPER_FIG4, Group, below_smallest, capacity_label, mean_of
 from cramfast.report.tables import write_csv
 
 FIGURES = ("fig1_capacity.png", "fig3_ce.png", "fig4_capacity_vs_nmem.png",
@@ -46,9 +46,9 @@ def fig1(table: list[dict], out: Path, threshold=CAPACITY_THRESHOLD):
         gains = [r["token_gain"] or 0 for r in rows]
         x = range(len(rows))
         bars = ax.bar([i - 0.2 for i in x], caps, 0.4, label=f"capacity (mean acc ≥ {threshold:g})")
-        ax.bar_label(bars, [_capacity_label(r) for r in rows], fontsize=8)
+        ax.bar_label(bars, [capacity_label(r) for r in rows], fontsize=8)
         below = [(i, int(r["lengths"].split()[0])) for i, r in enumerate(rows)
-                 if r["capacity"] is None and r["lengths"]]
+                 if below_smallest(r)]
         if below:   # below the smallest length tried: an open bar up to that length
             ax.bar([i - 0.2 for i, _ in below], [L for _, L in below], 0.4, fill=False,
                    hatch="//", edgecolor="C0", label="capacity below the smallest length tried")
@@ -77,18 +77,6 @@ def fig1(table: list[dict], out: Path, threshold=CAPACITY_THRESHOLD):
     _save(plt, fig, out / FIGURES[0], points, ["model", "source", "settings", "capacity",
                                                "token_gain",
                                                "paper_capacity", "capacity_rows", "gain_rows"])
-
-
-def _capacity_label(row) -> str:
-    """A Table 1 row's capacity as its figures label it: "≥ 80" a lower bound, "(3/16)" decided
-    over fewer passages than the group's texts (a length still running)."""
-    if row["capacity"] is None:
-        return f"<{row['lengths'].split()[0]}" if row["lengths"] else "–"
-    label = ("≥ " if row["capacity_is_lower_bound"] else "") + str(row["capacity"])
-    passages = row.get("capacity_passages")
-    if passages is not None and passages < row["texts"]:
-        label += f" ({passages}/{row['texts']})"
-    return label
 
 
 def fig3(groups: list[Group], out: Path, threshold=CAPACITY_THRESHOLD):
@@ -150,7 +138,7 @@ def fig4(table: list[dict], out: Path):
             bound = r["capacity_is_lower_bound"]
             ax.plot(r["n_mem"], r["capacity"], "^" if bound else "o", color=color,
                     markerfacecolor="none" if bound else color, markersize=7)
-            ax.annotate(_capacity_label(r), (r["n_mem"], r["capacity"]),
+            ax.annotate(capacity_label(r), (r["n_mem"], r["capacity"]),
                         textcoords="offset points", xytext=(6, -10), fontsize=7, color=color)
         points += [dict(model=model, source=source, settings=settings, n_mem=r["n_mem"],
                         capacity=r["capacity"], lower_bound=r["capacity_is_lower_bound"],

@@ -12,7 +12,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from cramfast.metrics import CAPACITY_THRESHOLD
-from cramfast.metrics import capacity as paper_capacity
 from cramfast.presets import PRESETS
 from cramfast.settings import RESULT_SETTINGS, preset_settings
 from cramfast.sweep.grid import PAPER_LENGTHS
@@ -101,16 +100,46 @@ class Group:
                 if any(r.get("origin") != "search" for r in rows)
                 or (L in PAPER_LENGTHS and {(r["sample"], r["seed"]) for r in rows} == texts)}
 
+    def mean_bounds(self, rows: list) -> tuple[float, float]:
+        """(low, high): where the mean accuracy over the group's texts at a length will end,
+        from the rows stored there, whatever the texts not stored there yet do: each of them
+        counted at 0 for the low end and at 1 for the high end. One number (low == high, the
+        paper's mean) at a length every text has reached."""
+        missing = len(self.texts) - len({(r["sample"], r["seed"]) for r in rows})
+        total, n = sum(r["accuracy"] for r in rows), len(rows) + missing
+        return total / n, (total + missing) / n
+
+    def verdicts(self, threshold=CAPACITY_THRESHOLD) -> dict[int, str]:
+        """Per length of capacity_lengths: "pass" (its mean over the group's texts is
+        >= threshold whatever the texts not stored there yet do), "fail" (it is below
+        threshold whatever they do) or "open". At a length every text has reached: the paper's
+        test of its mean (cramfast.metrics.capacity's)."""
+        out = {}
+        for L, rows in self.capacity_lengths().items():
+            low, high = self.mean_bounds(rows)
+            out[L] = "pass" if low >= threshold else "fail" if high < threshold else "open"
+        return out
+
     def capacity(self, threshold=CAPACITY_THRESHOLD):
         """(capacity, lower bound?, refs of its rows): the paper's capacity, the largest length
-        whose mean accuracy over its texts is >= threshold (cramfast.metrics.capacity) among
-        capacity_lengths; a lower bound when it is the largest of them (no longer one failed)."""
-        lengths = self.capacity_lengths()
-        cap = paper_capacity([(L, r["accuracy"]) for L, rows in lengths.items() for r in rows],
-                             threshold)
-        lower_bound = cap is not None and cap == max(lengths)
+        that passes (verdicts: its mean over the group's texts is >= threshold, decided); a lower
+        bound when it is the largest length counted (no longer one failed) or a longer length is
+        still open. None when no length passes (below the smallest, or every passing candidate
+        still open: open_lengths)."""
+        lengths, verdicts = self.capacity_lengths(), self.verdicts(threshold)
+        cap = max((L for L, v in verdicts.items() if v == "pass"), default=None)
+        lower_bound = cap is not None and (cap == max(lengths) or bool(
+            self.open_lengths(threshold, above=cap)))
         refs = [r["ref"] for r in lengths.get(cap, [])]
         return cap, lower_bound, refs
+
+    def open_lengths(self, threshold=CAPACITY_THRESHOLD, above: int | None = None) -> dict:
+        """Length -> texts stored there, for the lengths still open (verdicts) longer than
+        ``above``: the texts still to run there can still lift the capacity to them."""
+        lengths = self.capacity_lengths()
+        return {length: len({(r["sample"], r["seed"]) for r in lengths[length]})
+                for length, v in self.verdicts(threshold).items()
+                if v == "open" and (above is None or length > above)}
 
     def gain_rows(self, threshold=CAPACITY_THRESHOLD):
         return [r for r in self.rows if r["accuracy"] <= threshold]
@@ -130,6 +159,29 @@ class Group:
             cap = max((r["length"] for r in rows if r["accuracy"] >= 1.0), default=1)
             out[text] = (cap, not any(r["length"] > cap for r in rows))
         return out
+
+
+def below_smallest(row: dict) -> bool:
+    """Whether a Table 1 row's capacity is below the smallest length counted: none passed and
+    none is still open."""
+    return row["capacity"] is None and bool(row["lengths"]) and not row.get("open_lengths")
+
+
+def capacity_label(row: dict) -> str:
+    """A Table 1 row's capacity as the tables and figures show it: "≥ 80" a lower bound, "<16"
+    below the smallest length counted, "(96 open)" the lengths still open above it, "?" where
+    none has passed and one is open, "(3/4)" decided over fewer than the group's texts."""
+    if row["capacity"] is None:
+        label = "<" + row["lengths"].split()[0] if below_smallest(row) else \
+            "?" if row.get("open_lengths") else "–"
+    else:
+        label = ("≥ " if row["capacity_is_lower_bound"] else "") + str(row["capacity"])
+        passages = row.get("capacity_passages")
+        if passages is not None and passages < row["texts"]:
+            label += f" ({passages}/{row['texts']})"
+    if row.get("open_lengths"):
+        label += f" ({', '.join(row['open_lengths'].split())} open)"
+    return label
 
 
 def sweep_identity(row) -> dict:
@@ -201,6 +253,7 @@ def table_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[dict]:
             lengths=" ".join(map(str, counted)),
             capacity=cap, capacity_is_lower_bound=lower_bound,
             capacity_passages=len(counted[cap]) if cap is not None else None,
+            open_lengths=" ".join(map(str, g.open_lengths(threshold, above=cap))),
             min_passages=min(map(len, counted.values()), default=None),
             token_gain=gain, ce_reduction_nats=ce_red,
             utilisation=gain / theory if gain is not None and theory else None,
@@ -220,20 +273,25 @@ def table_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[dict]:
 
 
 def per_length_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[dict]:
-    """Per group and length: what the capacity is decided from."""
+    """Per group and length: what the capacity is decided from (the mean over the texts stored
+    there, its 95% interval, the interval the mean over the group's texts will end in, the
+    length's verdict; verdict None at a length not counted for the capacity)."""
     out = []
     for g in groups:
         complete, counted = g.complete_lengths(), g.capacity_lengths()
+        verdicts = g.verdicts(threshold)
         for L, rows in g.per_length().items():
             accuracies = [r["accuracy"] for r in rows]
             interval = accuracy_interval(accuracies) or (None, None)
+            low, high = g.mean_bounds(rows)
             out.append(dict(model=g.model_label, source=g.source_label, n_mem=g.n_mem,
                             settings=g.settings_hash[:8], length=L, runs=len(rows),
                             passages=len(rows), texts=len(g.texts),
                             complete=L in complete, counted=L in counted,
                             mean_accuracy=mean_of(accuracies),
                             ci95_low=interval[0], ci95_high=interval[1],
-                            passes=mean_of(accuracies) >= threshold,
+                            mean_will_end_low=low, mean_will_end_high=high,
+                            verdict=verdicts.get(L),
                             exact=sum(r["exact"] for r in rows),
                             mean_token_gain=mean_of([r["token_gain"] for r in rows]),
                             mean_ce_reduction_nats=mean_of([r["info_gain_nats"] for r in rows]),
@@ -330,6 +388,7 @@ def controlled_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[d
                                   k != "max_steps"),
                 texts=len(g.texts), capacity=cap, capacity_is_lower_bound=lower_bound,
                 capacity_passages=len(counted[cap]) if cap is not None else None,
+                open_lengths=" ".join(map(str, g.open_lengths(threshold, above=cap))),
                 lengths=" ".join(map(str, counted)),
                 mean_accuracy=" ".join(
                     f"{L}:{mean_of([r['accuracy'] for r in rs]):.3f}" + (
@@ -386,14 +445,23 @@ def summary_records(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[d
         if max_steps is None:   # rows of another writer than the sweep: the result's settings
             max_steps = _one([s.get("max_steps") for s in own])
         passages = {str(L): len(rows) for L, rows in counted.items()}
+        bounds = {str(L): list(g.mean_bounds(rows)) for L, rows in counted.items()}
+        open_lengths = g.open_lengths(threshold, above=cap)
         note = None
         if not counted:
             note = "no length to decide it at: only --search probes in the store"
-        elif cap is None:
+        elif cap is None and not open_lengths:
             note = f"below the smallest length tried ({min(counted)}): no length reaches " \
                    f"{threshold:g}"
-        elif lower_bound:
+        elif cap is None:
+            note = "undecided: no length has passed yet"
+        elif lower_bound and cap == max(counted):
             note = f"lower bound: {cap} is the largest length tried and none failed"
+        if open_lengths:
+            note = (note + "; " if note else "") + ", ".join(
+                f"{L} still open ({n} of the group's {len(g.texts)} texts stored there, the mean "
+                f"will end in {bounds[str(L)][0]:.4f}–{bounds[str(L)][1]:.4f})"
+                for L, n in open_lengths.items())
         if cap is not None and len(counted[cap]) < len(g.texts):
             note = (note + "; " if note else "") + \
                 f"decided over {len(counted[cap])} of the group's {len(g.texts)} texts"
@@ -408,11 +476,14 @@ def summary_records(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[d
             d=g.info("hidden_size"), V=g.info("vocab_size"), max_cap=g.info("max_cap"),
             texts=len(g.texts), runs=len(g.rows),
             capacity=cap, capacity_is_lower_bound=lower_bound, capacity_note=note,
+            open_lengths=list(open_lengths),
             lengths=list(counted), passages=passages,
             min_passages=min(passages.values(), default=None),
             mean_accuracy={str(L): mean_of([r["accuracy"] for r in rows])
                            for L, rows in counted.items()},
             mean_accuracy_ci95={L: list(v) if v else None for L, v in intervals.items()},
+            mean_accuracy_will_end_in=bounds,
+            verdicts={str(L): v for L, v in g.verdicts(threshold).items()},
             token_gain=mean_of([r["token_gain"] for r in gain_rows]),
             ce_reduction_nats=mean_of([r["info_gain_nats"] for r in gain_rows]),
             gain_runs=len(gain_rows), search=search_summary(g)))
