@@ -6,7 +6,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from cramfast.engine import checkpoint
 from cramfast.report import build as report
 from cramfast.report import figures as report_figures
 from cramfast.report import groups as report_groups
@@ -288,6 +290,41 @@ def test_a_length_some_texts_have_not_reached_is_open_until_they_cannot_change_i
     assert one["capacity_note"] == ("lower bound: 16 is the largest length tried and none failed; "
                                     "decided over 2 of the group's 3 texts")
     assert report_groups.capacity_label(report_groups.table_rows(groups, 0.6)[0]) == "≥ 16 (2/3)"
+
+
+def checkpoint_blob(n_pred: int, best_correct: int, steps: int = 300) -> bytes:
+    """A checkpoint record of one text in flight, as the engine packs it (the fields
+    cramfast.engine.checkpoint.progress reads)."""
+    slot = dict(n_pred=n_pred, steps=steps, max_steps=5000, best_correct=best_correct,
+                mem=torch.zeros(1, 4))
+    return checkpoint.pack(dict(attempts=[dict(slot_state=slot, settings={})], seconds=60.0,
+                                format=checkpoint.FORMAT))
+
+
+def test_a_text_in_flight_counts_at_its_best_so_far_where_the_sweep_labelled_it(tmp_path):
+    path = tmp_path / "runs.db"
+    with store.Store(path) as s:
+        for r in [row(sample, 8, 1.0) for sample in range(3)] + [
+                row(sample, 16, 1.0) for sample in range(2)]:
+            s.add(r)
+        [a_row] = s.rows(where="sample = 2 AND length = 8")
+        job = store.JobKey(*(a_row[k] for k in store.KEY))
+        s.put({"fp-in-flight": checkpoint_blob(15, 14), "fp-unlabelled": checkpoint_blob(15, 0),
+               "fp-other-group": checkpoint_blob(15, 0)})
+        s.label_checkpoints({"fp-in-flight": store.JobKey(**dict(job.as_dict(), length=16)),
+                             "fp-other-group": store.JobKey(**dict(job.as_dict(), length=16,
+                                                                   settings_hash="h2"))})
+    [g] = report_groups.groups_of(store.read_runs([path]))
+    assert report_groups.attach_in_flight([g], store.read_checkpoints([path])) == 1
+    assert g.in_flight == {(2, 0, 16): 14 / 15}
+    # the third text of 16 at its best so far (14 of 15): the mean ends in [(2 + 14/15) / 3, 1]
+    assert g.mean_bounds(16, g.per_length()[16]) == pytest.approx(((2 + 14 / 15) / 3, 1.0))
+    result = report.make_report([path], tmp_path / "rep", threshold=0.97)
+    [record] = result["summary"]
+    assert record["verdicts"] == {"8": "pass", "16": "pass"} and record["capacity"] == 16
+    # without it, 16 would still be open at 0.97: the third text counted at 0
+    [g] = report_groups.groups_of(store.read_runs([path]))
+    assert g.verdicts(0.97) == {8: "pass", 16: "open"}
 
 
 def test_a_partial_length_below_the_threshold_whatever_the_rest_do_fails():

@@ -1,5 +1,7 @@
 """python -m cramfast.sweep.status: the rows a store holds per group and length, and the texts
 in flight from its checkpoints, read from a store a sweep wrote and a run stopped mid-way."""
+import shutil
+
 import pytest
 
 import cramfast
@@ -48,16 +50,66 @@ def test_status_counts_the_stored_rows_per_length_and_the_texts_in_flight(db):
     stored = [line for line in text.splitlines() if line.startswith("| tiny-llama-trained")]
     assert [line.split(" | ")[4:6] for line in stored] == [["8", "2"], ["16", "2"]]
     [flight] = [line for line in text.splitlines() if line.startswith("| 1 | 40 |")]
-    assert flight.split(" | ")[2] == "2"                    # both texts, at L = 40
-    steps = flight.split(" | ")[3]
+    # compress_iter's own texts: their checkpoints say no job ("?"), the budget tells the group
+    assert flight.split(" | ")[2:4] == ["?", "2"]           # both texts, at L = 40
+    steps = flight.split(" | ")[4]
     assert 0 < int(steps.split("–")[0]) < 200               # part of the budget run
     # no rows stored at L = 40: its mean will end between the two texts' mean best and 1
-    best = [float(b) for b in flight.split(" | ")[4].split("–")]
-    low, high = (float(b) for b in flight.split(" | ")[6].rstrip(" |").split("–"))
+    best = [float(b) for b in flight.split(" | ")[5].split("–")]
+    low, high = (float(b) for b in flight.split(" | ")[7].rstrip(" |").split("–"))
     assert best[0] <= low <= best[1] and high == 1.0
     assert "newest save 0 min ago" in text
     [left] = [line for line in text.splitlines() if line.startswith("at most ")]
     assert float(left.split()[2]) >= 0 and "at the pace so far" in left
+
+
+class StopTheSweep(BaseException):
+    """Stands in for a kill of a sweep, past any handler of Exception."""
+
+
+@pytest.fixture(scope="module")
+def labelled_db(tmp_path_factory):
+    """A sweep's store stopped at its second save: L = 8 stored for 2 texts, the 2 texts of
+    L = 40 in flight, their checkpoints labelled with their jobs."""
+    tmp = tmp_path_factory.mktemp("labelled")
+    path, corpus = tmp / "s.db", write_rotated_corpus(tmp)
+    saves = []
+
+    def put(self, records, put=store.Store.put):
+        put(self, records)
+        saves.append(len(records))
+        if len(saves) == 2:
+            raise StopTheSweep
+    args = ["--model", str(TRAINED), "--source", str(corpus), "--samples", "2", "--dtype",
+            "fp64", "--threads", "1", "--quiet", "--db", str(path), "--checkpoint-every", "0"]
+    assert sweep.main(args + ["--lengths", "8", "--max-steps", "200"]) == 0
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(StopTheSweep):
+        mp.setattr(store.Store, "put", put)
+        sweep.main(args + ["--lengths", "8,40", "--max-steps", "200"])
+    return path
+
+
+def test_a_sweeps_texts_in_flight_are_labelled_with_their_jobs(labelled_db, tmp_path):
+    with store.Store(labelled_db, create=False) as s:
+        records = s.checkpoint_records()
+    jobs = sorted(job for _, _, job in records)
+    assert [(j.sample, j.length, j.n_mem) for j in jobs] == [(0, 40, 1), (1, 40, 1)]
+    [group] = {j.settings_hash for j in jobs}
+    assert {r["settings_hash"] for r in store.read_runs([labelled_db])} == {group}
+    text = status.status(labelled_db)
+    [flight] = [line for line in text.splitlines() if line.startswith("| 1 | 40 |")]
+    assert flight.split(" | ")[2:4] == [group[:8], "2"]
+    best = [float(b) for b in flight.split(" | ")[5].split("–")]
+    low, high = (float(b) for b in flight.split(" | ")[7].rstrip(" |").split("–"))
+    assert best[0] <= low <= best[1] and high == 1.0
+    # a finished text's label goes with its checkpoint
+    copy = tmp_path / "copy.db"
+    shutil.copy(labelled_db, copy)
+    with store.Store(copy) as s:
+        fingerprint = s.conn.execute("SELECT fingerprint FROM checkpoint_jobs").fetchone()[0]
+        s.delete([fingerprint])
+        assert len(s.checkpoint_records()) == 1
+        assert s.conn.execute("SELECT COUNT(*) FROM checkpoint_jobs").fetchone()[0] == 1
 
 
 def test_texts_of_another_budget_than_the_stored_group_get_no_bounds(db):

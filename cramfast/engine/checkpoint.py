@@ -114,6 +114,27 @@ def unpack(blob: bytes) -> dict | None:
     return record if isinstance(record, dict) and record.get("format") == FORMAT else None
 
 
+def progress(record: dict | None) -> dict | None:
+    """How far a text in flight has got, from its record: m, its length, the updates run, its
+    best so far (the positions right by its margin, over all its attempts, as a fraction of the
+    predicted ones: a count that only grows; the result's accuracy is the argmax count of that
+    best mem's final evaluation), the updates its budget leaves at most and, at its pace so far,
+    the seconds they take. None for an unreadable record or one whose attempts are all queued."""
+    slots = [a["slot_state"] for a in (record or {}).get("attempts", [])
+             if a.get("slot_state") is not None]
+    if not slots:
+        return None
+    n_pred = int(slots[0]["n_pred"])
+    steps = max(int(s["steps"]) for s in slots)
+    left = max(int(s["max_steps"]) - int(s["steps"]) for s in slots)
+    # the text's wall seconds so far over its steps: the pace of the batch it ran in
+    pace = record["seconds"] / steps if steps and record.get("seconds") else None
+    return dict(n_mem=int(slots[0]["mem"].shape[0]), length=n_pred + 1, steps=steps,
+                best=max(int(s["best_correct"]) for s in slots) / max(n_pred, 1), left=left,
+                seconds_left=None if pace is None else left * pace,
+                settings=record["attempts"][0].get("settings") or {})
+
+
 class Checkpointer:
     """The engine's side: which texts resume from which record, when the next save is due,
     and the records written and deleted as texts go on and finish."""

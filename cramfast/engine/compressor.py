@@ -140,6 +140,11 @@ class Stream:
         self.submitted += 1
         return job.index
 
+    def checkpoint_key(self, index: int) -> str | None:
+        """The key the text of this index is checkpointed under (None without a checkpoint):
+        what a caller's store can label with the text's own name for it."""
+        return self.checkpointer.fingerprints.get(index) if self.checkpointer else None
+
     def __iter__(self):
         return self
 

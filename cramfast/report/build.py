@@ -9,9 +9,10 @@ one row per job. For each group:
                  start, climb) and those of the paper's grid that a --search reached for every
                  text (its other probes reach only the texts lossless below them, a biased
                  mean). A length that some texts have not reached yet is decided only when its
-                 mean is >= 0.99 (or < 0.99) whatever they do, else it is open; "≥" marks a
-                 lower bound (the longest length counted, or a longer one still open: "(96
-                 open)")
+                 mean is >= 0.99 (or < 0.99) whatever they do (each at its best so far where
+                 it is in flight, its checkpoint labelled by the sweep, else at 0; and at 1),
+                 else it is open; "≥" marks a lower bound (the longest length counted, or a
+                 longer one still open: "(96 open)")
   token gain     mean over the group's runs with accuracy <= 0.99 (the paper's averaging),
   CE reduction   in tokens and nats
   utilisation    token gain / (MaxCap * n_mem)
@@ -42,6 +43,7 @@ from cramfast.metrics import CAPACITY_THRESHOLD
 from cramfast.report import tables
 from cramfast.report.figures import FIGURES, fig1, fig3, fig4, fig5
 from cramfast.report.groups import (
+    attach_in_flight,
     capacity_label,
     controlled_rows,
     groups_of,
@@ -195,6 +197,9 @@ def make_report(dbs, out_dir, threshold: float = CAPACITY_THRESHOLD, paper: bool
         raise CramfastError(f"{', '.join(map(str, dbs))}: no runs stored yet"
                             + ("" if samples is None else f" for the first {samples} passages"))
     groups = groups_of(rows)
+    in_flight = [r for r in store.read_checkpoints(dbs)
+                 if samples is None or (r[2] is not None and r[2].sample < samples)]
+    attach_in_flight(groups, in_flight)
     table = table_rows(groups, threshold)
     if not paper:
         for r in table:
@@ -250,7 +255,8 @@ def make_report(dbs, out_dir, threshold: float = CAPACITY_THRESHOLD, paper: bool
              "95% interval: normal approximation over the texts' accuracies (mean ± 1.96 · sd / "
              "√n), none for one text, zero wide when every text has the same accuracy. "
              "Passages \"3/4\": the length was run for fewer than the group's texts; \"will end "
-             "in\": its mean over all of them, the others counted at 0 and at 1. All in "
+             "in\": its mean over all of them, the others counted at their best so far where "
+             "they are in flight, else at 0, and at 1. All in "
              "per_length.csv and summary.json.", ""]
     if settings_notes:
         text += ["Settings:", ""] + sorted(set(settings_notes)) + [""]

@@ -11,6 +11,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from cramfast.engine.checkpoint import progress, unpack
 from cramfast.metrics import CAPACITY_THRESHOLD
 from cramfast.presets import PRESETS
 from cramfast.settings import RESULT_SETTINGS, preset_settings
@@ -64,6 +65,9 @@ class Group:
     n_mem: int
     settings_hash: str
     rows: list = field(default_factory=list)
+    # (sample, seed, length) -> best so far of a text of the group in flight there (its
+    # checkpoint labelled with its job, attach_in_flight): a floor under its result
+    in_flight: dict = field(default_factory=dict)
 
     @property
     def random(self) -> bool:
@@ -100,14 +104,17 @@ class Group:
                 if any(r.get("origin") != "search" for r in rows)
                 or (L in PAPER_LENGTHS and {(r["sample"], r["seed"]) for r in rows} == texts)}
 
-    def mean_bounds(self, rows: list) -> tuple[float, float]:
-        """(low, high): where the mean accuracy over the group's texts at a length will end,
-        from the rows stored there, whatever the texts not stored there yet do: each of them
-        counted at 0 for the low end and at 1 for the high end. One number (low == high, the
-        paper's mean) at a length every text has reached."""
-        missing = len(self.texts) - len({(r["sample"], r["seed"]) for r in rows})
-        total, n = sum(r["accuracy"] for r in rows), len(rows) + missing
-        return total / n, (total + missing) / n
+    def mean_bounds(self, length: int, rows: list) -> tuple[float, float]:
+        """(low, high): where the mean accuracy over the group's texts at ``length`` will end,
+        from the ``rows`` stored there, whatever the texts not stored there yet do: each of
+        them counted at its best so far if it is in flight there (in_flight), else at 0, for
+        the low end, and at 1 for the high end. One number (low == high, the paper's mean) at
+        a length every text has reached."""
+        stored = {(r["sample"], r["seed"]) for r in rows}
+        missing = self.texts - stored
+        floor = sum(self.in_flight.get((*text, length), 0.0) for text in missing)
+        total, n = sum(r["accuracy"] for r in rows), len(rows) + len(missing)
+        return (total + floor) / n, (total + len(missing)) / n
 
     def verdicts(self, threshold=CAPACITY_THRESHOLD) -> dict[int, str]:
         """Per length of capacity_lengths: "pass" (its mean over the group's texts is
@@ -116,7 +123,7 @@ class Group:
         test of its mean (cramfast.metrics.capacity's)."""
         out = {}
         for L, rows in self.capacity_lengths().items():
-            low, high = self.mean_bounds(rows)
+            low, high = self.mean_bounds(L, rows)
             out[L] = "pass" if low >= threshold else "fail" if high < threshold else "open"
         return out
 
@@ -227,6 +234,24 @@ def groups_of(rows) -> list[Group]:
                                                   g.settings_hash))
 
 
+def attach_in_flight(groups: list[Group], records) -> int:
+    """Each text in flight whose checkpoint the sweep labelled with its job (records:
+    cramfast.sweep.store.read_checkpoints) given to its group as its best so far
+    (Group.in_flight); returns how many were. Only texts the group has stored rows of count (its
+    texts are those): another text's share of the mean is not known."""
+    by_key = {(g.model, g.source, g.n_mem, g.settings_hash): g for g in groups}
+    attached = 0
+    for blob, _, job in records:
+        g = None if job is None else by_key.get((job.model, job.source, job.n_mem,
+                                                 job.settings_hash))
+        text = None if g is None or (job.sample, job.seed) not in g.texts else progress(
+            unpack(blob))
+        if text is not None:
+            g.in_flight[(job.sample, job.seed, job.length)] = text["best"]
+            attached += 1
+    return attached
+
+
 def mean_of(values):
     """The mean of the values that are not None; None if there are none."""
     values = [v for v in values if v is not None]
@@ -283,7 +308,7 @@ def per_length_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[d
         for L, rows in g.per_length().items():
             accuracies = [r["accuracy"] for r in rows]
             interval = accuracy_interval(accuracies) or (None, None)
-            low, high = g.mean_bounds(rows)
+            low, high = g.mean_bounds(L, rows)
             out.append(dict(model=g.model_label, source=g.source_label, n_mem=g.n_mem,
                             settings=g.settings_hash[:8], length=L, runs=len(rows),
                             passages=len(rows), texts=len(g.texts),
@@ -445,7 +470,7 @@ def summary_records(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[d
         if max_steps is None:   # rows of another writer than the sweep: the result's settings
             max_steps = _one([s.get("max_steps") for s in own])
         passages = {str(L): len(rows) for L, rows in counted.items()}
-        bounds = {str(L): list(g.mean_bounds(rows)) for L, rows in counted.items()}
+        bounds = {str(L): list(g.mean_bounds(L, rows)) for L, rows in counted.items()}
         open_lengths = g.open_lengths(threshold, above=cap)
         note = None
         if not counted:

@@ -439,6 +439,7 @@ class _RankRunner:
         results = self.compress_iter(texts, model=lm, n_mem=n_mem, seed=seed,
                                      backend=self.grid.backend, preset=self.grid.preset,
                                      **self.grid.optim, **kwargs)
+        self._label_checkpoints(results, dict(enumerate(jobs)))
         later = []
         for index, result in results:
             job = jobs[index]
@@ -463,8 +464,17 @@ class _RankRunner:
                     raise RuntimeError(f"the stream gave index {index}, expected {len(jobs)}")
                 jobs.append(job)
                 inits.append(None)
+                self._label_checkpoints(results, {index: job})
         if later:
             self._compress(lm, later, n_mem, seed, origin, warm, count, follow, longest)
+
+    def _label_checkpoints(self, results, jobs: dict[int, JobKey]):
+        """The store told which job each text's checkpoint is, where the stream says under what
+        key it checkpoints them (the engine's; a Ray pool's workers keep their own)."""
+        key = getattr(results, "checkpoint_key", None)
+        if self.checkpoint and key:
+            keys = {key(index): job for index, job in jobs.items()}
+            self.checkpoint.label_checkpoints({k: job for k, job in keys.items() if k})
 
     def _previous(self, job: JobKey):
         """(ref, mem) of the same text's row at the previous grid length, if stored."""

@@ -4,16 +4,18 @@ while it runs (or after it was stopped).
 For every group of stored rows (model, source, m and settings, as the report groups them: the
 preset, the budget and the settings changed from the preset named), per length: the rows
 stored, how many are lossless, their mean accuracy and mean steps. Then the texts in flight,
-from the store's checkpoints: per m and length, how many, the steps they have run, their best
-teacher-forced accuracy so far, the steps their budget leaves at most (an upper bound on what
-they still cost) and, where the stored rows of that m form one group (of the running texts'
-optimizer and budget), the interval the length's mean accuracy will end in (from the stored
-rows with the running texts' best so far, a best that only grows, to every running text
-lossless); when the newest of them was saved (a sweep that has saved nothing for long is not
-running); the time they need at most at the pace so far: each text's budget left times its
-seconds per step until now (texts in flight share a batch, whose steps only get cheaper as
-texts leave it; the lengths a climb has not started are not in it). A checkpoint does not say
-which passage or group it belongs to, only its text's length, m and settings.
+from the store's checkpoints: per m, length and group, how many, the steps they have run, their
+best teacher-forced accuracy so far, the steps their budget leaves at most (an upper bound on
+what they still cost) and, where their group is known, the interval the length's mean accuracy
+will end in (from the stored rows with the running texts' best so far, a best that only grows,
+to every running text lossless); when the newest of them was saved (a sweep that has saved
+nothing for long is not running); the time they need at most at the pace so far: each text's
+budget left times its seconds per step until now (texts in flight share a batch, whose steps
+only get cheaper as texts leave it; the lengths a climb has not started are not in it). A
+text's group is known where the sweep labelled its checkpoint with its job (the sweep does so
+as it hands the text to the engine); a checkpoint alone says only its text's length, m and
+settings, so an unlabelled one is taken to be of the one group of stored rows of its m whose
+optimizer and budget it has, if there is one.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import time
 from collections import defaultdict
 
 from cramfast.cli.tools import Parser, run
-from cramfast.engine.checkpoint import unpack
+from cramfast.engine.checkpoint import progress, unpack
 from cramfast.report.groups import groups_of, mean_of, overrides, sweep_record
 from cramfast.report.tables import markdown_table
 from cramfast.sweep import store
@@ -48,27 +50,20 @@ def stored_table(rows: list[dict]) -> str:
                            "mean accuracy", "mean steps"], body)
 
 
-def in_flight(records: list[tuple[bytes, float]]) -> list[dict]:
-    """One entry per text in flight: m, L, steps run, best accuracy so far, budget, when saved
-    (texts whose record cannot be read, or whose attempts are all queued, are counted apart)."""
+def in_flight(records: list[tuple]) -> list[dict]:
+    """One entry per text in flight (Store.checkpoint_records): m, L, steps run, best accuracy
+    so far, budget, when saved, its job where the sweep labelled it (cramfast.engine.checkpoint
+    .progress; texts whose record cannot be read, or whose attempts are all queued, are counted
+    apart)."""
     out = []
-    for blob, saved_at in records:
+    for blob, saved_at, job in records:
         record = unpack(blob)
-        slots = [a["slot_state"] for a in (record or {}).get("attempts", [])
-                 if a.get("slot_state") is not None]
-        if not slots:
-            out.append(dict(readable=record is not None, saved_at=saved_at))
+        text = progress(record)
+        if text is None:
+            out.append(dict(readable=record is not None, saved_at=saved_at, job=job))
             continue
-        n_pred = int(slots[0]["n_pred"])
-        steps = max(int(s["steps"]) for s in slots)
-        settings = record["attempts"][0].get("settings") or {}
-        left = max(int(s["max_steps"]) - int(s["steps"]) for s in slots)
-        # the text's wall seconds so far over its steps: the pace of the batch it ran in
-        pace = record["seconds"] / steps if steps and record.get("seconds") else None
-        out.append(dict(readable=True, saved_at=saved_at, n_mem=int(slots[0]["mem"].shape[0]),
-                        length=n_pred + 1, steps=steps,
-                        best=max(int(s["best_correct"]) for s in slots) / max(n_pred, 1),
-                        left=left, seconds_left=None if pace is None else left * pace,
+        settings = text.pop("settings")
+        out.append(dict(text, readable=True, saved_at=saved_at, job=job,
                         budget={k: settings.get(k) for k in BUDGET_KEYS}))
     return out
 
@@ -107,28 +102,40 @@ def mean_bounds(stored: list[float], best: list[float]) -> str:
 
 
 def in_flight_table(texts: list[dict], rows: list[dict]) -> str:
-    """Per m and length, the texts in flight; where the stored rows of that m form one group
-    whose optimizer and budget the texts in flight have (they are then its), the bounds of the
-    length's mean accuracy."""
+    """Per m, length and group, the texts in flight. A text the sweep labelled with its job is
+    its group's (settings: the group's hash); of the others, where the stored rows of that m
+    form one group whose optimizer and budget they have, they are taken to be its (a checkpoint
+    alone does not say). Where the group is known, the bounds of the length's mean accuracy."""
     groups = defaultdict(list)
     for t in texts:
         if "length" in t:
-            groups[(t["n_mem"], t["length"])].append(t)
+            job = t.get("job")
+            group = None if job is None else (job.model, job.source, job.settings_hash)
+            groups[(t["n_mem"], t["length"], group)].append(t)
+    stored = groups_of(rows)
     of_m = defaultdict(list)          # m -> [(group, its optimizer settings)]
-    for g in groups_of(rows):
+    for g in stored:
         of_m[g.n_mem].append((g, sweep_record(g.rows[0]).get("optim") or {}))
     body = []
-    for (n_mem, length), at in sorted(groups.items()):
+    for (n_mem, length, group), at in sorted(groups.items(), key=lambda kv: (
+            kv[0][0], kv[0][1], kv[0][2] or ())):
         steps, best = [t["steps"] for t in at], [t["best"] for t in at]
-        bounds = "–"
-        if len(of_m[n_mem]) <= 1 and all(runs_in(o, t) for _, o in of_m[n_mem] for t in at):
-            stored = [r["accuracy"] for g, _ in of_m[n_mem]
-                      for r in g.per_length().get(length, [])]
-            bounds = mean_bounds(stored, best)
-        body.append([str(n_mem), str(length), str(len(at)), f"{min(steps)}–{max(steps)}",
+        bounds, of = "–", "?"
+        if group is not None:
+            of = group[2][:8]
+            accuracies = [r["accuracy"] for g in stored
+                          if (g.model, g.source, g.n_mem, g.settings_hash) == (
+                              group[0], group[1], n_mem, group[2])
+                          for r in g.per_length().get(length, [])]
+            bounds = mean_bounds(accuracies, best)
+        elif len(of_m[n_mem]) <= 1 and all(runs_in(o, t) for _, o in of_m[n_mem] for t in at):
+            accuracies = [r["accuracy"] for g, _ in of_m[n_mem]
+                          for r in g.per_length().get(length, [])]
+            bounds = mean_bounds(accuracies, best)
+        body.append([str(n_mem), str(length), of, str(len(at)), f"{min(steps)}–{max(steps)}",
                      f"{min(best):.3f}–{max(best):.3f}", f"{sum(t['left'] for t in at):,}",
                      bounds])
-    return markdown_table(["m", "L", "in flight", "steps run", "best accuracy so far",
+    return markdown_table(["m", "L", "settings", "in flight", "steps run", "best accuracy so far",
                            "steps left at most", "mean accuracy at L will end in"], body)
 
 

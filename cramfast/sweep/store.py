@@ -117,6 +117,10 @@ _SCHEMA = (
 # texts in flight, by fingerprint (cramfast.engine.checkpoint): a killed sweep's rerun resumes them
 _CHECKPOINTS = ("CREATE TABLE IF NOT EXISTS checkpoints (fingerprint TEXT PRIMARY KEY, "
                 "record BLOB NOT NULL, saved_at REAL NOT NULL)")
+# which job each fingerprint is (a checkpoint's record does not say), for reading the texts in
+# flight by job: the sweep labels a text when it hands it to the engine
+_CHECKPOINT_JOBS = ("CREATE TABLE IF NOT EXISTS checkpoint_jobs (fingerprint TEXT PRIMARY KEY, "
+                    + ", ".join(f"{n} {_SQL_TYPES[_KEY_KINDS[n]]} NOT NULL" for n in KEY) + ")")
 # sqlite errors that mean "this process cannot write here", not "this is no results database"
 _CANNOT_WRITE = ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_IOERR", "SQLITE_FULL",
                  "SQLITE_AUTH", "SQLITE_BUSY", "SQLITE_LOCKED")
@@ -144,6 +148,7 @@ class Store:
             self._init_schema(create)
             if create:
                 self.conn.execute(_CHECKPOINTS)
+                self.conn.execute(_CHECKPOINT_JOBS)
                 self._write_probe()
         except sqlite3.DatabaseError as exc:
             if getattr(exc, "sqlite_errorname", "").startswith(_CANNOT_WRITE):
@@ -311,17 +316,33 @@ class Store:
     def delete(self, fingerprints: list[str]) -> None:
         self._checkpoint_transaction("DELETE FROM checkpoints WHERE fingerprint = ?",
                                      [(fp,) for fp in fingerprints])
+        self._checkpoint_transaction("DELETE FROM checkpoint_jobs WHERE fingerprint = ?",
+                                     [(fp,) for fp in fingerprints])
+
+    def label_checkpoints(self, jobs: dict[str, JobKey]) -> None:
+        """Which job each fingerprint's text is (kept until its checkpoint is deleted)."""
+        self._checkpoint_transaction(
+            f"INSERT OR REPLACE INTO checkpoint_jobs VALUES (?, {', '.join('?' * len(KEY))})",
+            [(fp, *job.key) for fp, job in jobs.items()])
 
     def checkpoints(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0]
 
-    def checkpoint_records(self) -> list[tuple[bytes, float]]:
-        """Every text in flight: (its record, when it was saved, as time.time()); none in a
-        store made before checkpoints were kept."""
+    def checkpoint_records(self) -> list[tuple[bytes, float, JobKey | None]]:
+        """Every text in flight: (its record, when it was saved, as time.time(), its job where
+        the sweep labelled it, else None); none in a store made before checkpoints were kept."""
         try:
-            return self.conn.execute("SELECT record, saved_at FROM checkpoints").fetchall()
-        except sqlite3.OperationalError:        # no table checkpoints
-            return []
+            found = self.conn.execute(
+                f"SELECT record, saved_at, {', '.join('j.' + n for n in KEY)} FROM checkpoints "
+                "LEFT JOIN checkpoint_jobs AS j USING (fingerprint)").fetchall()
+        except sqlite3.OperationalError:        # no table checkpoints, or none of labels
+            try:
+                found = [(*r, *[None] * len(KEY)) for r in self.conn.execute(
+                    "SELECT record, saved_at FROM checkpoints")]
+            except sqlite3.OperationalError:
+                return []
+        return [(blob, saved_at, None if key[0] is None else JobKey(*key))
+                for blob, saved_at, *key in found]
 
     def _checkpoint_transaction(self, sql: str, rows: list[tuple]):
         if rows:
@@ -406,6 +427,18 @@ def read_runs(paths, with_mem: bool = False, expand: bool = True) -> list[dict]:
                     seen.add(key)
                     rows.append(row)
     return rows
+
+
+def read_checkpoints(paths, expand: bool = True) -> list[tuple[bytes, float, JobKey | None]]:
+    """Store.checkpoint_records of several DBs (each with its shards when ``expand``)."""
+    files: list[Path] = []
+    for p in paths:
+        files += [f for f in (family(p) if expand else [Path(p)]) if f not in files]
+    out = []
+    for f in files:
+        with Store(f, create=False) as s:
+            out += s.checkpoint_records()
+    return out
 
 
 def family_key_values(path, *columns) -> dict[tuple, tuple]:
