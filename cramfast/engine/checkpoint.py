@@ -117,9 +117,11 @@ def unpack(blob: bytes) -> dict | None:
 def progress(record: dict | None) -> dict | None:
     """How far a text in flight has got, from its record: m, its length, the updates run, its
     best so far (the positions right by its margin, over all its attempts, as a fraction of the
-    predicted ones: a count that only grows; the result's accuracy is the argmax count of that
-    best mem's final evaluation), the updates its budget leaves at most and, at its pace so far,
-    the seconds they take. None for an unreadable record or one whose attempts are all queued."""
+    predicted ones: a count that only grows), a floor under its result's accuracy (that best;
+    without a margin, one position less: the result's accuracy is the argmax count of the best
+    mem's final evaluation, in another batch, which may round a near tie apart), the updates
+    its budget leaves at most and, at its pace so far, the seconds they take. None for an
+    unreadable record or one whose attempts are all queued."""
     slots = [a["slot_state"] for a in (record or {}).get("attempts", [])
              if a.get("slot_state") is not None]
     if not slots:
@@ -129,10 +131,13 @@ def progress(record: dict | None) -> dict | None:
     left = max(int(s["max_steps"]) - int(s["steps"]) for s in slots)
     # the text's wall seconds so far over its steps: the pace of the batch it ran in
     pace = record["seconds"] / steps if steps and record.get("seconds") else None
+    settings = record["attempts"][0].get("settings") or {}
+    best = max(max(int(s["best_correct"]) for s in slots), 0)    # -1: not evaluated yet
+    rounding = 0 if (settings.get("margin") or 0) > 0 else 1
     return dict(n_mem=int(slots[0]["mem"].shape[0]), length=n_pred + 1, steps=steps,
-                best=max(int(s["best_correct"]) for s in slots) / max(n_pred, 1), left=left,
-                seconds_left=None if pace is None else left * pace,
-                settings=record["attempts"][0].get("settings") or {})
+                best=best / max(n_pred, 1), floor=max(best - rounding, 0) / max(n_pred, 1),
+                left=left, seconds_left=None if pace is None else left * pace,
+                settings=settings)
 
 
 class Checkpointer:

@@ -65,8 +65,8 @@ class Group:
     n_mem: int
     settings_hash: str
     rows: list = field(default_factory=list)
-    # (sample, seed, length) -> best so far of a text of the group in flight there (its
-    # checkpoint labelled with its job, attach_in_flight): a floor under its result
+    # (sample, seed, length) -> the floor under the result of a text of the group in flight
+    # there, its checkpoint labelled with its job (attach_in_flight)
     in_flight: dict = field(default_factory=dict)
 
     @property
@@ -78,7 +78,13 @@ class Group:
 
     @property
     def texts(self) -> set:
-        return {(r["sample"], r["seed"]) for r in self.rows}
+        """(sample, seed) of every text the group has a row of or has in flight."""
+        return {(r["sample"], r["seed"]) for r in self.rows} | {
+            (sample, seed) for sample, seed, _ in self.in_flight}
+
+    @property
+    def searched(self) -> bool:
+        return any(r.get("origin") == "search" for r in self.rows)
 
     def per_length(self) -> dict[int, list]:
         by_length = defaultdict(list)
@@ -94,33 +100,50 @@ class Group:
 
     def capacity_lengths(self) -> dict[int, list]:
         """The lengths the paper's capacity is decided at ("on the grid"), with their rows:
-        every length a grid mode (grid, warm start, climb) ran, over whatever texts it holds so
-        far, and a length of the paper's grid at which --search probes reached every text (its
-        first, doubling probes). Other lengths only a search reached are left out: it sends
-        there just the texts lossless below them, so their mean is biased upwards, and its
-        bisection points are off the grid."""
-        texts = self.texts
-        return {L: rows for L, rows in self.per_length().items()
-                if any(r.get("origin") != "search" for r in rows)
-                or (L in PAPER_LENGTHS and {(r["sample"], r["seed"]) for r in rows} == texts)}
+        every length a grid mode (grid, warm start, climb) ran or is running (a length whose
+        texts are all in flight, with no rows yet, in a group without --search rows: a label
+        does not say which mode a text is of), and a length of the paper's grid at which
+        --search probes reached every text (its first, doubling probes). Other lengths only a
+        search reached are left out: it sends there just the texts lossless below them, so
+        their mean is biased upwards, and its bisection points are off the grid."""
+        texts = {(r["sample"], r["seed"]) for r in self.rows}
+        lengths = {L: rows for L, rows in self.per_length().items()
+                   if any(r.get("origin") != "search" for r in rows)
+                   or (L in PAPER_LENGTHS and {(r["sample"], r["seed"]) for r in rows} == texts)}
+        if not self.searched:
+            lengths.update({L: [] for _, _, L in self.in_flight if L not in lengths})
+        return dict(sorted(lengths.items()))
+
+    def expected(self, length: int, rows: list) -> set:
+        """The texts the mean at ``length`` is over: at a length a grid mode ran, every text of
+        the grid mode's (a row of its own, or in flight where the group has no --search rows) of
+        each seed that reached it (a seed's climb that stopped below it does not go there);
+        at a length only --search probes reached, the texts stored there (every text)."""
+        if rows and all(r.get("origin") == "search" for r in rows):
+            return {(r["sample"], r["seed"]) for r in rows}
+        grid = {(r["sample"], r["seed"]) for r in self.rows if r.get("origin") != "search"}
+        if not self.searched:
+            grid |= {(sample, seed) for sample, seed, _ in self.in_flight}
+        seeds = {r["seed"] for r in rows} | {seed for _, seed, at in self.in_flight
+                                             if at == length}
+        return {text for text in grid if text[1] in seeds}
 
     def mean_bounds(self, length: int, rows: list) -> tuple[float, float]:
-        """(low, high): where the mean accuracy over the group's texts at ``length`` will end,
-        from the ``rows`` stored there, whatever the texts not stored there yet do: each of
-        them counted at its best so far if it is in flight there (in_flight), else at 0, for
-        the low end, and at 1 for the high end. One number (low == high, the paper's mean) at
-        a length every text has reached."""
-        stored = {(r["sample"], r["seed"]) for r in rows}
-        missing = self.texts - stored
+        """(low, high): where the mean accuracy at ``length`` over its texts (expected) will
+        end, from the ``rows`` stored there, whatever the texts not stored there yet do: each
+        of them counted at the floor under its result if it is in flight there (in_flight),
+        else at 0, for the low end, and at 1 for the high end. One number (low == high, the
+        paper's mean) at a length every text has reached."""
+        missing = self.expected(length, rows) - {(r["sample"], r["seed"]) for r in rows}
         floor = sum(self.in_flight.get((*text, length), 0.0) for text in missing)
         total, n = sum(r["accuracy"] for r in rows), len(rows) + len(missing)
         return (total + floor) / n, (total + len(missing)) / n
 
     def verdicts(self, threshold=CAPACITY_THRESHOLD) -> dict[int, str]:
-        """Per length of capacity_lengths: "pass" (its mean over the group's texts is
-        >= threshold whatever the texts not stored there yet do), "fail" (it is below
-        threshold whatever they do) or "open". At a length every text has reached: the paper's
-        test of its mean (cramfast.metrics.capacity's)."""
+        """Per length of capacity_lengths: "pass" (its mean over its texts, expected, is
+        >= threshold whatever the texts not stored there yet do: mean_bounds), "fail" (it is
+        below threshold whatever they do) or "open". At a length every text has reached: the
+        paper's test of its mean (cramfast.metrics.capacity's)."""
         out = {}
         for L, rows in self.capacity_lengths().items():
             low, high = self.mean_bounds(L, rows)
@@ -236,18 +259,20 @@ def groups_of(rows) -> list[Group]:
 
 def attach_in_flight(groups: list[Group], records) -> int:
     """Each text in flight whose checkpoint the sweep labelled with its job (records:
-    cramfast.sweep.store.read_checkpoints) given to its group as its best so far
-    (Group.in_flight); returns how many were. Only texts the group has stored rows of count (its
-    texts are those): another text's share of the mean is not known."""
+    cramfast.sweep.store.read_checkpoints) given to its group with the floor under its result
+    (Group.in_flight; cramfast.engine.checkpoint.progress); of several records of one job (a
+    stale one in another shard), the newest. Returns how many texts were attached."""
     by_key = {(g.model, g.source, g.n_mem, g.settings_hash): g for g in groups}
+    newest = {}
+    for blob, saved_at, job in records:
+        if job is not None and (job not in newest or saved_at > newest[job][0]):
+            newest[job] = (saved_at, blob)
     attached = 0
-    for blob, _, job in records:
-        g = None if job is None else by_key.get((job.model, job.source, job.n_mem,
-                                                 job.settings_hash))
-        text = None if g is None or (job.sample, job.seed) not in g.texts else progress(
-            unpack(blob))
+    for job, (_, blob) in newest.items():
+        g = by_key.get((job.model, job.source, job.n_mem, job.settings_hash))
+        text = None if g is None else progress(unpack(blob))
         if text is not None:
-            g.in_flight[(job.sample, job.seed, job.length)] = text["best"]
+            g.in_flight[(job.sample, job.seed, job.length)] = text["floor"]
             attached += 1
     return attached
 
@@ -304,14 +329,15 @@ def per_length_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[d
     out = []
     for g in groups:
         complete, counted = g.complete_lengths(), g.capacity_lengths()
-        verdicts = g.verdicts(threshold)
-        for L, rows in g.per_length().items():
+        verdicts, stored = g.verdicts(threshold), g.per_length()
+        for L in sorted(set(stored) | set(counted)):
+            rows = stored.get(L, [])
             accuracies = [r["accuracy"] for r in rows]
             interval = accuracy_interval(accuracies) or (None, None)
             low, high = g.mean_bounds(L, rows)
             out.append(dict(model=g.model_label, source=g.source_label, n_mem=g.n_mem,
                             settings=g.settings_hash[:8], length=L, runs=len(rows),
-                            passages=len(rows), texts=len(g.texts),
+                            passages=len(rows), texts=len(g.expected(L, rows)),
                             complete=L in complete, counted=L in counted,
                             mean_accuracy=mean_of(accuracies),
                             ci95_low=interval[0], ci95_high=interval[1],
@@ -418,7 +444,7 @@ def controlled_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[d
                 mean_accuracy=" ".join(
                     f"{L}:{mean_of([r['accuracy'] for r in rs]):.3f}" + (
                         f"({len(rs)})" if len(rs) < len(g.texts) else "")
-                    for L, rs in counted.items()),
+                    for L, rs in counted.items() if rs),
                 token_gain=mean_of([r["token_gain"] for r in gains]),
                 settings_hash=g.settings_hash))
         out += sorted(rows, key=_controlled_order)
@@ -484,8 +510,8 @@ def summary_records(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[d
             note = f"lower bound: {cap} is the largest length tried and none failed"
         if open_lengths:
             note = (note + "; " if note else "") + ", ".join(
-                f"{L} still open ({n} of the group's {len(g.texts)} texts stored there, the mean "
-                f"will end in {bounds[str(L)][0]:.4f}–{bounds[str(L)][1]:.4f})"
+                f"{L} still open ({n} of its {len(g.expected(L, counted[L]))} texts stored, the "
+                f"mean will end in {bounds[str(L)][0]:.4f}–{bounds[str(L)][1]:.4f})"
                 for L, n in open_lengths.items())
         if cap is not None and len(counted[cap]) < len(g.texts):
             note = (note + "; " if note else "") + \

@@ -7,15 +7,16 @@ stored, how many are lossless, their mean accuracy and mean steps. Then the text
 from the store's checkpoints: per m, length and group, how many, the steps they have run, their
 best teacher-forced accuracy so far, the steps their budget leaves at most (an upper bound on
 what they still cost) and, where their group is known, the interval the length's mean accuracy
-will end in (from the stored rows with the running texts' best so far, a best that only grows,
-to every running text lossless); when the newest of them was saved (a sweep that has saved
-nothing for long is not running); the time they need at most at the pace so far: each text's
-budget left times its seconds per step until now (texts in flight share a batch, whose steps
-only get cheaper as texts leave it; the lengths a climb has not started are not in it). A
-text's group is known where the sweep labelled its checkpoint with its job (the sweep does so
-as it hands the text to the engine); a checkpoint alone says only its text's length, m and
-settings, so an unlabelled one is taken to be of the one group of stored rows of its m whose
-optimizer and budget it has, if there is one.
+will end in (from the stored rows with the floors under the running texts' results: their best
+so far, a best that only grows, less the final evaluation's rounding; to every running text
+lossless); when the newest of them was saved (a sweep that has saved nothing for long is not
+running); the time they need at most at the pace so far: each text's budget left times its
+seconds per step until now (texts in flight share a batch, whose steps only get cheaper as
+texts leave it; the lengths a climb has not started are not in it). A text's group is known
+where the sweep labelled its checkpoint with its job (the sweep does so as it hands the text to
+the engine); a checkpoint alone says only its text's length, m and settings, so an unlabelled
+one is taken to be of the one group of stored rows of its m whose optimizer and budget it has,
+if there is one.
 """
 from __future__ import annotations
 
@@ -91,13 +92,13 @@ def time_left(texts: list[dict]) -> str:
             + "a climb's later lengths not counted)")
 
 
-def mean_bounds(stored: list[float], best: list[float]) -> str:
-    """Where a length's mean accuracy will end, from its stored rows' accuracies and its
-    running texts' best so far: from their mean as they stand (a running text's best only
-    grows) to their mean were every running text to end lossless. (A result's accuracy is its
-    best mem's final evaluation, which may round a token apart from the count in flight.)"""
-    n = len(stored) + len(best)
-    now, ceiling = (sum(stored) + sum(best)) / n, (sum(stored) + len(best)) / n
+def mean_bounds(stored: list[float], floors: list[float]) -> str:
+    """Where a length's mean accuracy will end, from its stored rows' accuracies and the floors
+    under its running texts' results (cramfast.engine.checkpoint.progress: the best so far,
+    which only grows, less the final evaluation's rounding): from their mean as they stand to
+    their mean were every running text to end lossless."""
+    n = len(stored) + len(floors)
+    now, ceiling = (sum(stored) + sum(floors)) / n, (sum(stored) + len(floors)) / n
     return f"{now:.4f}–{ceiling:.4f}"
 
 
@@ -120,6 +121,7 @@ def in_flight_table(texts: list[dict], rows: list[dict]) -> str:
     for (n_mem, length, group), at in sorted(groups.items(), key=lambda kv: (
             kv[0][0], kv[0][1], kv[0][2] or ())):
         steps, best = [t["steps"] for t in at], [t["best"] for t in at]
+        floors = [t["floor"] for t in at]
         bounds, of = "–", "?"
         if group is not None:
             of = group[2][:8]
@@ -127,11 +129,11 @@ def in_flight_table(texts: list[dict], rows: list[dict]) -> str:
                           if (g.model, g.source, g.n_mem, g.settings_hash) == (
                               group[0], group[1], n_mem, group[2])
                           for r in g.per_length().get(length, [])]
-            bounds = mean_bounds(accuracies, best)
+            bounds = mean_bounds(accuracies, floors)
         elif len(of_m[n_mem]) <= 1 and all(runs_in(o, t) for _, o in of_m[n_mem] for t in at):
             accuracies = [r["accuracy"] for g, _ in of_m[n_mem]
                           for r in g.per_length().get(length, [])]
-            bounds = mean_bounds(accuracies, best)
+            bounds = mean_bounds(accuracies, floors)
         body.append([str(n_mem), str(length), of, str(len(at)), f"{min(steps)}–{max(steps)}",
                      f"{min(best):.3f}–{max(best):.3f}", f"{sum(t['left'] for t in at):,}",
                      bounds])

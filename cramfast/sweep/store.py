@@ -314,10 +314,12 @@ class Store:
             [(fp, blob, time.time()) for fp, blob in records.items()])
 
     def delete(self, fingerprints: list[str]) -> None:
-        self._checkpoint_transaction("DELETE FROM checkpoints WHERE fingerprint = ?",
-                                     [(fp,) for fp in fingerprints])
-        self._checkpoint_transaction("DELETE FROM checkpoint_jobs WHERE fingerprint = ?",
-                                     [(fp,) for fp in fingerprints])
+        """The records and their labels, in one transaction."""
+        keys = [(fp,) for fp in fingerprints]
+        if keys:
+            self._transaction("save checkpoints", lambda: [
+                self.conn.executemany(f"DELETE FROM {table} WHERE fingerprint = ?", keys)
+                for table in ("checkpoints", "checkpoint_jobs")])
 
     def label_checkpoints(self, jobs: dict[str, JobKey]) -> None:
         """Which job each fingerprint's text is (kept until its checkpoint is deleted)."""
@@ -331,16 +333,16 @@ class Store:
     def checkpoint_records(self) -> list[tuple[bytes, float, JobKey | None]]:
         """Every text in flight: (its record, when it was saved, as time.time(), its job where
         the sweep labelled it, else None); none in a store made before checkpoints were kept."""
-        try:
-            found = self.conn.execute(
-                f"SELECT record, saved_at, {', '.join('j.' + n for n in KEY)} FROM checkpoints "
-                "LEFT JOIN checkpoint_jobs AS j USING (fingerprint)").fetchall()
-        except sqlite3.OperationalError:        # no table checkpoints, or none of labels
-            try:
-                found = [(*r, *[None] * len(KEY)) for r in self.conn.execute(
-                    "SELECT record, saved_at FROM checkpoints")]
-            except sqlite3.OperationalError:
-                return []
+        tables = {r[0] for r in self.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table'")}
+        if "checkpoints" not in tables:
+            return []
+        if "checkpoint_jobs" not in tables:     # a store made before the labels
+            return [(blob, saved_at, None) for blob, saved_at in self.conn.execute(
+                "SELECT record, saved_at FROM checkpoints")]
+        found = self.conn.execute(
+            f"SELECT record, saved_at, {', '.join('j.' + n for n in KEY)} FROM checkpoints "
+            "LEFT JOIN checkpoint_jobs AS j USING (fingerprint)").fetchall()
         return [(blob, saved_at, None if key[0] is None else JobKey(*key))
                 for blob, saved_at, *key in found]
 
