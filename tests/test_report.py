@@ -366,16 +366,43 @@ def test_a_text_or_length_only_in_flight_still_counts(tmp_path):
                                 f"{13 / 15:.4f} – 1.0000 | open |")
 
 
+def seeded(seed, sample, length, acc, origin="climb"):
+    return dict(row(sample, length, acc, origin=origin), seed=seed,
+                id=1000 * seed + 100 * sample + length, ref=f"r#{seed}.{sample}.{length}")
+
+
 def test_a_seed_whose_climb_stopped_below_a_length_is_not_waited_for_there():
-    rows = [dict(row(sample, L, acc), seed=seed, id=100 * seed + 10 * sample + L, ref="r#x")
-            for seed, lengths in ((0, {8: 1.0, 16: 0.5}), (1, {8: 1.0, 16: 1.0, 24: 1.0}))
+    # seed 0's climb: 16 and 24 below 0.99, so it stopped after 24; seed 1 goes on to 32
+    rows = [seeded(seed, sample, L, acc)
+            for seed, lengths in ((0, {8: 1.0, 16: 0.5, 24: 0.5}),
+                                  (1, {8: 1.0, 16: 1.0, 24: 1.0, 32: 1.0}))
             for L, acc in lengths.items() for sample in range(2)]
     [g] = report_groups.groups_of(rows)
-    assert g.expected(24, g.per_length()[24]) == {(0, 1), (1, 1)}
-    assert g.verdicts() == {8: "pass", 16: "fail", 24: "pass"}
-    cap, lower_bound, _ = g.capacity()
-    assert (cap, lower_bound) == (24, True)
-    assert report_groups.capacity_label(report_groups.table_rows([g])[0]) == "≥ 24 (2/4)"
+    assert g.climb_stopped(0) == 24 and g.climb_stopped(1) is None
+    assert g.expected(32, g.per_length()[32]) == {(0, 1), (1, 1)}
+    assert g.verdicts() == {8: "pass", 16: "fail", 24: "fail", 32: "pass"}
+    assert g.capacity()[:2] == (32, True)
+    assert report_groups.capacity_label(report_groups.table_rows([g])[0]) == "≥ 32 (2/4)"
+
+
+def test_a_seed_not_yet_at_a_length_is_waited_for_there():
+    # both seeds lossless at 8, seed 0 at 16 too, seed 1's 16 still queued: 16 is open
+    rows = [seeded(seed, sample, 8, 1.0) for seed in (0, 1) for sample in range(2)]
+    rows += [seeded(0, sample, 16, 1.0) for sample in range(2)]
+    [g] = report_groups.groups_of(rows)
+    assert g.climb_stopped(1) is None and len(g.expected(16, g.per_length()[16])) == 4
+    assert g.verdicts() == {8: "pass", 16: "open"}
+
+
+def test_a_search_probe_of_another_text_at_a_grid_length_is_left_out():
+    rows = [seeded(0, sample, L, 1.0, origin="grid") for sample in (0, 1) for L in (16, 32)]
+    rows += [seeded(0, 2, 16, 1.0, origin="search"), seeded(0, 2, 32, 0.5, origin="search")]
+    [g] = report_groups.groups_of(rows)
+    assert g.grid_texts() == {(0, 0), (1, 0)}
+    assert [len(g.capacity_lengths()[L]) for L in (16, 32)] == [2, 2]
+    assert g.verdicts() == {16: "pass", 32: "pass"}
+    per_length = {p["length"]: p for p in report_groups.per_length_rows([g])}
+    assert (per_length[32]["passages"], per_length[32]["mean_accuracy"]) == (2, 1.0)
 
 
 def test_a_store_without_labels_gives_its_checkpoints_no_job(tmp_path):

@@ -15,7 +15,7 @@ from cramfast.engine.checkpoint import progress, unpack
 from cramfast.metrics import CAPACITY_THRESHOLD
 from cramfast.presets import PRESETS
 from cramfast.settings import RESULT_SETTINGS, preset_settings
-from cramfast.sweep.grid import PAPER_LENGTHS
+from cramfast.sweep.grid import CLIMB_PATIENCE, PAPER_LENGTHS
 
 # Kuratov, Arkhipov, Bulatov, Burtsev (2025), arXiv 2502.13063, Table 1 (one vector):
 # d, V, MaxCap, PG-19 capacity / token gain / CE reduction, random capacity / gain / CE red.
@@ -82,10 +82,6 @@ class Group:
         return {(r["sample"], r["seed"]) for r in self.rows} | {
             (sample, seed) for sample, seed, _ in self.in_flight}
 
-    @property
-    def searched(self) -> bool:
-        return any(r.get("origin") == "search" for r in self.rows)
-
     def per_length(self) -> dict[int, list]:
         by_length = defaultdict(list)
         for r in self.rows:
@@ -98,42 +94,73 @@ class Group:
         return {L: rows for L, rows in self.per_length().items()
                 if {(r["sample"], r["seed"]) for r in rows} == texts}
 
+    def grid_texts(self) -> set:
+        """(sample, seed) of the texts a grid mode (grid, warm start, climb) runs: those with a
+        row of their own that no --search made, and those in flight with no --search row (a
+        label does not say which mode a text is of: one that is a search's counts here until
+        its first probe lands, which errs towards open)."""
+        searched = {(r["sample"], r["seed"]) for r in self.rows if r.get("origin") == "search"}
+        return {(r["sample"], r["seed"]) for r in self.rows if r.get("origin") != "search"} | {
+            (sample, seed) for sample, seed, _ in self.in_flight
+            if (sample, seed) not in searched}
+
     def capacity_lengths(self) -> dict[int, list]:
-        """The lengths the paper's capacity is decided at ("on the grid"), with their rows:
-        every length a grid mode (grid, warm start, climb) ran or is running (a length whose
-        texts are all in flight, with no rows yet, in a group without --search rows: a label
-        does not say which mode a text is of), and a length of the paper's grid at which
-        --search probes reached every text (its first, doubling probes). Other lengths only a
-        search reached are left out: it sends there just the texts lossless below them, so
-        their mean is biased upwards, and its bisection points are off the grid."""
-        texts = {(r["sample"], r["seed"]) for r in self.rows}
-        lengths = {L: rows for L, rows in self.per_length().items()
-                   if any(r.get("origin") != "search" for r in rows)
-                   or (L in PAPER_LENGTHS and {(r["sample"], r["seed"]) for r in rows} == texts)}
-        if not self.searched:
-            lengths.update({L: [] for _, _, L in self.in_flight if L not in lengths})
+        """The lengths the paper's capacity is decided at ("on the grid"), with the rows it is
+        decided from: every length a grid mode ran or is running (a length whose texts are
+        all in flight has no rows yet), over the rows of its texts (grid_texts), and a length
+        of the paper's grid at which --search probes reached every text (its first, doubling
+        probes). Other lengths only a search reached, and a search's rows of other texts at a
+        grid mode's length, are left out: it sends there just the texts lossless below them,
+        so their mean is biased upwards, and its bisection points are off the grid."""
+        grid, texts = self.grid_texts(), {(r["sample"], r["seed"]) for r in self.rows}
+        lengths = {}
+        for L, rows in self.per_length().items():
+            if any(r.get("origin") != "search" for r in rows):
+                lengths[L] = [r for r in rows if (r["sample"], r["seed"]) in grid]
+            elif L in PAPER_LENGTHS and {(r["sample"], r["seed"]) for r in rows} == texts:
+                lengths[L] = rows
+        lengths.update({L: [] for sample, seed, L in self.in_flight
+                        if L not in lengths and (sample, seed) in grid})
         return dict(sorted(lengths.items()))
 
+    def climb_stopped(self, seed: int) -> int | None:
+        """The length after which this seed's climb stopped: the second of CLIMB_PATIENCE
+        consecutive lengths (of its climb rows, in order, every one of its grid texts stored
+        there) whose mean accuracy is below the climb's threshold, as the climb decides; None
+        while its rows show no stop."""
+        texts = {t for t in self.grid_texts() if t[1] == seed}
+        by_length = defaultdict(list)
+        for r in self.rows:
+            if r["seed"] == seed and r.get("origin") == "climb":
+                by_length[r["length"]].append(r)
+        below = 0
+        for L, rows in sorted(by_length.items()):
+            if {(r["sample"], r["seed"]) for r in rows} != texts:
+                return None                 # a length still running: no stop known past it
+            mean = sum(r["accuracy"] for r in rows) / len(rows)
+            below = below + 1 if mean < CAPACITY_THRESHOLD else 0
+            if below >= CLIMB_PATIENCE:
+                return L
+        return None
+
     def expected(self, length: int, rows: list) -> set:
-        """The texts the mean at ``length`` is over: at a length a grid mode ran, every text of
-        the grid mode's (a row of its own, or in flight where the group has no --search rows) of
-        each seed that reached it (a seed's climb that stopped below it does not go there);
-        at a length only --search probes reached, the texts stored there (every text)."""
+        """The texts the mean at ``length`` is over: at a length only --search probes reached,
+        the texts stored there (every text); else the grid texts of every seed but those whose
+        climb stopped below ``length`` with none of their texts there (climb_stopped)."""
         if rows and all(r.get("origin") == "search" for r in rows):
             return {(r["sample"], r["seed"]) for r in rows}
-        grid = {(r["sample"], r["seed"]) for r in self.rows if r.get("origin") != "search"}
-        if not self.searched:
-            grid |= {(sample, seed) for sample, seed, _ in self.in_flight}
-        seeds = {r["seed"] for r in rows} | {seed for _, seed, at in self.in_flight
-                                             if at == length}
-        return {text for text in grid if text[1] in seeds}
+        present = {r["seed"] for r in rows} | {seed for _, seed, at in self.in_flight
+                                               if at == length}
+        grid = self.grid_texts()
+        stops = {seed: self.climb_stopped(seed) for seed in {t[1] for t in grid} - present}
+        return {t for t in grid if stops.get(t[1]) is None or stops[t[1]] >= length}
 
     def mean_bounds(self, length: int, rows: list) -> tuple[float, float]:
         """(low, high): where the mean accuracy at ``length`` over its texts (expected) will
-        end, from the ``rows`` stored there, whatever the texts not stored there yet do: each
-        of them counted at the floor under its result if it is in flight there (in_flight),
-        else at 0, for the low end, and at 1 for the high end. One number (low == high, the
-        paper's mean) at a length every text has reached."""
+        end, from the ``rows`` stored there (capacity_lengths'), whatever the texts not stored
+        there yet do: each of them counted at the floor under its result if it is in flight
+        there (in_flight), else at 0, for the low end, and at 1 for the high end. One number
+        (low == high, the paper's mean) at a length every text has reached."""
         missing = self.expected(length, rows) - {(r["sample"], r["seed"]) for r in rows}
         floor = sum(self.in_flight.get((*text, length), 0.0) for text in missing)
         total, n = sum(r["accuracy"] for r in rows), len(rows) + len(missing)
@@ -331,7 +358,7 @@ def per_length_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[d
         complete, counted = g.complete_lengths(), g.capacity_lengths()
         verdicts, stored = g.verdicts(threshold), g.per_length()
         for L in sorted(set(stored) | set(counted)):
-            rows = stored.get(L, [])
+            rows = counted[L] if L in counted else stored[L]
             accuracies = [r["accuracy"] for r in rows]
             interval = accuracy_interval(accuracies) or (None, None)
             low, high = g.mean_bounds(L, rows)

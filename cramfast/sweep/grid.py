@@ -28,6 +28,7 @@ from cramfast.sweep.store import JobKey
 
 GRIDS_DIR = Path(__file__).with_name("grids")
 PAPER_LENGTHS = (8, 16, 32, 64, 80, 96, 128, 160, 192, 256, 384, 512, 768, 1024, 1280, 1568, 2048)
+CLIMB_PATIENCE = 2  # consecutive lengths below the capacity threshold that stop a seed's climb
 DEFAULTS = dict(models=None, sources=None, lengths="8,16,32", n_mem="1", samples=4, seeds="0",
                 db="sweep.db", preset="paper", dtype=None, backend=None, max_steps=None, lr=None,
                 set=None,

@@ -54,10 +54,17 @@ from cramfast.errors import CramfastError
 from cramfast.metrics import CAPACITY_THRESHOLD
 from cramfast.sources import CHUNKINGS
 from cramfast.sweep import store
-from cramfast.sweep.grid import DEFAULTS, Grid, SweepJobs, build_grid, shipped_grids, text_of
+from cramfast.sweep.grid import (
+    CLIMB_PATIENCE,
+    DEFAULTS,
+    Grid,
+    SweepJobs,
+    build_grid,
+    shipped_grids,
+    text_of,
+)
 from cramfast.sweep.store import JobKey
 
-CLIMB_PATIENCE = 2          # consecutive lengths below the threshold that stop a climb
 CLIMB_POLL_SECONDS = 0.5   # a climbing rank's wait between reads of the other ranks' shards
 
 

@@ -26,7 +26,7 @@ from collections import defaultdict
 
 from cramfast.cli.tools import Parser, run
 from cramfast.engine.checkpoint import progress, unpack
-from cramfast.report.groups import groups_of, mean_of, overrides, sweep_record
+from cramfast.report.groups import attach_in_flight, groups_of, mean_of, overrides, sweep_record
 from cramfast.report.tables import markdown_table
 from cramfast.sweep import store
 
@@ -102,11 +102,14 @@ def mean_bounds(stored: list[float], floors: list[float]) -> str:
     return f"{now:.4f}–{ceiling:.4f}"
 
 
-def in_flight_table(texts: list[dict], rows: list[dict]) -> str:
-    """Per m, length and group, the texts in flight. A text the sweep labelled with its job is
-    its group's (settings: the group's hash); of the others, where the stored rows of that m
-    form one group whose optimizer and budget they have, they are taken to be its (a checkpoint
-    alone does not say). Where the group is known, the bounds of the length's mean accuracy."""
+def in_flight_table(texts: list[dict], rows: list[dict], records=()) -> str:
+    """Per m, length and group, the texts in flight (``texts``: in_flight of ``records``, the
+    store's checkpoint records). A text the sweep labelled with its job is its group's
+    (settings: the group's hash), and the bounds of the length's mean accuracy are the report's
+    (cramfast.report.groups.Group.mean_bounds: over every text of the length, queued ones at
+    0); of the others, where the stored rows of that m form one group whose optimizer and
+    budget they have, they are taken to be its (a checkpoint alone does not say), and the
+    bounds are over the stored rows and the texts in flight."""
     groups = defaultdict(list)
     for t in texts:
         if "length" in t:
@@ -114,6 +117,8 @@ def in_flight_table(texts: list[dict], rows: list[dict]) -> str:
             group = None if job is None else (job.model, job.source, job.settings_hash)
             groups[(t["n_mem"], t["length"], group)].append(t)
     stored = groups_of(rows)
+    attach_in_flight(stored, records)
+    by_key = {(g.model, g.source, g.n_mem, g.settings_hash): g for g in stored}
     of_m = defaultdict(list)          # m -> [(group, its optimizer settings)]
     for g in stored:
         of_m[g.n_mem].append((g, sweep_record(g.rows[0]).get("optim") or {}))
@@ -125,11 +130,12 @@ def in_flight_table(texts: list[dict], rows: list[dict]) -> str:
         bounds, of = "–", "?"
         if group is not None:
             of = group[2][:8]
-            accuracies = [r["accuracy"] for g in stored
-                          if (g.model, g.source, g.n_mem, g.settings_hash) == (
-                              group[0], group[1], n_mem, group[2])
-                          for r in g.per_length().get(length, [])]
-            bounds = mean_bounds(accuracies, floors)
+            g = by_key.get((group[0], group[1], n_mem, group[2]))
+            counted = {} if g is None else g.capacity_lengths()
+            if length in counted:       # over every text of the length (Group.mean_bounds)
+                bounds = "{:.4f}–{:.4f}".format(*g.mean_bounds(length, counted[length]))
+            else:                       # a group with no rows stored yet
+                bounds = mean_bounds([], floors)
         elif len(of_m[n_mem]) <= 1 and all(runs_in(o, t) for _, o in of_m[n_mem] for t in at):
             accuracies = [r["accuracy"] for g, _ in of_m[n_mem]
                           for r in g.per_length().get(length, [])]
@@ -156,7 +162,7 @@ def status(path) -> str:
         texts = in_flight(records)
         ago = (time.time() - max(t["saved_at"] for t in texts)) / 60
         unplaced = sum("length" not in t for t in texts)
-        lines += [in_flight_table(texts, rows), "",
+        lines += [in_flight_table(texts, rows, records), "",
                   f"newest save {ago:.0f} min ago"
                   + (f"; {unplaced} record(s) unreadable or not started" if unplaced else ""),
                   time_left(texts), ""]

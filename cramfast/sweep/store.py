@@ -317,7 +317,7 @@ class Store:
         """The records and their labels, in one transaction."""
         keys = [(fp,) for fp in fingerprints]
         if keys:
-            self._transaction("save checkpoints", lambda: [
+            self._transaction("delete checkpoints", lambda: [
                 self.conn.executemany(f"DELETE FROM {table} WHERE fingerprint = ?", keys)
                 for table in ("checkpoints", "checkpoint_jobs")])
 
@@ -333,16 +333,19 @@ class Store:
     def checkpoint_records(self) -> list[tuple[bytes, float, JobKey | None]]:
         """Every text in flight: (its record, when it was saved, as time.time(), its job where
         the sweep labelled it, else None); none in a store made before checkpoints were kept."""
-        tables = {r[0] for r in self.conn.execute(
-            "SELECT name FROM sqlite_master WHERE type='table'")}
-        if "checkpoints" not in tables:
-            return []
-        if "checkpoint_jobs" not in tables:     # a store made before the labels
-            return [(blob, saved_at, None) for blob, saved_at in self.conn.execute(
-                "SELECT record, saved_at FROM checkpoints")]
-        found = self.conn.execute(
-            f"SELECT record, saved_at, {', '.join('j.' + n for n in KEY)} FROM checkpoints "
-            "LEFT JOIN checkpoint_jobs AS j USING (fingerprint)").fetchall()
+        try:
+            tables = {r[0] for r in self.conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table'")}
+            if "checkpoints" not in tables:
+                return []
+            if "checkpoint_jobs" not in tables:     # a store made before the labels
+                return [(blob, saved_at, None) for blob, saved_at in self.conn.execute(
+                    "SELECT record, saved_at FROM checkpoints")]
+            found = self.conn.execute(
+                f"SELECT record, saved_at, {', '.join('j.' + n for n in KEY)} FROM checkpoints "
+                "LEFT JOIN checkpoint_jobs AS j USING (fingerprint)").fetchall()
+        except sqlite3.Error as exc:
+            raise CramfastError(f"{self.path}: cannot read its checkpoints ({exc})") from None
         return [(blob, saved_at, None if key[0] is None else JobKey(*key))
                 for blob, saved_at, *key in found]
 
