@@ -148,3 +148,24 @@ def test_the_command_prints_every_store_and_a_path_that_is_not_one_is_a_one_line
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith(
         "cramfast.sweep.status: error:"), err
+
+
+def test_a_climb_labels_the_texts_it_submits_as_it_goes(tmp_path, monkeypatch):
+    labelled, label = [], store.Store.label_checkpoints
+
+    def recording(self, jobs):
+        labelled.append(sorted(job.length for job in jobs.values()))
+        return label(self, jobs)
+    monkeypatch.setattr(store.Store, "label_checkpoints", recording)
+    path = tmp_path / "climb.db"
+    assert sweep.main(["--model", str(TRAINED), "--source", str(write_rotated_corpus(tmp_path)),
+                       "--samples", "2", "--dtype", "fp64", "--threads", "1", "--quiet",
+                       "--db", str(path), "--checkpoint-every", "0", "--lengths", "8,16,24",
+                       "--max-steps", "200", "--climb"]) == 0
+    # 8 and the length ahead, 16, start the batch; 24 joins it text by text (Stream.submit)
+    # once 8 is decided
+    assert labelled == [[8, 8, 16, 16], [24], [24]]
+    assert {r["length"] for r in store.read_runs([path])} == {8, 16, 24}
+    with store.Store(path, create=False) as s:     # every text finished: no label left
+        assert s.checkpoint_records() == []
+        assert s.conn.execute("SELECT COUNT(*) FROM checkpoint_jobs").fetchone()[0] == 0
