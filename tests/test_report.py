@@ -331,6 +331,8 @@ def test_a_text_in_flight_counts_at_the_floor_under_its_result_where_the_sweep_l
     assert g.in_flight == {(2, 0, 16): 13 / 15}
     assert g.mean_bounds(16, g.per_length()[16]) == pytest.approx(((2 + 13 / 15) / 3, 1.0))
     result = report.make_report([path], tmp_path / "rep", threshold=0.95)
+    assert result["in_flight"] == 1
+    assert "and 1 text(s) in flight there" in (tmp_path / "rep" / "report.md").read_text()
     [record] = result["summary"]
     assert record["verdicts"] == {"8": "pass", "16": "pass"} and record["capacity"] == 16
     # without it, 16 would still be open at 0.95: the third text counted at 0

@@ -199,7 +199,7 @@ def make_report(dbs, out_dir, threshold: float = CAPACITY_THRESHOLD, paper: bool
     groups = groups_of(rows)
     in_flight = [r for r in store.read_checkpoints(dbs)
                  if samples is None or (r[2] is not None and r[2].sample < samples)]
-    attach_in_flight(groups, in_flight)
+    running = attach_in_flight(groups, in_flight)
     table = table_rows(groups, threshold)
     if not paper:
         for r in table:
@@ -246,7 +246,11 @@ def make_report(dbs, out_dir, threshold: float = CAPACITY_THRESHOLD, paper: bool
                                         if g.settings_hash == r["settings_hash"]))
             settings_notes.append(f"- `{r['settings']}`: {json.dumps(ident, sort_keys=True)}")
     capacities = capacity_table(table, summary, show_settings)
-    text = ["# cramfast report", "", f"From {len(rows)} runs in {', '.join(map(str, dbs))}.", "",
+    origin = f"From {len(rows)} runs in {', '.join(map(str, dbs))}" + (
+        f", and {running} text(s) in flight there, each counted at the floor under its result "
+        "where a length some texts have not finished is decided (its best so far, less one "
+        "position without a margin)." if running else ".")
+    text = ["# cramfast report", "", origin, "",
             "## Table 1", "", md, "", legend, "",
             "## Capacity: the paper's and per text", "", capacities, ""]
     text += [f"- {line}" for line in capacity_sentences(threshold)] + [""]
@@ -275,7 +279,7 @@ def make_report(dbs, out_dir, threshold: float = CAPACITY_THRESHOLD, paper: bool
                  "length's mem)", "", warm_start_table(warm), ""]
     text += ["## Figures", ""] + [f"![{f}]({f})" for f in FIGURES]
     (out / "report.md").write_text("\n".join(text) + "\n")
-    return dict(rows=len(rows), groups=len(groups), table=table, markdown=md,
+    return dict(rows=len(rows), in_flight=running, groups=len(groups), table=table, markdown=md,
                 capacities=capacities, summary=summary, sentences=capacity_sentences(threshold),
                 files=sorted(p.name for p in out.iterdir()))
 
@@ -309,8 +313,9 @@ def _report_and_print(args) -> int:
     print("\nCapacity, two ways:\n")
     print(result["capacities"])
     print("\n" + "\n".join(f"- {line.replace('**', '')}" for line in result["sentences"]))
-    print(f"\ncramfast.report: {result['rows']} runs in {result['groups']} group(s) -> {args.out}/ "
-          f"({', '.join(result['files'])})")
+    running = f" and {result['in_flight']} text(s) in flight" if result["in_flight"] else ""
+    print(f"\ncramfast.report: {result['rows']} runs{running} in {result['groups']} group(s) -> "
+          f"{args.out}/ ({', '.join(result['files'])})")
     return 0
 
 
