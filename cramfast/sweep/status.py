@@ -134,7 +134,7 @@ def in_flight_table(texts: list[dict], rows: list[dict], records=()) -> str:
             counted = {} if g is None else g.capacity_lengths()
             if length in counted:       # over every text of the length (Group.mean_bounds)
                 bounds = "{:.4f}–{:.4f}".format(*g.mean_bounds(length, counted[length]))
-            else:                       # a group with no rows stored yet
+            else:                       # not a length the report counts (yet)
                 bounds = mean_bounds([], floors)
         elif len(of_m[n_mem]) <= 1 and all(runs_in(o, t) for _, o in of_m[n_mem] for t in at):
             accuracies = [r["accuracy"] for g, _ in of_m[n_mem]
