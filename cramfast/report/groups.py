@@ -509,10 +509,12 @@ def search_summary(g: Group) -> dict | None:
 
 def summary_records(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[dict]:
     """One record per group for summary.json: the paper's capacity and what it is decided from
-    (passages and mean accuracy per length, with the 95% interval), the per-text search capacity
-    where the group has --search rows, and the settings the rows ran with (preset and max_steps
-    from the sweep's record, column ``sweep``, else the result's own settings, ``settings``;
-    settings_changed: those that differ from the preset's, overrides())."""
+    (passages and mean accuracy per length, with the 95% interval; each length's verdict and
+    the interval its mean over all its texts will end in; the open lengths above the capacity),
+    the per-text search capacity where the group has --search rows, and the settings the rows
+    ran with (preset and max_steps from the sweep's record, column ``sweep``, else the result's
+    own settings, ``settings``; settings_changed: those that differ from the preset's,
+    overrides())."""
     out = []
     for g in groups:
         cap, lower_bound, _ = g.capacity(threshold)
