@@ -9,8 +9,9 @@ one row per job. For each group:
                  start, climb) and those of the paper's grid that a --search reached for every
                  text (its other probes reach only the texts lossless below them, a biased
                  mean). A length that some texts have not reached yet is decided only when its
-                 mean is >= 0.99 (or < 0.99) whatever they do (each at its best so far where
-                 it is in flight, its checkpoint labelled by the sweep, else at 0; and at 1),
+                 mean is >= 0.99 (or < 0.99) whatever they do (each at the floor under its
+                 result where it is in flight, its checkpoint labelled by the sweep, else at 0;
+                 and at 1),
                  else it is open; "≥" marks a lower bound (the longest length counted, or a
                  longer one still open: "(96 open)")
   token gain     mean over the group's runs with accuracy <= 0.99 (the paper's averaging),
@@ -127,7 +128,7 @@ def capacity_table(table: list[dict], summary: list[dict], show_settings: bool) 
 
 def per_length_table(per_length: list[dict], threshold: float, show_settings: bool) -> str:
     """Mean accuracy per group and length with its 95% interval and its passages ("3/4": fewer
-    than the group's texts); where fewer, the interval the mean over the group's texts will end
+    than the length's texts); where fewer, the interval the mean over all of them will end
     in; the verdict (yes, no, open, or not counted: a length the paper's capacity is not decided
     at); the mean steps of its texts (what the length cost)."""
     head = ["model", "source", "m"] + (["settings"] if show_settings else []) + [
@@ -259,8 +260,8 @@ def make_report(dbs, out_dir, threshold: float = CAPACITY_THRESHOLD, paper: bool
              "95% interval: normal approximation over the texts' accuracies (mean ± 1.96 · sd / "
              "√n), none for one text, zero wide when every text has the same accuracy. "
              "Passages \"3/4\": the length was run for fewer than the group's texts; \"will end "
-             "in\": its mean over all of them, the others counted at their best so far where "
-             "they are in flight, else at 0, and at 1. All in "
+             "in\": its mean over all of them, the others counted at the floor under their "
+             "results where they are in flight, else at 0, and at 1. All in "
              "per_length.csv and summary.json.", ""]
     if settings_notes:
         text += ["Settings:", ""] + sorted(set(settings_notes)) + [""]

@@ -15,7 +15,7 @@ from cramfast.engine.checkpoint import progress, unpack
 from cramfast.metrics import CAPACITY_THRESHOLD
 from cramfast.presets import PRESETS
 from cramfast.settings import RESULT_SETTINGS, preset_settings
-from cramfast.sweep.grid import CLIMB_PATIENCE, PAPER_LENGTHS
+from cramfast.sweep.grid import CLIMB_PATIENCE, PAPER_LENGTHS, climb_below
 
 # Kuratov, Arkhipov, Bulatov, Burtsev (2025), arXiv 2502.13063, Table 1 (one vector):
 # d, V, MaxCap, PG-19 capacity / token gain / CE reduction, random capacity / gain / CE red.
@@ -138,7 +138,7 @@ class Group:
             if {(r["sample"], r["seed"]) for r in rows} != texts:
                 return None                 # a length still running: no stop known past it
             mean = sum(r["accuracy"] for r in rows) / len(rows)
-            below = below + 1 if mean < CAPACITY_THRESHOLD else 0
+            below = climb_below(below, mean)
             if below >= CLIMB_PATIENCE:
                 return L
         return None

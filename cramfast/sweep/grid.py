@@ -21,6 +21,7 @@ import tomllib
 
 from cramfast import sources
 from cramfast.errors import CramfastError
+from cramfast.metrics import CAPACITY_THRESHOLD
 from cramfast.models import DEFAULT_MODEL, embedded_model_path, local_path, parse_dtype
 from cramfast.settings import RESULT_SETTINGS, defaults, parse_settings, preset_settings, split
 from cramfast.sources import CHUNKINGS
@@ -29,6 +30,12 @@ from cramfast.sweep.store import JobKey
 GRIDS_DIR = Path(__file__).with_name("grids")
 PAPER_LENGTHS = (8, 16, 32, 64, 80, 96, 128, 160, 192, 256, 384, 512, 768, 1024, 1280, 1568, 2048)
 CLIMB_PATIENCE = 2  # consecutive lengths below the capacity threshold that stop a seed's climb
+
+
+def climb_below(below: int, mean: float) -> int:
+    """A climb's count of consecutive lengths below the capacity threshold, after one more
+    length whose mean accuracy is ``mean``; at CLIMB_PATIENCE the climb stops."""
+    return below + 1 if mean < CAPACITY_THRESHOLD else 0
 DEFAULTS = dict(models=None, sources=None, lengths="8,16,32", n_mem="1", samples=4, seeds="0",
                 db="sweep.db", preset="paper", dtype=None, backend=None, max_steps=None, lr=None,
                 set=None,

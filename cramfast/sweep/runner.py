@@ -60,6 +60,7 @@ from cramfast.sweep.grid import (
     Grid,
     SweepJobs,
     build_grid,
+    climb_below,
     shipped_grids,
     text_of,
 )
@@ -528,7 +529,7 @@ class _Climb:
         """The current length's accuracies (one per text) seen: on to the next length."""
         accuracies = [a or 0.0 for a in accuracies]   # a row without accuracy: a failed run
         mean = sum(accuracies) / len(accuracies)
-        self.below = self.below + 1 if mean < CAPACITY_THRESHOLD else 0
+        self.below = climb_below(self.below, mean)
         self.index += 1
 
 
