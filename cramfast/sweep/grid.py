@@ -36,6 +36,8 @@ def climb_below(below: int, mean: float) -> int:
     """A climb's count of consecutive lengths below the capacity threshold, after one more
     length whose mean accuracy is ``mean``; at CLIMB_PATIENCE the climb stops."""
     return below + 1 if mean < CAPACITY_THRESHOLD else 0
+
+
 DEFAULTS = dict(models=None, sources=None, lengths="8,16,32", n_mem="1", samples=4, seeds="0",
                 db="sweep.db", preset="paper", dtype=None, backend=None, max_steps=None, lr=None,
                 set=None,
