@@ -6,6 +6,11 @@ takes no more texts gives, as before).
 
     .venv/bin/python benchmarks/rounds_occupancy.py --out FILE.json
     .venv/bin/python benchmarks/rounds_occupancy.py --climb --out FILE.json
+    .venv/bin/python benchmarks/rounds_occupancy.py --climb --early --out FILE.json
+
+With ``--early`` (a climb), both runs use the job stream, and what differs is a length decided
+below before its texts ended: ``--climb-finish`` runs them to their end, the default takes them
+out of the batch once the stored rows keep the length's mean below 0.99.
 
 The shipped tiny model (tests/data/tiny-llama-trained, fp64), prose in its own distribution
 (the tests' corpus rotated, a passage per text), `fast` without parallel attempts (fill_slots
@@ -13,7 +18,8 @@ The shipped tiny model (tests/data/tiny-llama-trained, fp64), prose in its own d
 tokens and --cap, the climb over --climb-lengths. Figures: ``wall_s`` (the sweep, model
 loaded), ``occupancy`` (the busy share of the batch's slots over its steps: sum over syncs of
 busy slots x steps / (max_slots x steps)), ``calls`` (batched compress calls), ``steps``
-(device steps, each a batch forward/backward). On a CPU a step costs its rows, so the wall
+(device steps, each a batch forward/backward), ``text_steps`` (the busy slots' steps, summed).
+On a CPU a step costs its rows, so the wall
 time follows the text-steps, not the occupancy; on a GPU a step of a small model costs about
 the same at any occupancy, and the steps are what the wall time follows.
 """
@@ -31,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def run(stream: bool, args, folder: Path) -> dict:
+def run(stream: bool, args, folder: Path, finish: bool = False) -> dict:
     import cramfast
     from cramfast.engine import Hooks
     from cramfast.sweep import grid
@@ -44,8 +50,10 @@ def run(stream: bool, args, folder: Path) -> dict:
         results = cramfast.compress_iter(texts, hooks=Hooks(on_timing=timings.append), **kw)
         return results if stream else (item for item in results)   # no submit: rounds
 
-    db = folder / f"{'stream' if stream else 'rounds'}.db"
-    plan = (["--lengths", args.climb_lengths, "--climb"] if args.climb
+    mode = ("stream" if stream else "rounds") + (", every text" if finish else "")
+    db = folder / f"{mode}.db"
+    plan = (["--lengths", args.climb_lengths, "--climb"] + (["--climb-finish"] if finish else [])
+            if args.climb
             else ["--lengths", f"8,{args.cap}", "--search", "capacity"])
     flags = ["--model", str(ROOT / "tests/data/tiny-llama-trained"), "--source",
              str(folder / "corpus.txt"), *plan, "--samples",
@@ -60,9 +68,9 @@ def run(stream: bool, args, folder: Path) -> dict:
     steps = [t for t in timings if t.phase == "steps"]
     busy = sum(t.texts * t.steps for t in steps)
     total = sum(t.steps for t in steps)
-    return dict(mode="stream" if stream else "rounds", wall_s=round(wall, 2),
+    return dict(mode=mode, wall_s=round(wall, 2),
                 occupancy=round(busy / (total * args.slots), 3), calls=len(calls),
-                steps=total, capacities=sorted(summary.search.values()),
+                steps=total, text_steps=busy, capacities=sorted(summary.search.values()),
                 climb=sorted(map(list, summary.climb.values())))
 
 
@@ -74,6 +82,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-steps", type=int, default=600)
     p.add_argument("--climb", action="store_true", help="the climb instead of the search")
     p.add_argument("--climb-lengths", default="8,16,24,32,40,48,56,64,80,96")
+    p.add_argument("--early", action="store_true",
+                   help="with --climb: lengths decided early against --climb-finish, both "
+                        "streamed")
     p.add_argument("--out")
     args = p.parse_args(argv)
     import torch
@@ -91,7 +102,8 @@ def main(argv=None) -> int:
         words = CORPUS.split()
         paragraphs = [" ".join(words[3 * k:] + words[:3 * k]) for k in range(args.texts)]
     (folder / "corpus.txt").write_text("\n\n".join(paragraphs))
-    runs = [run(False, args, folder), run(True, args, folder)]
+    runs = ([run(True, args, folder, finish=True), run(True, args, folder)]
+            if args.climb and args.early else [run(False, args, folder), run(True, args, folder)])
     for r in runs:
         print(r)
     for figure in ("capacities", "climb"):

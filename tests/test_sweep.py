@@ -529,6 +529,104 @@ def test_climb_resumes_from_stored_lengths_and_computes_nothing_twice(trained_pa
     assert "climb: 1 group(s), 1 stopped after 2 lengths below 0.99, 0 ran every length" in said
 
 
+class TimedStream:
+    """A compress_iter whose texts end in the order a batch ends them: each takes steps(ids)
+    from when it joins (the fake compressor's results), and it takes texts while it runs
+    (submit) and gives them up (withdraw), as the engine's Stream does."""
+
+    def __init__(self, capacity_of, steps):
+        self.capacity_of, self.steps = capacity_of, steps
+        self.calls, self.withdrawn, self.ran = 0, [], []
+
+    def __call__(self, texts, **kw):
+        self.calls += 1
+        self.kw, self.texts, self.now, self.queue = kw, [], 0, {}
+        for ids in texts:
+            self.submit(ids)
+        return self
+
+    def submit(self, ids) -> int:
+        self.texts.append(ids)
+        self.queue[len(self.texts) - 1] = self.now + self.steps(ids)
+        return len(self.texts) - 1
+
+    def withdraw(self, index):
+        if self.queue.pop(index, None) is not None:
+            self.withdrawn.append(len(self.texts[index]))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if not self.queue:
+            raise StopIteration
+        index = min(self.queue, key=lambda i: (self.queue[i], i))
+        self.now = self.queue.pop(index)
+        self.ran.append(len(self.texts[index]))
+        one = fake_compressor(self.capacity_of)([self.texts[index]], **self.kw)
+        return index, next(one)[1]
+
+
+def test_a_climb_decides_a_length_below_once_its_rows_keep_it_there(trained_path, corpus_file,
+                                                                    tmp_path, capsys):
+    """At 24, sample 0's text fails at once and the others would take long: its row alone keeps
+    the mean at 24 below 0.99 (mean_at_most), so 24 is decided, its other texts are withdrawn
+    from the running batch, and the climb goes on to 32, decided below by the first of its rows
+    in the same way: stopped. A rerun decides the same from the store and computes nothing; a
+    grid run of 24 finishes the rest."""
+    first = {}
+
+    def cap(ids):          # sample 0 fails from 24 on, the others from 32 on
+        first.setdefault(len(ids), tuple(ids))
+        return 20 if tuple(ids) == first[len(ids)] else 31
+
+    def steps(ids):        # a failing text at 24 ends at once, a lossless one there late
+        return 1 if len(ids) == 24 and cap(ids) < 24 else 100 if len(ids) == 24 else len(ids)
+
+    db = tmp_path / "decided.db"
+    g = climb_grid(trained_path, corpus_file, db, "--samples", "4")
+    stream = TimedStream(cap, steps)
+    summary = sweep.run_sweep(g, quiet=True, compress_iter=stream)
+    assert stream.calls == 1 and stream.withdrawn == [24] * 3 + [32] * 3
+    assert sorted(stream.ran) == [8] * 4 + [16] * 4 + [24, 32]
+    assert list(summary.climb.values()) == [(32, "stopped")]
+    assert summary.climb_unfinished == 6 and summary.ran == 10
+    assert "6 job(s) at lengths decided below left unfinished" in summary.line()
+    # the report reads the stop where the climb made it: 24 and 32 decided with one row each
+    [group] = report_groups(db)
+    assert group.climb_stopped(0) == 32
+    assert group.verdicts() == {8: "pass", 16: "pass", 24: "fail", 32: "fail"}
+    # rerun: decided from the store, nothing computed; said in one line
+    again = TimedStream(cap, steps)
+    rerun = sweep.run_sweep(g, quiet=True, compress_iter=again)
+    assert again.calls == 0 and rerun.ran == 0 and rerun.climb == summary.climb
+    assert rerun.climb_unfinished == 6
+    err = capsys.readouterr().err
+    assert ("24 decided below 0.99 with 1 of 4 texts stored (its mean ends at most 0.8696); "
+            "3 other text(s) left unfinished (a grid run of --lengths 24 finishes them)"
+            ) in err, err
+    # the rows are the grid's: a plain grid run of 24 computes just the three left
+    plain = grid_args("--model", trained_path, "--source", str(corpus_file), "--samples", "4",
+                      "--lengths", "24", "--db", str(db))
+    rest = fake_compressor(cap)
+    assert sweep.run_sweep(plain, quiet=True, compress_iter=rest).ran == 3
+    assert rest.calls[0]["lengths"] == [24] * 3
+    # --climb-finish: every text of every length it runs, the same stop
+    finish = TimedStream(cap, steps)
+    full = sweep.run_sweep(climb_grid(trained_path, corpus_file, tmp_path / "finish.db",
+                                      "--samples", "4", "--climb-finish"),
+                           quiet=True, compress_iter=finish)
+    assert finish.withdrawn == [] and sorted(finish.ran) == sorted([8, 16, 24, 32] * 4)
+    assert full.climb == summary.climb and full.climb_unfinished == 0
+    with pytest.raises(CramfastError, match="--climb-finish is a setting of --climb"):
+        grid_args("--source", "random", "--climb-finish")
+
+
+def report_groups(db):
+    from cramfast.report.groups import groups_of
+    return groups_of(store.read_runs([db]))
+
+
 def test_climb_with_warm_start_chains_the_lengths_it_runs(trained_path, corpus_file, tmp_path):
     db = tmp_path / "warm_climb.db"
     fake = fake_compressor(lambda ids: 20, accept_init=True)

@@ -125,8 +125,8 @@ def test_texts_of_another_budget_than_the_stored_group_get_no_bounds(db):
 
 
 def test_a_length_mean_ends_between_its_rows_with_the_best_so_far_and_every_text_lossless():
-    assert status.mean_bounds([1.0, 0.9], [0.5, 0.8]) == "0.8000–0.9750"
-    assert status.mean_bounds([], [0.25]) == "0.2500–1.0000"
+    assert status.mean_bounds([1.0, 0.9], [0.5, 0.8]) == pytest.approx((0.8, 0.975))
+    assert status.mean_bounds([], [0.25]) == pytest.approx((0.25, 1.0))
 
 
 def test_the_time_left_is_the_slowest_running_text_budget_at_its_pace():
@@ -136,6 +136,24 @@ def test_the_time_left_is_the_slowest_running_text_budget_at_its_pace():
                                        "running; 1 not started and a climb's later lengths not "
                                        "counted)")
     assert status.time_left([dict(length=40, seconds_left=None)]) == "no pace recorded yet"
+    assert status.time_left(texts[:1], decided=3) == (
+        "at most 0.5 h more at the pace so far (the texts running; a climb's later lengths not "
+        "counted; 3 at lengths decided below 0.99 not counted: a climb leaves them)")
+
+
+def test_a_length_whose_mean_ends_below_the_threshold_whatever_its_texts_do_is_marked(db):
+    with store.Store(db, create=False) as s:
+        texts = status.in_flight(s.checkpoint_records())
+    rows = store.read_runs([db])
+    [open_row] = status.in_flight_table(texts, rows).splitlines()[2:]
+    assert not open_row.endswith("(below 0.99) |")            # 40: no rows, still open
+    # the same texts taken to be at 16, where the two rows stored are made half right: even
+    # were both to end lossless the mean would end at (0.5 + 0.5 + 2) / 4
+    at16 = [dict(t, length=16) for t in texts]
+    half = [dict(r, accuracy=0.5) for r in rows]
+    [row] = status.in_flight_table(at16, half).splitlines()[2:]
+    assert row.endswith("–0.7500 (below 0.99) |"), row
+    assert status.status(db).count("(below 0.99)") == 0
 
 
 def test_the_command_prints_every_store_and_a_path_that_is_not_one_is_a_one_line_error(

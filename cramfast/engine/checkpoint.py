@@ -165,13 +165,19 @@ class Checkpointer:
                 or 0 < self.every_steps <= evaluations - self.last_evaluation)
 
     def save(self, records: dict[int, dict], evaluations: int):
+        """The save that was due: ``records`` (text index -> record) written, the next one
+        due ``every_s`` / ``every_steps`` from now."""
         started = time.monotonic()
-        if records:
-            self.store.put({self.fingerprints[i]: pack(dict(r, format=FORMAT))
-                            for i, r in records.items()})
+        self.put(records)
         self.last_time, self.last_evaluation = time.monotonic(), evaluations
         self.saves += 1
         self.seconds += self.last_time - started
+
+    def put(self, records: dict[int, dict]):
+        """``records`` (text index -> record) written, whenever the next save is due."""
+        if records:
+            self.store.put({self.fingerprints[i]: pack(dict(r, format=FORMAT))
+                            for i, r in records.items()})
 
     def finished(self, indices: list[int]):
         """These texts' results were taken by the caller: their records are not needed."""

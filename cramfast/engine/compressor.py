@@ -16,6 +16,7 @@ The path, top to bottom:
                                     does not decode back goes on with a larger margin
      -> checkpointer.save(...)      with a checkpoint store, every text in flight as it stands
                                     (checkpoint.py), every checkpoint_seconds; a rerun resumes
+                                    (and a text withdrawn from a Stream, when it leaves)
   -> finish(...)                    metrics with and without mem (decoding.py), per group of
                                     texts finished at the same sync
 """
@@ -103,6 +104,7 @@ class Stream:
     included (indices go on from the first texts'), and ends when nothing is running, queued
     or submitted: after each result the caller may submit more. A search submits a text's next
     probe the moment its last one comes back, so no slot waits for a round to end.
+    ``withdraw`` takes a text out without a result (a climb, once a length is decided).
 
         stream = compress_iter(first_texts, model=lm, longest=256)
         for index, result in stream:
@@ -117,9 +119,11 @@ class Stream:
         self.submitted = 0
         self._next_index = len(jobs)
         self._incoming: deque = deque()
+        self._withdrawn: deque = deque()
         record = dict(batch.to_dict(), cuda_graphs=use_cuda_graphs(lm, batch, backend))
         self._results = _results_as_they_finish(lm, jobs, n_mem, batch, backend, hooks, record,
-                                                checkpointer, self._incoming, self.budget)
+                                                checkpointer, self._incoming, self.budget,
+                                                self._withdrawn)
 
     def submit(self, text, settings: dict | None = None, init_mem=None) -> int:
         """Queue one more text (``settings``: its per-text settings; ``init_mem``: its start);
@@ -139,6 +143,14 @@ class Stream:
         self._incoming.append(job)
         self.submitted += 1
         return job.index
+
+    def withdraw(self, index: int) -> None:
+        """Take the text of this index out of the run at the next sync, without a result: it
+        is not yielded, and its slots go to the others. With a checkpoint, its state as it
+        stands is saved there first, so a later run with the same checkpoint goes on from it
+        and ends as an uninterrupted run ends; without one, its steps are dropped. A text that
+        has finished by then (its result not yet taken) still comes."""
+        self._withdrawn.append(index)
 
     def checkpoint_key(self, index: int) -> str | None:
         """The key the text of this index is checkpointed under (None without a checkpoint):
@@ -165,10 +177,10 @@ def job_fingerprint(lm: LoadedModel, job: Job, n_mem: int, batch: BatchSettings)
 
 
 def _results_as_they_finish(lm, jobs, n_mem, batch, backend, hooks, record, checkpointer,
-                            incoming=None, budget=0):
+                            incoming=None, budget=0, withdrawn=None):
     layout = layout_for(lm, batch.mem_position)
     for finished in optimize(lm, jobs, n_mem, batch, backend, hooks, checkpointer, incoming,
-                             budget):
+                             budget, withdrawn):
         start = time.perf_counter()
         results = finish(lm, finished, n_mem, backend, record, layout)
         if hooks.on_timing:
@@ -179,22 +191,24 @@ def _results_as_they_finish(lm, jobs, n_mem, batch, backend, hooks, record, chec
 
 def optimize(lm: LoadedModel, jobs: list[Job], n_mem: int, batch: BatchSettings, backend=None,
              hooks: Hooks | None = None, checkpointer: Checkpointer | None = None,
-             incoming: deque | None = None, budget: int = 0):
+             incoming: deque | None = None, budget: int = 0, withdrawn: deque | None = None):
     """Drive the scheduler; yields the list of jobs finished at each sync (their ``result``
     filled in). Each scheduler job is one Attempt, its id drawn from one counter. With a
     ``checkpointer``, texts it holds a record of go on from there, every text in flight is
     saved when a save is due, and a polite stop (stopping.py) saves them all at the next sync
     and raises Stopped. ``incoming``: jobs that arrive while it runs (a Stream's); each
     joins the queue at the next sync, and the run ends when nothing is running, queued or
-    incoming. ``budget``: tokens the longest of them may need (padded length + n_mem)."""
+    incoming. ``budget``: tokens the longest of them may need (padded length + n_mem).
+    ``withdrawn``: indices of texts to take out at the next sync without a result (_withdraw)."""
     with saving_loop() if checkpointer else contextlib.nullcontext():
         yield from _optimize(lm, jobs, n_mem, batch, backend, hooks, checkpointer, incoming,
-                             budget)
+                             budget, withdrawn)
 
 
-def _optimize(lm, jobs, n_mem, batch, backend, hooks, checkpointer, incoming, budget):
+def _optimize(lm, jobs, n_mem, batch, backend, hooks, checkpointer, incoming, budget, withdrawn):
     hooks = hooks or Hooks()
     incoming = deque() if incoming is None else incoming
+    withdrawn = deque() if withdrawn is None else withdrawn
     budget = max(batch.token_budget, budget, max(len(j.token_ids) for j in jobs) + n_mem)
     sched = Scheduler(batch.max_slots, budget, n_mem, batch.policy)
     attempts: dict[int, Attempt] = {}
@@ -209,6 +223,10 @@ def _optimize(lm, jobs, n_mem, batch, backend, hooks, checkpointer, incoming, bu
     stepper = make_stepper(lm, state, batch, backend, hooks.update, hooks.drop_stopped)
     layout = stepper.layout
     while not sched.done() or incoming:
+        while withdrawn:
+            _withdraw(withdrawn.popleft(), sched, attempts, state, incoming, checkpointer)
+        if sched.done() and not incoming:   # the last texts running were withdrawn
+            break
         while incoming:
             job = incoming.popleft()
             record = checkpointer.resumed([job.index]).get(job.index) if checkpointer else None
@@ -337,6 +355,22 @@ def _resume(sched, attempts: dict, ids, job: Job, record: dict):
                           resume=saved["slot_state"])
         _add_attempt(sched, attempts, next(ids), attempt)
     job.attempts = record["attempts_started"]
+
+
+def _withdraw(index: int, sched, attempts: dict, state: SlotState, incoming: deque,
+              checkpointer: Checkpointer | None):
+    """Take text ``index`` out without a result (Stream.withdraw): not entered yet, it is
+    dropped from ``incoming``; queued or running, its attempts are cancelled (their slots
+    freed), its record saved first where there is a checkpointer. A text that is not there
+    (finished, or withdrawn before) is left alone."""
+    for job in [job for job in incoming if job.index == index]:
+        incoming.remove(job)
+    mine = {i: a for i, a in attempts.items() if a.job.index == index}
+    if checkpointer and mine:
+        checkpointer.put(in_flight(mine, state, sched))
+    for i in mine:
+        sched.cancel(i)
+        del attempts[i]
 
 
 def _fill_idle_slots(lm, sched, attempts: dict, width: int, sync_every: int, n_mem: int, ids,

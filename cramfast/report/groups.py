@@ -15,7 +15,7 @@ from cramfast.engine.checkpoint import progress, unpack
 from cramfast.metrics import CAPACITY_THRESHOLD
 from cramfast.presets import PRESETS
 from cramfast.settings import RESULT_SETTINGS, preset_settings
-from cramfast.sweep.grid import CLIMB_PATIENCE, PAPER_LENGTHS, climb_below
+from cramfast.sweep.grid import CLIMB_PATIENCE, PAPER_LENGTHS, climb_below, mean_at_most
 
 # Kuratov, Arkhipov, Bulatov, Burtsev (2025), arXiv 2502.13063, Table 1 (one vector):
 # d, V, MaxCap, PG-19 capacity / token gain / CE reduction, random capacity / gain / CE red.
@@ -125,9 +125,10 @@ class Group:
 
     def climb_stopped(self, seed: int) -> int | None:
         """The length after which this seed's climb stopped: the second of CLIMB_PATIENCE
-        consecutive lengths (of its climb rows, in order, every one of its grid texts stored
-        there) whose mean accuracy is below the climb's threshold, as the climb decides; None
-        while its rows show no stop."""
+        consecutive lengths (of its climb rows, in order) whose mean accuracy is below the
+        climb's threshold, decided as the climb decides them (every one of its grid texts
+        stored there, or fewer that keep the mean below it: grid.mean_at_most); None while its
+        rows show no stop."""
         texts = {t for t in self.grid_texts() if t[1] == seed}
         by_length = defaultdict(list)
         for r in self.rows:
@@ -135,10 +136,11 @@ class Group:
                 by_length[r["length"]].append(r)
         below = 0
         for L, rows in sorted(by_length.items()):
-            if {(r["sample"], r["seed"]) for r in rows} != texts:
-                return None                 # a length still running: no stop known past it
-            mean = sum(r["accuracy"] for r in rows) / len(rows)
-            below = climb_below(below, mean)
+            stored = {(r["sample"], r["seed"]): r["accuracy"] for r in rows}
+            high = mean_at_most(list(stored.values()), len(texts))
+            if stored.keys() != texts and high >= CAPACITY_THRESHOLD:
+                return None                 # a length still open: no stop known past it
+            below = climb_below(below, high)
             if below >= CLIMB_PATIENCE:
                 return L
         return None

@@ -38,13 +38,22 @@ def climb_below(below: int, mean: float) -> int:
     return below + 1 if mean < CAPACITY_THRESHOLD else 0
 
 
+def mean_at_most(accuracies: list, n_texts: int) -> float:
+    """The highest a length's mean accuracy over ``n_texts`` texts can end at, from the
+    ``accuracies`` of the texts stored there (None: a failed run, 0), the others counted
+    lossless: the mean itself once every text is stored. A climb decides a length when every
+    text is stored or when this is below the capacity threshold: then nothing the texts still
+    to run there do can lift the mean to it."""
+    return (sum(a or 0.0 for a in accuracies) + n_texts - len(accuracies)) / n_texts
+
+
 DEFAULTS = dict(models=None, sources=None, lengths="8,16,32", n_mem="1", samples=4, seeds="0",
                 db="sweep.db", preset="paper", dtype=None, backend=None, max_steps=None, lr=None,
                 set=None,
                 patience=None, max_slots=None, checkpoint_every=None, chunking=CHUNKINGS[0],
                 sample_seed=0,
                 vocab_file=None,
-                search=None, search_tol=1, warm_start=False, climb=False)
+                search=None, search_tol=1, warm_start=False, climb=False, climb_finish=False)
 CONFIG_KEYS = set(DEFAULTS) | {"model", "source"}
 HASHED_SETTINGS = RESULT_SETTINGS   # what a result depends on (batch size, sync do not)
 
@@ -70,6 +79,8 @@ class Grid:
     lengths_given: bool = True
     warm_start: bool = DEFAULTS["warm_start"]
     climb: bool = DEFAULTS["climb"]               # lengths in order, a group stopped past capacity
+    # a climb runs every text of a length it decided below early (each length's exact mean)
+    climb_finish: bool = DEFAULTS["climb_finish"]
 
     def settings(self) -> dict:
         """The full optimization settings the jobs run with (preset + overrides)."""
@@ -152,8 +163,9 @@ def _build_grid(args) -> Grid:
     flags = {k: v for k, v in vars(args).items() if v is not None and k in DEFAULTS}
     merged.update(flags)
     lengths_given = "lengths" in config or "lengths" in flags
-    if not isinstance(merged["climb"], bool):     # TOML climb = "yes": refused, not truthy
-        raise CramfastError(f"climb must be true or false, got {merged['climb']!r}")
+    for name in ("climb", "climb_finish"):        # TOML climb = "yes": refused, not truthy
+        if not isinstance(merged[name], bool):
+            raise CramfastError(f"{name} must be true or false, got {merged[name]!r}")
     if merged["climb"] and not lengths_given:     # the climb's point: the paper's whole grid
         merged["lengths"] = list(PAPER_LENGTHS)
     models = [str(m) for m in (merged["models"] or [DEFAULT_MODEL])]
@@ -176,7 +188,7 @@ def _build_grid(args) -> Grid:
         vocab_file=merged["vocab_file"], search=merged["search"],
         search_tol=int(merged["search_tol"]),
         lengths_given=lengths_given, warm_start=bool(merged["warm_start"]),
-        climb=merged["climb"])
+        climb=merged["climb"], climb_finish=merged["climb_finish"])
     if not grid.lengths or not grid.n_mem or not grid.seeds or grid.samples < 1:
         raise CramfastError("empty grid: lengths, n_mem and seeds need at least one value each "
                             "and samples must be >= 1")
@@ -194,6 +206,8 @@ def _build_grid(args) -> Grid:
     if grid.search and grid.climb:
         raise CramfastError("--climb and --search capacity do not combine: the search picks "
                             "its own lengths per text, the climb walks the grid's")
+    if grid.climb_finish and not grid.climb:
+        raise CramfastError("--climb-finish is a setting of --climb: pass both")
     if grid.search_tol < 1:
         raise CramfastError("search_tol must be >= 1")
     grid.settings()  # unknown preset, bad lr/max_steps: now, before any work

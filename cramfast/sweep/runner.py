@@ -22,8 +22,12 @@ Modes beyond the paper's fixed grid:
   --climb             the grid's lengths (the paper's, without --lengths) in increasing order,
                       one length at a time per (model, source, n_mem, seed); a group stops after
                       CLIMB_PATIENCE consecutive lengths whose mean accuracy over its texts is
-                      below the capacity threshold. Its rows are the grid's (same keys): stored
-                      lengths count, so a rerun goes on where the climb stopped.
+                      below the capacity threshold. A length is decided below as soon as its
+                      stored rows keep the mean under the threshold whatever its other texts
+                      do; those are withdrawn from the batch, their checkpoints kept (a plain
+                      grid run of that length finishes them; --climb-finish runs them in the
+                      climb). Its rows are the grid's (same keys): stored lengths count, so a
+                      rerun goes on where the climb stopped.
 
 Scale-out: under torchrun (RANK / WORLD_SIZE set) rank r takes every WORLD_SIZE-th job (text, in
 the search, warm-start and climb modes) of the deterministic job list and writes
@@ -61,6 +65,7 @@ from cramfast.sweep.grid import (
     SweepJobs,
     build_grid,
     climb_below,
+    mean_at_most,
     shipped_grids,
     text_of,
 )
@@ -149,6 +154,7 @@ class Summary:
     climb: dict = field(default_factory=dict)
     climb_lengths: int = 0  # (group, length) pairs past a climb's stop, not run
     climb_jobs: int = 0     # this rank's jobs at those lengths (not stored before)
+    climb_unfinished: int = 0  # jobs at lengths decided below before they ended, left unrun
 
     def line(self) -> str:
         unit, done = ("texts", "probes") if self.mode == "search" else ("jobs", "")
@@ -157,6 +163,9 @@ class Summary:
         if self.mode == "climb":
             extra += (f", {self.climb_lengths} length(s) past the climb's stop skipped "
                       f"({self.climb_jobs} jobs)")
+            if self.climb_unfinished:
+                extra += (f", {self.climb_unfinished} job(s) at lengths decided below left "
+                          "unfinished")
         done = done + " " if done else ""
         return (f"cramfast.sweep: {self.total} {unit}, {self.already} {done}already stored, "
                 f"{self.ran} rows written in {self.seconds:.1f} s{extra} -> {self.db}")
@@ -220,6 +229,7 @@ class _RankRunner:
         self.progress, self.workers = None, workers
         self.record = grid.settings_record()
         self.loaded = None          # (model id, LoadedModel) of the model in memory
+        self.unfinished = set()     # keys of jobs a climb decided not to end (_decide)
 
     # -- the four modes: the grid's jobs, warm-started lengths, the capacity search, the climb --
 
@@ -294,8 +304,11 @@ class _RankRunner:
     def climb(self):
         """The grid's lengths in increasing order for every (model, source, n_mem, seed) group:
         once a length's rows are all stored (every text's, every rank's), the group's mean
-        accuracy there decides whether it goes on. The length after the one running joins it
-        where it runs whatever that mean is (_Climb.ahead), so no compute goes past the stop.
+        accuracy there decides whether it goes on; so do fewer rows once they keep the mean
+        below the threshold whatever the other texts do (_Climb.decide), and those texts are
+        not run further (withdrawn from the running batch, their checkpoints kept). The length
+        after the one running joins it where it runs whatever that mean is (_Climb.ahead), so
+        no compute goes past the stop.
         In one process (or a Ray pool) the groups of one model / n_mem / seed share one batched
         call that runs without rounds: a length is decided the moment its last row is stored,
         and what runs next joins the running batch at once (_climb_stream). Under torchrun and
@@ -316,15 +329,17 @@ class _RankRunner:
     def _climb_stream(self, mid, n_mem, seed, climbs: dict, units):
         """One model / n_mem / seed's climbs in one batched call: each stored row may decide
         its source's length, and the jobs that decision lets run are submitted to the running
-        call (the stream's; a compress_iter without one runs them in the next call)."""
-        submitted = set()
+        call (the stream's; a compress_iter without one runs them in the next call). A
+        length decided before all its texts ended takes those still running out of the call."""
+        submitted, unfinished = set(), []
 
         def runnable(src) -> list:
             """What the stored rows decide for src's climb; the jobs it runs now, not yet
             given to the call."""
             state = climbs[src]
-            while not state.done and all(j.key in self.stored for j in state.current):
-                state.decide([self.stored[j.key][0] for j in state.current])
+            left = self._decide((mid, src, n_mem, seed), state, units,
+                                early=not self.grid.climb_finish)
+            unfinished.extend(j for j in left if j.key in submitted)
             if state.done:
                 self._climb_finished((mid, src, n_mem, seed), climbs.pop(src), units)
                 return []
@@ -338,7 +353,7 @@ class _RankRunner:
             longest = max(max(state.lengths) for state in climbs.values())
             self._compress(self._load(mid), first, n_mem, seed, origin="climb",
                            follow=lambda job: runnable(job.source) if job.source in climbs
-                           else [], longest=longest)
+                           else [], longest=longest, withdraw=unfinished)
         for src in list(climbs):            # a job the compressor never gave: said in one line
             self._await(climbs[src].current)
 
@@ -346,14 +361,16 @@ class _RankRunner:
         """One model / n_mem / seed's climbs, one batched call per round: every group's next
         length (and the one after, where it runs either way), then, once every rank's rows of
         both are stored (read from their shards), the decisions: each rank decides from the
-        same rows, so the rounds do not depend on which rank's rows land first."""
+        same rows, so the rounds do not depend on which rank's rows land first (and so, with
+        more than one rank, a length is decided only once every text's row is stored: fewer
+        would be whichever of the others' rows had landed by then)."""
         lm = None
         while climbs:
             todo, waiting = [], []
             for src in list(climbs):
                 state = climbs[src]
-                while not state.done and all(j.key in self.stored for j in state.current):
-                    state.decide([self.stored[j.key][0] for j in state.current])
+                self._decide((mid, src, n_mem, seed), state, units,
+                             early=self.world == 1 and not self.grid.climb_finish)
                 if state.done:
                     self._climb_finished((mid, src, n_mem, seed), climbs.pop(src), units)
                     continue
@@ -366,6 +383,36 @@ class _RankRunner:
                 self._compress(lm, todo, n_mem, seed, origin="climb",
                                warm=self.grid.warm_start)
             self._await(waiting)
+
+    def _decide(self, group, state, units, early=True) -> list:
+        """The lengths the stored rows decide for this group's climb, in order; returns the
+        jobs at them still to end (not stored), which will not run: a length decided below
+        before all its texts ended (_Climb.decide; not without ``early``). Said in one line
+        per such length."""
+        left = []
+        while not state.done:
+            length = state.lengths[state.index]
+            if not state.decide(self.stored, early):
+                break
+            missing = [j for j in state.jobs[length] if j.key not in self.stored]
+            if not missing:
+                continue
+            left += missing
+            mine = [j for j in missing if text_of(j) in units]
+            self.unfinished.update(j.key for j in mine)
+            self.summary.climb_unfinished += len(mine)
+            self.progress.skip(len(mine))
+            mid, src, n_mem, seed = group
+            label = Path(mid).name if Path(mid).is_dir() else mid
+            n = len(state.jobs[length])
+            self.progress.log(
+                f"climb: {label} / {self.sweep_jobs.sources[src].label} / n_mem {n_mem} / seed "
+                f"{seed}: {length} decided below {CAPACITY_THRESHOLD:g} with {n - len(missing)} "
+                f"of {n} texts stored (its mean ends at most {state.bound:.4f}); "
+                f"{len(missing)} other text(s) left unfinished"
+                + ("; their checkpoints stay in the store" if self.checkpoint else "")
+                + f" (a grid run of --lengths {length} finishes them)")
+        return left
 
     def _climb_finished(self, group, state, units):
         left = state.lengths[state.index:]
@@ -427,11 +474,14 @@ class _RankRunner:
         return lm
 
     def _compress(self, lm, jobs, n_mem, seed, origin, warm=False, count=True, follow=None,
-                  longest=None):
+                  longest=None, withdraw=None):
         """Compute ``jobs`` in one batched call and store each row as it comes. ``follow(job)``
         (a search, a climb): called on each stored job, returns the next job, a list of them or
         None; each joins the running batch (Stream.submit, the engine's or a Ray pool's; ``longest``
-        its most tokens), or, with a compress_iter that takes no more texts, a next call."""
+        its most tokens), or, with a compress_iter that takes no more texts, a next call.
+        ``withdraw`` (a climb's): a list the follow-ups append jobs to that are not to end; each
+        is taken out of the running batch (Stream.withdraw, where the stream has it) or dropped
+        from the next call. One that ended meanwhile is stored as any other."""
         jobs, texts = list(jobs), [self.sweep_jobs.tokens(j, lm.tokenizer) for j in jobs]
         kwargs = {} if follow is None or longest is None else {"longest": longest}
         inits = [None] * len(jobs)
@@ -448,7 +498,7 @@ class _RankRunner:
                                      backend=self.grid.backend, preset=self.grid.preset,
                                      **self.grid.optim, **kwargs)
         self._label_checkpoints(results, dict(enumerate(jobs)))
-        later = []
+        later, withdraw = [], [] if withdraw is None else withdraw
         for index, result in results:
             job = jobs[index]
             row = store.result_row(result, key=job.as_dict(), origin=origin,
@@ -459,7 +509,12 @@ class _RankRunner:
             if self.out.add(row):
                 self.summary.ran += 1
             self.stored[job.key] = (result.accuracy,)
-            self.progress.update(1 if count else 0, result.n_tokens, result.steps)
+            counted = count
+            if job.key in self.unfinished:      # ended before it could be withdrawn: skipped
+                self.unfinished.discard(job.key)
+                self.summary.climb_unfinished -= 1
+                counted = False
+            self.progress.update(1 if counted else 0, result.n_tokens, result.steps)
             following = follow(job) if follow else None
             following = [] if following is None else following if isinstance(
                 following, list) else [following]
@@ -473,8 +528,15 @@ class _RankRunner:
                 jobs.append(job)
                 inits.append(None)
                 self._label_checkpoints(results, {index: job})
+            while withdraw:
+                gone = withdraw.pop()
+                later = [j for j in later if j.key != gone.key]
+                running = [i for i, j in enumerate(jobs) if j.key == gone.key]
+                if running and hasattr(results, "withdraw"):
+                    results.withdraw(running[0])
         if later:
-            self._compress(lm, later, n_mem, seed, origin, warm, count, follow, longest)
+            self._compress(lm, later, n_mem, seed, origin, warm, count, follow, longest,
+                           withdraw)
 
     def _label_checkpoints(self, results, jobs: dict[int, JobKey]):
         """The store told which job each text's checkpoint is, where the stream says under what
@@ -507,6 +569,7 @@ class _Climb:
         self.jobs = dict(sorted(_groups(jobs, lambda j: j.length)))
         self.lengths = list(self.jobs)
         self.index, self.below = 0, 0
+        self.bound = 1.0    # the last length decided: the highest its mean can end at
 
     @property
     def done(self) -> bool:
@@ -525,12 +588,19 @@ class _Climb:
             return []
         return self.jobs[self.lengths[self.index + 1]]
 
-    def decide(self, accuracies):
-        """The current length's accuracies (one per text) seen: on to the next length."""
-        accuracies = [a or 0.0 for a in accuracies]   # a row without accuracy: a failed run
-        mean = sum(accuracies) / len(accuracies)
-        self.below = climb_below(self.below, mean)
+    def decide(self, stored: dict, early: bool = True) -> bool:
+        """The current length decided from the ``stored`` accuracies (job key -> (accuracy,))
+        if they decide it: every text stored, or (``early``) fewer whose mean can end at most
+        below the threshold (grid.mean_at_most); then on to the next length. False if still
+        open."""
+        jobs = self.current
+        accuracies = [stored[j.key][0] for j in jobs if j.key in stored]
+        self.bound = mean_at_most(accuracies, len(jobs))
+        if len(accuracies) < len(jobs) and (not early or self.bound >= CAPACITY_THRESHOLD):
+            return False
+        self.below = climb_below(self.below, self.bound)
         self.index += 1
+        return True
 
 
 def next_probe(lo: int, hi: int | None, start: int, cap: int, tol: int) -> int | None:
@@ -589,6 +659,10 @@ def _parser():
                    help="the lengths (default the paper's grid) in increasing order, a group "
                         f"stopped after {CLIMB_PATIENCE} consecutive lengths with mean accuracy "
                         f"below {CAPACITY_THRESHOLD:g}")
+    p.add_argument("--climb-finish", action="store_true", default=None,
+                   help="with --climb, run every text of a length even once the others' rows "
+                        "keep its mean below the threshold (each length's exact mean, at more "
+                        "compute); not part of the job key")
     p.add_argument("--quiet", action="store_true", help="no progress bar: a few log lines")
     e = p.add_argument_group("scale-out (not part of the job key)")
     e.add_argument("--engine", choices=["local", "ray"], default="local",
