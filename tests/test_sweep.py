@@ -552,7 +552,7 @@ class TimedStream:
 
     def withdraw(self, index):
         if self.queue.pop(index, None) is not None:
-            self.withdrawn.append(len(self.texts[index]))
+            self.withdrawn.append((len(self.texts[index]), self.now))   # (length, when)
 
     def __iter__(self):
         return self
@@ -569,11 +569,11 @@ class TimedStream:
 
 def test_a_climb_decides_a_length_below_once_its_rows_keep_it_there(trained_path, corpus_file,
                                                                     tmp_path, capsys):
-    """At 24, sample 0's text fails at once and the others would take long: its row alone keeps
-    the mean at 24 below 0.99 (mean_at_most), so 24 is decided, its other texts are withdrawn
-    from the running batch, and the climb goes on to 32, decided below by the first of its rows
-    in the same way: stopped. A rerun decides the same from the store and computes nothing; a
-    grid run of 24 finishes the rest."""
+    """At 24 (the length ahead, beside 16), sample 0's text fails at once and the others would
+    take long: its row alone keeps the mean at 24 below 0.99 (mean_at_most), so 24's other texts
+    are withdrawn from the running batch then, before 16 is decided; once 16 passes the climb
+    goes on to 32, decided below by the first of its rows in the same way: stopped. A rerun
+    decides the same from the store and computes nothing; a grid run of 24 finishes the rest."""
     first = {}
 
     def cap(ids):          # sample 0 fails from 24 on, the others from 32 on
@@ -587,7 +587,8 @@ def test_a_climb_decides_a_length_below_once_its_rows_keep_it_there(trained_path
     g = climb_grid(trained_path, corpus_file, db, "--samples", "4")
     stream = TimedStream(cap, steps)
     summary = sweep.run_sweep(g, quiet=True, compress_iter=stream)
-    assert stream.calls == 1 and stream.withdrawn == [24] * 3 + [32] * 3
+    # 24's at step 9 (its failing text's end; 16's texts end at 16), 32's at its first row
+    assert stream.calls == 1 and stream.withdrawn == [(24, 9)] * 3 + [(32, 48)] * 3
     assert sorted(stream.ran) == [8] * 4 + [16] * 4 + [24, 32]
     assert list(summary.climb.values()) == [(32, "stopped")]
     assert summary.climb_unfinished == 6 and summary.ran == 10

@@ -343,8 +343,8 @@ class _RankRunner:
             if state.done:
                 self._climb_finished((mid, src, n_mem, seed), climbs.pop(src), units)
                 return []
-            todo = [j for j in state.current + state.ahead
-                    if j.key not in self.stored and j.key not in submitted]
+            todo = [j for j in state.current + state.ahead if j.key not in self.stored
+                    and j.key not in submitted and j.length not in state.left]
             submitted.update(j.key for j in todo)
             return todo
 
@@ -375,6 +375,7 @@ class _RankRunner:
                     self._climb_finished((mid, src, n_mem, seed), climbs.pop(src), units)
                     continue
                 ahead = [] if self.grid.warm_start else state.ahead  # warm: needs L's mem
+                ahead = [j for j in ahead if j.length not in state.left]
                 todo += [j for j in state.current + ahead
                          if text_of(j) in units and j.key not in self.stored]
                 waiting += state.current + ahead
@@ -386,33 +387,45 @@ class _RankRunner:
 
     def _decide(self, group, state, units, early=True) -> list:
         """The lengths the stored rows decide for this group's climb, in order; returns the
-        jobs at them still to end (not stored), which will not run: a length decided below
-        before all its texts ended (_Climb.decide; not without ``early``). Said in one line
-        per such length."""
+        jobs still to end (not stored) that will not run: those of a length decided below
+        before all its texts ended (_Climb.decide; not without ``early``), and those of the
+        length ahead once its rows keep its mean below the threshold (its verdict does not
+        wait for the current length's)."""
         left = []
         while not state.done:
             length = state.lengths[state.index]
             if not state.decide(self.stored, early):
                 break
-            missing = [j for j in state.jobs[length] if j.key not in self.stored]
-            if not missing:
-                continue
-            left += missing
-            mine = [j for j in missing if text_of(j) in units]
-            self.unfinished.update(j.key for j in mine)
-            self.summary.climb_unfinished += len(mine)
-            self.progress.skip(len(mine))
-            mid, src, n_mem, seed = group
-            label = Path(mid).name if Path(mid).is_dir() else mid
-            n = len(state.jobs[length])
-            self.progress.log(
-                f"climb: {label} / {self.sweep_jobs.sources[src].label} / n_mem {n_mem} / seed "
-                f"{seed}: {length} decided below {CAPACITY_THRESHOLD:g} with {n - len(missing)} "
-                f"of {n} texts stored (its mean ends at most {state.bound:.4f}); "
-                f"{len(missing)} other text(s) left unfinished"
-                + ("; their checkpoints stay in the store" if self.checkpoint else "")
-                + f" (a grid run of --lengths {length} finishes them)")
+            left += self._leave(group, state, length, units)
+        if early and not state.done and state.ahead:
+            length = state.lengths[state.index + 1]
+            if state.mean_at_most(length, self.stored) < CAPACITY_THRESHOLD:
+                left += self._leave(group, state, length, units)
         return left
+
+    def _leave(self, group, state, length, units) -> list:
+        """The jobs at ``length`` (decided below) not stored yet: left unfinished, once per
+        length (_Climb.left), counted and said in one line."""
+        missing = [j for j in state.jobs[length] if j.key not in self.stored]
+        if not missing or length in state.left:
+            return []
+        state.left.add(length)
+        mine = [j for j in missing if text_of(j) in units]
+        self.unfinished.update(j.key for j in mine)
+        self.summary.climb_unfinished += len(mine)
+        self.progress.skip(len(mine))
+        mid, src, n_mem, seed = group
+        label = Path(mid).name if Path(mid).is_dir() else mid
+        n = len(state.jobs[length])
+        self.progress.log(
+            f"climb: {label} / {self.sweep_jobs.sources[src].label} / n_mem {n_mem} / seed "
+            f"{seed}: {length} decided below {CAPACITY_THRESHOLD:g} with {n - len(missing)} "
+            f"of {n} texts stored (its mean ends at most "
+            f"{state.mean_at_most(length, self.stored):.4f}); "
+            f"{len(missing)} other text(s) left unfinished"
+            + ("; their checkpoints stay in the store" if self.checkpoint else "")
+            + f" (a grid run of --lengths {length} finishes them)")
+        return missing
 
     def _climb_finished(self, group, state, units):
         left = state.lengths[state.index:]
@@ -569,7 +582,7 @@ class _Climb:
         self.jobs = dict(sorted(_groups(jobs, lambda j: j.length)))
         self.lengths = list(self.jobs)
         self.index, self.below = 0, 0
-        self.bound = 1.0    # the last length decided: the highest its mean can end at
+        self.left: set = set()  # lengths decided below whose unstored texts are left unfinished
 
     @property
     def done(self) -> bool:
@@ -593,14 +606,20 @@ class _Climb:
         if they decide it: every text stored, or (``early``) fewer whose mean can end at most
         below the threshold (grid.mean_at_most); then on to the next length. False if still
         open."""
-        jobs = self.current
-        accuracies = [stored[j.key][0] for j in jobs if j.key in stored]
-        self.bound = mean_at_most(accuracies, len(jobs))
-        if len(accuracies) < len(jobs) and (not early or self.bound >= CAPACITY_THRESHOLD):
+        length = self.lengths[self.index]
+        complete = all(j.key in stored for j in self.jobs[length])
+        bound = self.mean_at_most(length, stored)
+        if not complete and (not early or bound >= CAPACITY_THRESHOLD):
             return False
-        self.below = climb_below(self.below, self.bound)
+        self.below = climb_below(self.below, bound)
         self.index += 1
         return True
+
+    def mean_at_most(self, length: int, stored: dict) -> float:
+        """The highest the mean accuracy at ``length`` can end at (grid.mean_at_most), from the
+        ``stored`` accuracies of its texts."""
+        jobs = self.jobs[length]
+        return mean_at_most([stored[j.key][0] for j in jobs if j.key in stored], len(jobs))
 
 
 def next_probe(lo: int, hi: int | None, start: int, cap: int, tol: int) -> int | None:
