@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import cramfast
+from cramfast.engine import checkpoint
 from cramfast.errors import CramfastError
 from cramfast.sweep import grid, ray_engine, store
 from cramfast.sweep import runner as sweep
@@ -223,6 +224,30 @@ def test_a_killed_worker_s_texts_resume_from_their_checkpoints(lm, pool):
     assert pool.resumed > resumed_before                      # re-queued with a checkpoint
     assert_same_results(got, alone)
     assert store.records == {}                  # each record gone once its result was taken
+
+
+def test_a_text_withdrawn_on_ray_is_not_yielded_and_goes_on_from_its_kept_checkpoint(lm, pool):
+    """PoolStream.withdraw, as the engine's Stream.withdraw: text 2, withdrawn from its actor
+    once text 0 (a short budget) is back, never comes; its record comes back to the store, and
+    a run with that store goes on from it to the uninterrupted result."""
+    texts = corpus_texts(lm.tokenizer, [16, 32, 40], seed=5)
+    per_text = [dict(max_steps=20), {}, {}]
+    alone = cramfast.compress(texts, model=lm, per_text=per_text, **LONG_JOBS)
+    store = DictStore()
+    stream = pool.compress_iter(texts, model=lm, per_text=per_text, checkpoint=store,
+                                **LONG_JOBS)
+    got = {}
+    for index, result in stream:
+        got[index] = result
+        if index == 0:
+            stream.withdraw(2)
+    assert sorted(got) == [0, 1]
+    assert_same_results({i: got[i] for i in (0, 1)}, alone[:2])
+    [record] = store.records.values()               # text 2's: the others' were taken
+    assert 0 < checkpoint.progress(checkpoint.unpack(record))["steps"] < 240
+    [resumed] = cramfast.compress([texts[2]], model=lm, checkpoint=store, **LONG_JOBS)
+    assert_same_results({0: resumed}, alone[2:])
+    assert store.records == {}
 
 
 class DriverLost(Exception):

@@ -2,8 +2,8 @@
 
 The sweep runner (runner.py) plans every job and stores every row as in one process; only its
 ``compress_iter`` is replaced by ``RayPool.compress_iter``, which returns a ``PoolStream``: the
-engine's Stream contract (``submit`` while it runs; (index, result) as each text finishes, each
-index once) over the pool.
+engine's Stream contract (``submit`` and ``withdraw`` while it runs; (index, result) as each text
+finishes, each index once) over the pool.
 
 Each actor holds its model loaded once and one long-lived engine Stream, fed text by text: the
 driver keeps every actor holding about as many texts as its batch has slots (its stream's
@@ -122,6 +122,7 @@ class _Cruncher:
         self.call = None                # the running stream's call, and the stream
         self.stream = None
         self.keys: dict[int, tuple] = {}    # the stream's index -> (key, _Text), not yet done
+        self.gone: dict[int, object] = {}   # the stream's index -> key, of texts withdrawn
         self.fp_keys: dict[str, list] = {}  # fingerprint -> keys of the stream's texts
         self.kwargs = None              # the running stream's compress_iter arguments
         self.outbox = _Outbox(self.lock)
@@ -148,6 +149,18 @@ class _Cruncher:
                 else:
                     self.inbox.append((call, kwargs, key, text))
             self.lock.notify_all()
+
+    def withdraw(self, call: int, key):
+        """Take text ``key`` of call ``call`` out without a result: from the running stream
+        (Stream.withdraw: its record saved, and sent by ``saved``) or from the inbox."""
+        with self.lock:
+            if self.stream is not None and self.call == call:
+                for index, (k, _) in list(self.keys.items()):
+                    if k == key:
+                        self.stream.withdraw(index)
+                        self.gone[index] = self.keys.pop(index)[0]
+            self.inbox = deque(entry for entry in self.inbox
+                               if (entry[0], entry[2]) != (call, key))
 
     def close(self):
         with self.lock:
@@ -179,8 +192,9 @@ class _Cruncher:
             yield ("open", call, stream.batch.max_slots)
             try:
                 for index, result in stream:
-                    with self.lock:
-                        key, _ = self.keys.pop(index)
+                    with self.lock:     # one withdrawn after it had finished still comes
+                        key = (self.keys.pop(index)[0] if index in self.keys
+                               else self.gone.pop(index))
                     yield ("done", call, key, result)
             except Exception as exc:            # a failing step: the call ends with it
                 error = exc
@@ -200,7 +214,7 @@ class _Cruncher:
             left = [(call, self.kwargs, key, text) for key, text in self.keys.values()]
             self.inbox.extendleft(reversed(left))
         self.call, self.stream, self.kwargs = None, None, None
-        self.keys, self.fp_keys = {}, {}
+        self.keys, self.fp_keys, self.gone = {}, {}, {}
 
     def _open(self, kwargs: dict, first: list[tuple]):
         self.kwargs = kwargs
@@ -366,6 +380,7 @@ class PoolStream:
         self.sources: dict = {}         # what _waiting waits on -> its actor's slot
         self.finished = False
         self.failed = None              # the error that ended the call, if one did
+        self.withdrawn: set = set()     # texts taken out (withdraw): not waited for
         for i, ids in enumerate(texts):
             self._add(ids, None if per_text is None else per_text[i],
                       None if init_mems is None else init_mems[i])
@@ -394,6 +409,21 @@ class PoolStream:
                                 "longest= to compress_iter")
         self.finished = False
         return self._add(text, settings, init_mem)
+
+    def withdraw(self, index: int) -> None:
+        """Take text ``index`` out without a result: a text still queued here is dropped, one an
+        actor holds is withdrawn from its stream (its record saved there comes back and is
+        kept, in the store too). A text that has finished by then still comes."""
+        if index in self.done or index in self.withdrawn:
+            return
+        self.withdrawn.add(index)
+        if index in self.queue:
+            self.queue.remove(index)
+            return
+        for slot, held in self.held.items():
+            if index in held:
+                held.discard(index)
+                self.submits.add(self.pool.actors[slot].withdraw.remote(self.call, index))
 
     def __iter__(self):
         return self
@@ -533,7 +563,7 @@ class PoolStream:
         """An actor's saved checkpoints: each text's newest, here and in the store."""
         fresh = {}
         for index, fp, blob in records:
-            if index in self.held[slot] and index not in self.done:
+            if (index in self.held[slot] or index in self.withdrawn) and index not in self.done:
                 self.records[index] = (fp, blob)
                 fresh[fp] = blob
         if self.store is not None and fresh:
