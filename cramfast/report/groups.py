@@ -165,8 +165,8 @@ class Group:
         (low == high, the paper's mean) at a length every text has reached."""
         missing = self.expected(length, rows) - {(r["sample"], r["seed"]) for r in rows}
         floor = sum(self.in_flight.get((*text, length), 0.0) for text in missing)
-        total, n = sum(r["accuracy"] for r in rows), len(rows) + len(missing)
-        return (total + floor) / n, (total + len(missing)) / n
+        accuracies, n = [r["accuracy"] for r in rows], len(rows) + len(missing)
+        return (sum(accuracies) + floor) / n, mean_at_most(accuracies, n)
 
     def verdicts(self, threshold=CAPACITY_THRESHOLD) -> dict[int, str]:
         """Per length of capacity_lengths: "pass" (its mean over its texts, expected, is

@@ -31,6 +31,7 @@ from cramfast.metrics import CAPACITY_THRESHOLD
 from cramfast.report.groups import attach_in_flight, groups_of, mean_of, overrides, sweep_record
 from cramfast.report.tables import markdown_table
 from cramfast.sweep import store
+from cramfast.sweep.grid import mean_at_most
 
 
 def stored_table(rows: list[dict]) -> str:
@@ -103,7 +104,7 @@ def mean_bounds(stored: list[float], floors: list[float]) -> tuple[float, float]
     which only grows, less the final evaluation's rounding): from their mean as they stand to
     their mean were every running text to end lossless."""
     n = len(stored) + len(floors)
-    return (sum(stored) + sum(floors)) / n, (sum(stored) + len(floors)) / n
+    return (sum(stored) + sum(floors)) / n, mean_at_most(stored, n)
 
 
 def in_flight_groups(texts: list[dict], rows: list[dict], records=()) -> list[tuple]:
