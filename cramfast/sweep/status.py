@@ -149,13 +149,14 @@ def in_flight_groups(texts: list[dict], rows: list[dict], records=()) -> list[tu
     return out
 
 
-def in_flight_table(texts: list[dict], rows: list[dict], records=()) -> str:
-    """Per m, length and group (in_flight_groups), the texts in flight: how many, the steps
-    run, their best so far, the steps left at most, and the interval the length's mean accuracy
-    will end in, marked where it ends below the capacity threshold whatever they do (a climb
-    leaves such texts unfinished)."""
+def in_flight_table(texts: list[dict], rows: list[dict], records=(), groups=None) -> str:
+    """Per m, length and group (``groups``: in_flight_groups of the others, unless given), the
+    texts in flight: how many, the steps run, their best so far, the steps left at most, and
+    the interval the length's mean accuracy will end in, marked where it ends below the
+    capacity threshold whatever they do (a climb leaves such texts unfinished)."""
     body = []
-    for n_mem, length, of, at, bounds in in_flight_groups(texts, rows, records):
+    for n_mem, length, of, at, bounds in (groups if groups is not None
+                                          else in_flight_groups(texts, rows, records)):
         steps, best = [t["steps"] for t in at], [t["best"] for t in at]
         ends = "–" if bounds is None else "{:.4f}–{:.4f}".format(*bounds) + (
             f" (below {CAPACITY_THRESHOLD:g})" if bounds[1] < CAPACITY_THRESHOLD else "")
@@ -181,9 +182,10 @@ def status(path) -> str:
         texts = in_flight(records)
         ago = (time.time() - max(t["saved_at"] for t in texts)) / 60
         unplaced = sum("length" not in t for t in texts)
-        below = {id(t) for *_, at, bounds in in_flight_groups(texts, rows, records)
+        groups = in_flight_groups(texts, rows, records)
+        below = {id(t) for *_, at, bounds in groups
                  if bounds is not None and bounds[1] < CAPACITY_THRESHOLD for t in at}
-        lines += [in_flight_table(texts, rows, records), "",
+        lines += [in_flight_table(texts, rows, records, groups), "",
                   f"newest save {ago:.0f} min ago"
                   + (f"; {unplaced} record(s) unreadable or not started" if unplaced else ""),
                   time_left([t for t in texts if id(t) not in below], len(below)), ""]
