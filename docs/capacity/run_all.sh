@@ -35,18 +35,19 @@ sweep() {
     "$PY" -m cramfast.sweep --checkpoint-every "$EVERY" --quiet "${THREADS[@]}" "$@"
 }
 
-# Table 1's prose column and Fig 4 first at a cost one CPU affords, then the full climbs. Fig 4
-# at one length per m (8 passages each): m = 2 at 128 and m = 4 at 256, each a lower bound on
-# the capacity where its mean passes (hours of one thread; the climbs of m = 2 and 4 past their
-# capacity run every text its whole budget at lengths of 160 and more: days). Then Table 1's
-# prose run (m = 1, the headline); the published settings on prose at 32 and 64 (8 passages,
-# the grid's first 8: `paper` takes most of its budget on every text); then the full climbs of
-# the published settings and of Fig 4, which reuse those rows (the same jobs).
+# Table 1's prose column and Fig 4, each first at a cost one CPU affords, then the full climbs.
+# Fig 4 at one length per m (8 passages each): m = 2 at 128 and m = 4 at 256, each a lower bound
+# on the capacity where its mean passes (the climbs of m = 2 and 4 past their capacity run every
+# text its whole budget at lengths of 160 and more: days). m = 2 at 128, then the published
+# settings on prose at 32 and 64 (8 passages, the grid's first 8: `paper` takes most of its
+# budget on every text), so that Table 1's prose row has both columns before Fig 4's m = 4;
+# then Table 1's prose run with `fast` (m = 1, the headline), m = 4 at 256, and the full climbs
+# of the published settings and of Fig 4, which reuse those rows (the same jobs).
 table_and_fig4() {
     sweep --config capacity-nmem --source "$BOOKS" --preset fast --n-mem 2 --lengths 128 --db $OUT/nmem-fast.db
-    sweep --config capacity-nmem --source "$BOOKS" --preset fast --n-mem 4 --lengths 256 --db $OUT/nmem-fast.db
-    sweep --config capacity-pg19 --source "$BOOKS" --preset fast --db $OUT/pg19-fast.db
     sweep --config capacity-pg19 --source "$BOOKS" --preset paper --samples 8 --lengths 32,64 --db $OUT/pg19-paper.db
+    sweep --config capacity-pg19 --source "$BOOKS" --preset fast --db $OUT/pg19-fast.db
+    sweep --config capacity-nmem --source "$BOOKS" --preset fast --n-mem 4 --lengths 256 --db $OUT/nmem-fast.db
     sweep --config capacity-pg19 --source "$BOOKS" --preset paper --samples 8 --db $OUT/pg19-paper.db
     sweep --config capacity-nmem --source "$BOOKS" --preset fast --db $OUT/nmem-fast.db
 }
@@ -54,9 +55,9 @@ table_and_fig4() {
 # the controlled table (one factor changed per run, the first 8 passages of pg19-fast's) and
 # Table 1's random-word column. Every factor first at the short budget (600 steps: a row costs
 # about an hour of one CPU thread), beside `fast` and `paper` at 600, and the per-text search
-# beside `fast` at 600 (its probes at the grid's lengths are the grid's rows); then random words
-# at 5000 with `fast`, and with the published settings at 16 and 32 (8 passages) before their
-# full climb (Table 1's other column); then the factors again at 5000 steps
+# beside `fast` at 600 (its probes at the grid's lengths are the grid's rows); then Table 1's
+# random-word row: the published settings at 16 and 32 (8 passages), random words with `fast`
+# at 5000, and the published settings' full climb; then the factors again at 5000 steps
 controls_and_random() {
     sweep --config capacity-controls --source "$BOOKS" --preset fast --max-steps 600 --db $OUT/controls.db
     sweep --config capacity-controls --source "$BOOKS" --preset paper --max-steps 600 --db $OUT/controls.db
@@ -64,8 +65,8 @@ controls_and_random() {
     sweep --config capacity-controls --source "$BOOKS" --preset fast --max-steps 600 --set mem_position=before_bos --db $OUT/controls.db
     sweep --config capacity-controls --source "$BOOKS" --preset paper --max-steps 600 --set lr=0.5std --db $OUT/controls.db
     sweep --config capacity-search --source "$BOOKS" --preset fast --max-steps 600 --db $OUT/controls.db
-    sweep --config capacity-random --preset fast --db $OUT/random-fast.db
     sweep --config capacity-random --preset paper --samples 8 --lengths 16,32 --db $OUT/random-paper.db
+    sweep --config capacity-random --preset fast --db $OUT/random-fast.db
     sweep --config capacity-random --preset paper --samples 8 --db $OUT/random-paper.db
     sweep --config capacity-controls --source "$BOOKS" --preset fast --set mem_position=after_bos --db $OUT/controls.db
     sweep --config capacity-controls --source "$BOOKS" --preset fast --set mem_position=before_bos --db $OUT/controls.db
