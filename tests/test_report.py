@@ -296,7 +296,7 @@ def checkpoint_blob(n_pred: int, best_correct: int, margin: float = 0.0) -> byte
     """A checkpoint record of one text in flight, as the engine packs it (the fields
     cramfast.engine.checkpoint.progress reads)."""
     slot = dict(n_pred=n_pred, steps=300, max_steps=5000, best_correct=best_correct,
-                mem=torch.zeros(1, 4))
+                best_step=250, patience=2000, mem=torch.zeros(1, 4))
     return checkpoint.pack(dict(attempts=[dict(slot_state=slot, settings=dict(margin=margin))],
                                 seconds=60.0, format=checkpoint.FORMAT))
 

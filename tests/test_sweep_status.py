@@ -56,7 +56,7 @@ def test_status_counts_the_stored_rows_per_length_and_the_texts_in_flight(db):
     assert 0 < int(steps.split("–")[0]) < 200               # part of the budget run
     # no rows stored at L = 40: its mean will end between the two texts' mean best and 1
     best = [float(b) for b in flight.split(" | ")[5].split("–")]
-    low, high = (float(b) for b in flight.split(" | ")[7].rstrip(" |").split("–"))
+    low, high = (float(b) for b in flight.split(" | ")[8].rstrip(" |").split("–"))
     # the floor: the best so far less one of its 39 predicted positions (no margin asked)
     assert best[0] - 1 / 39 - 1e-3 <= low <= best[1] and high == 1.0
     assert "newest save 0 min ago" in text
@@ -101,7 +101,7 @@ def test_a_sweeps_texts_in_flight_are_labelled_with_their_jobs(labelled_db, tmp_
     [flight] = [line for line in text.splitlines() if line.startswith("| 1 | 40 |")]
     assert flight.split(" | ")[2:4] == [group[:8], "2"]
     best = [float(b) for b in flight.split(" | ")[5].split("–")]
-    low, high = (float(b) for b in flight.split(" | ")[7].rstrip(" |").split("–"))
+    low, high = (float(b) for b in flight.split(" | ")[8].rstrip(" |").split("–"))
     # the floor: the best so far less one of its 39 predicted positions (no margin asked)
     assert best[0] - 1 / 39 - 1e-3 <= low <= best[1] and high == 1.0
     # a finished text's label goes with its checkpoint
@@ -122,6 +122,33 @@ def test_texts_of_another_budget_than_the_stored_group_get_no_bounds(db):
     for t in texts:
         t["budget"]["max_steps"] = 5000
     assert status.in_flight_table(texts, rows).splitlines()[-1].endswith("| – |")
+
+
+@pytest.mark.parametrize("max_steps, ends_at", [(200, 60), (40, 40)])
+def test_a_text_that_never_beats_its_best_again_ends_when_its_status_says(tmp_path, max_steps,
+                                                                          ends_at):
+    """Texts that cannot improve (an lr of 1e-12 leaves every argmax where it was at the first
+    evaluation) stop at patience 60 after that best, or at their budget where it comes first:
+    the steps the status gives each when the run is stopped mid-way are the steps its rerun
+    takes to end."""
+    lm = cramfast.load_model(str(TRAINED), dtype="fp64")
+    texts = corpus_texts(lm.tokenizer, [40, 40])
+    kw = dict(model=lm, preset="paper", max_steps=max_steps, patience=60, lr=1e-12,
+              stall_steps=0, fill_slots=0)
+    path = tmp_path / "s.db"
+    with StopAfterTwoSaves(path) as saved, pytest.raises(Stop):
+        list(cramfast.compress_iter(texts, checkpoint=saved, checkpoint_seconds=0, **kw))
+    with store.Store(path, create=False) as s:
+        flight = status.in_flight(s.checkpoint_records())
+    assert [t["steps"] + t["left_if_stuck"] for t in flight] == [ends_at, ends_at]
+    assert all(0 < t["steps"] < ends_at for t in flight)
+    [row] = status.in_flight_table(flight, []).splitlines()[2:]
+    left = [ends_at - t["steps"] for t in flight]
+    assert row.split(" | ")[7] == f"{min(left)}–{max(left)}"
+    with store.Store(path) as s:
+        results = cramfast.compress(texts, checkpoint=s, **kw)
+    assert [(r.steps, r.stop_reason) for r in results] == [
+        (ends_at, "stalled" if ends_at < max_steps else "max_steps")] * 2
 
 
 def test_a_length_mean_ends_between_its_rows_with_the_best_so_far_and_every_text_lossless():

@@ -120,8 +120,10 @@ def progress(record: dict | None) -> dict | None:
     predicted ones: a count that only grows), a floor under its result's accuracy (that best;
     without a margin, one position less: the result's accuracy is the argmax count of the best
     mem's final evaluation, in another batch, which may round a near tie apart), the updates
-    its budget leaves at most and, at its pace so far, the seconds they take. None for an
-    unreadable record or one whose attempts are all queued."""
+    its budget leaves at most and, at its pace so far, the seconds they take, and the updates
+    left were none of its attempts to beat its best again (each stops at its patience after
+    its best, or at its budget). None for an unreadable record or one whose attempts are all
+    queued."""
     slots = [a["slot_state"] for a in (record or {}).get("attempts", [])
              if a.get("slot_state") is not None]
     if not slots:
@@ -129,6 +131,8 @@ def progress(record: dict | None) -> dict | None:
     n_pred = int(slots[0]["n_pred"])
     steps = max(int(s["steps"]) for s in slots)
     left = max(int(s["max_steps"]) - int(s["steps"]) for s in slots)
+    stuck = max(max(min(int(s["max_steps"]), int(s["best_step"]) + int(s["patience"]))
+                    - int(s["steps"]), 0) for s in slots)
     # the text's wall seconds so far over its steps: the pace of the batch it ran in
     pace = record["seconds"] / steps if steps and record.get("seconds") else None
     settings = record["attempts"][0].get("settings") or {}
@@ -137,6 +141,7 @@ def progress(record: dict | None) -> dict | None:
     return dict(n_mem=int(slots[0]["mem"].shape[0]), length=n_pred + 1, steps=steps,
                 best=best / max(n_pred, 1), floor=max(best - rounding, 0) / max(n_pred, 1),
                 left=left, seconds_left=None if pace is None else left * pace,
+                left_if_stuck=stuck, seconds_if_stuck=None if pace is None else stuck * pace,
                 settings=settings)
 
 

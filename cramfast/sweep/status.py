@@ -6,7 +6,10 @@ preset, the budget and the settings changed from the preset named), per length: 
 stored, how many are lossless, their mean accuracy and mean steps. Then the texts in flight,
 from the store's checkpoints: per m, length and group, how many, the steps they have run, their
 best teacher-forced accuracy so far, the steps their budget leaves at most (an upper bound on
-what they still cost) and, where their group is known, the interval the length's mean accuracy
+what they still cost), the fewest and most steps each has left were none of its running
+attempts to beat its best again (each stops at its patience after its best: when the first of
+them will end, unless it improves; attempts started later in idle slots are not counted) and,
+where their group is known, the interval the length's mean accuracy
 will end in (from the stored rows with the floors under the running texts' results: their best
 so far, a best that only grows, less the final evaluation's rounding; to every running text
 lossless), marked where even its top is below the capacity threshold (a climb has decided that
@@ -151,20 +154,23 @@ def in_flight_groups(texts: list[dict], rows: list[dict], records=()) -> list[tu
 
 def in_flight_table(texts: list[dict], rows: list[dict], records=(), groups=None) -> str:
     """Per m, length and group (``groups``: in_flight_groups of the others, unless given), the
-    texts in flight: how many, the steps run, their best so far, the steps left at most, and
-    the interval the length's mean accuracy will end in, marked where it ends below the
-    capacity threshold whatever they do (a climb leaves such texts unfinished)."""
+    texts in flight: how many, the steps run, their best so far, the steps left at most, the
+    fewest and most steps a text has left were it not to beat its best again, and the interval
+    the length's mean accuracy will end in, marked where it ends below the capacity threshold
+    whatever they do (a climb leaves such texts unfinished)."""
     body = []
     for n_mem, length, of, at, bounds in (groups if groups is not None
                                           else in_flight_groups(texts, rows, records)):
         steps, best = [t["steps"] for t in at], [t["best"] for t in at]
+        stuck = [t["left_if_stuck"] for t in at]
         ends = "–" if bounds is None else "{:.4f}–{:.4f}".format(*bounds) + (
             f" (below {CAPACITY_THRESHOLD:g})" if bounds[1] < CAPACITY_THRESHOLD else "")
         body.append([str(n_mem), str(length), of, str(len(at)), f"{min(steps)}–{max(steps)}",
                      f"{min(best):.3f}–{max(best):.3f}", f"{sum(t['left'] for t in at):,}",
-                     ends])
+                     f"{min(stuck)}–{max(stuck)}", ends])
     return markdown_table(["m", "L", "settings", "in flight", "steps run", "best accuracy so far",
-                           "steps left at most", "mean accuracy at L will end in"], body)
+                           "steps left at most", "steps left each if its best holds",
+                           "mean accuracy at L will end in"], body)
 
 
 def status(path) -> str:
