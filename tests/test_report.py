@@ -492,6 +492,10 @@ def test_controlled_comparison_names_what_sets_each_group_apart(tmp_path):
     changed = {rec["settings_hash"]: rec["settings_changed"] for rec in result["summary"]}
     assert changed["short"] == {"max_steps": 600} and changed["base"] == {}
     assert changed["sink"] == {"mem_position": "after_bos"}
+    # Table 1 names each group's settings as a reader tells them apart: preset, budget, changes
+    table1 = md.split("## Table 1")[1].split("## ")[0]
+    assert "| pg19 | 1 | fast, 600 steps [short] | 768 |" in table1
+    assert "| pg19 | 1 | fast, 5000 steps, mem_position=after_bos [sink] | 768 |" in table1
 
 
 def test_tables_and_figures_label_a_capacity_alike():

@@ -49,6 +49,7 @@ def test_status_counts_the_stored_rows_per_length_and_the_texts_in_flight(db):
     assert text.startswith(f"{db}: 4 row(s) stored, 2 text(s) in flight")
     stored = [line for line in text.splitlines() if line.startswith("| tiny-llama-trained")]
     assert [line.split(" | ")[4:6] for line in stored] == [["8", "2"], ["16", "2"]]
+    assert stored[0].split(" | ")[3].startswith("paper, 200 steps [")   # the sweep's default
     [flight] = [line for line in text.splitlines() if line.startswith("| 1 | 40 |")]
     # compress_iter's own texts: their checkpoints say no job ("?"), the budget tells the group
     assert flight.split(" | ")[2:4] == ["?", "2"]           # both texts, at L = 40

@@ -326,7 +326,7 @@ def table_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[dict]:
         searched = sorted(g.search_capacities().values())
         pub = published(g.model_label)
         row = dict(
-            model=g.model_label, source=g.source_label, n_mem=g.n_mem, settings=g.settings_hash[:8],
+            model=g.model_label, source=g.source_label, n_mem=g.n_mem, settings=settings_label(g),
             preset=_one([sweep_record(r).get("preset") for r in g.rows]),
             d=d, V=V, max_cap=max_cap, texts=len(g.texts), runs=len(g.rows),
             lengths=" ".join(map(str, counted)),
@@ -365,7 +365,7 @@ def per_length_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[d
             interval = accuracy_interval(accuracies) or (None, None)
             low, high = g.mean_bounds(L, rows)
             out.append(dict(model=g.model_label, source=g.source_label, n_mem=g.n_mem,
-                            settings=g.settings_hash[:8], length=L, runs=len(rows),
+                            settings=settings_label(g), length=L, runs=len(rows),
                             passages=len(rows), texts=len(g.expected(L, rows)),
                             complete=L in complete, counted=L in counted,
                             mean_accuracy=mean_of(accuracies),
@@ -438,6 +438,20 @@ def overrides(g: Group) -> dict:
         return {}
     own = preset_settings(preset)
     return {k: optim[k] for k in RESULT_SETTINGS if k in optim and optim[k] != own.get(k)}
+
+
+def settings_label(g: Group) -> str:
+    """What a group's settings are, to read in a table: its preset, its budget and the settings
+    changed from the preset (from the sweep's record), then the first 8 characters of its
+    settings hash, e.g. "fast, 5000 steps [a735f528]"; only the hash for rows no sweep wrote."""
+    record = sweep_record(g.rows[0])
+    budget = (record.get("optim") or {}).get("max_steps")
+    if record.get("preset") is None and budget is None:
+        return g.settings_hash[:8]
+    changed = {k: v for k, v in overrides(g).items() if k != "max_steps"}
+    what = ", ".join([record.get("preset") or "?", f"{budget or '?'} steps"]
+                     + [f"{k}={v}" for k, v in sorted(changed.items())])
+    return f"{what} [{g.settings_hash[:8]}]"
 
 
 def controlled_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[dict]:

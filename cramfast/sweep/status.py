@@ -31,7 +31,13 @@ from collections import defaultdict
 from cramfast.cli.tools import Parser, run
 from cramfast.engine.checkpoint import progress, unpack
 from cramfast.metrics import CAPACITY_THRESHOLD
-from cramfast.report.groups import attach_in_flight, groups_of, mean_of, overrides, sweep_record
+from cramfast.report.groups import (
+    attach_in_flight,
+    groups_of,
+    mean_of,
+    settings_label,
+    sweep_record,
+)
 from cramfast.report.tables import markdown_table
 from cramfast.sweep import store
 from cramfast.sweep.grid import mean_at_most
@@ -41,12 +47,7 @@ def stored_table(rows: list[dict]) -> str:
     """Per group and length: rows, lossless ones, mean accuracy, mean steps."""
     body = []
     for g in groups_of(rows):
-        record = sweep_record(g.rows[0])
-        budget = (record.get("optim") or {}).get("max_steps")
-        changed = {k: v for k, v in overrides(g).items() if k != "max_steps"}
-        what = ", ".join([record.get("preset") or "?", f"{budget or '?'} steps"]
-                         + [f"{k}={v}" for k, v in sorted(changed.items())])
-        what += f" [{g.settings_hash[:8]}]"
+        what = settings_label(g)
         for length, at in g.per_length().items():
             lossless = sum(r["stop_reason"] == "lossless" for r in at)
             body.append([g.model_label, g.source_label, str(g.n_mem), what, str(length),
