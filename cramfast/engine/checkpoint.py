@@ -141,8 +141,7 @@ def progress(record: dict | None) -> dict | None:
     return dict(n_mem=int(slots[0]["mem"].shape[0]), length=n_pred + 1, steps=steps,
                 best=best / max(n_pred, 1), floor=max(best - rounding, 0) / max(n_pred, 1),
                 left=left, seconds_left=None if pace is None else left * pace,
-                left_if_stuck=stuck, seconds_if_stuck=None if pace is None else stuck * pace,
-                settings=settings)
+                left_if_stuck=stuck, settings=settings)
 
 
 class Checkpointer:
