@@ -358,14 +358,14 @@ def per_length_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[d
     out = []
     for g in groups:
         complete, counted = g.complete_lengths(), g.capacity_lengths()
-        verdicts, stored = g.verdicts(threshold), g.per_length()
+        verdicts, stored, label = g.verdicts(threshold), g.per_length(), settings_label(g)
         for L in sorted(set(stored) | set(counted)):
             rows = counted[L] if L in counted else stored[L]
             accuracies = [r["accuracy"] for r in rows]
             interval = accuracy_interval(accuracies) or (None, None)
             low, high = g.mean_bounds(L, rows)
             out.append(dict(model=g.model_label, source=g.source_label, n_mem=g.n_mem,
-                            settings=settings_label(g), length=L, runs=len(rows),
+                            settings=label, length=L, runs=len(rows),
                             passages=len(rows), texts=len(g.expected(L, rows)),
                             complete=L in complete, counted=L in counted,
                             mean_accuracy=mean_of(accuracies),
