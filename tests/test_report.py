@@ -2,6 +2,7 @@
 published rows matched, four PNGs; and end to end from a real tiny sweep."""
 import csv
 import json
+import math
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from cramfast.engine import checkpoint
 from cramfast.report import build as report
 from cramfast.report import figures as report_figures
 from cramfast.report import groups as report_groups
+from cramfast.report import intervals
 from cramfast.sweep import grid, store
 from cramfast.sweep import runner as sweep
 
@@ -227,7 +229,8 @@ def test_summary_json_from_a_climb_and_a_search(trained_path, tmp_path, capsys):
     assert "Capacity, two ways:" in printed and "- Capacity (the paper's definition" in printed
     assert "- Search capacity (`--search capacity`): for each text alone" in printed
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["threshold"] == 0.99 and "normal approximation" in summary["mean_accuracy_ci95"]
+    assert summary["threshold"] == 0.99 and "Student's t" in summary["mean_accuracy_ci95"]
+    assert "Clopper-Pearson" in summary["lossless_ci95"]
     by_kind = {r["text_kind"]: r for r in summary["records"]}
     assert set(by_kind) == {"prose", "random"}
     for r in by_kind.values():
@@ -240,6 +243,10 @@ def test_summary_json_from_a_climb_and_a_search(trained_path, tmp_path, capsys):
         assert r["mean_accuracy"] == pytest.approx({"8": 1.0, "16": 1.0, "24": 11 / 23,
                                                     "32": 15 / 31})
         assert r["mean_accuracy_ci95"]["24"] == pytest.approx([11 / 23, 11 / 23])
+        # 3 of 3 lossless at 8: the share is at least 0.025 ** (1 / 3); none at 24: at most 1 - it
+        assert r["lossless"] == {"8": 3, "16": 3, "24": 0, "32": 0}
+        assert r["lossless_ci95"]["8"] == pytest.approx([0.025 ** (1 / 3), 1.0])
+        assert r["lossless_ci95"]["24"] == pytest.approx([0.0, 1 - 0.025 ** (1 / 3)])
     prose, rnd = by_kind["prose"], by_kind["random"]
     assert prose["source_id"].startswith("file:") and rnd["source_id"].startswith("random:")
     assert rnd["search"] is None
@@ -279,7 +286,8 @@ def test_a_length_some_texts_have_not_reached_is_open_until_they_cannot_change_i
     per_length = report_groups.per_length_rows(groups)
     lines = report.per_length_table(per_length, 0.99, show_settings=False).splitlines()
     assert lines[3] == "| EleutherAI/pythia-160m | pg19 | 1 | 16 | 2/3 | 1.0000 | " \
-        "1.0000 – 1.0000 | 0.6667 – 1.0000 | open | 160 |"       # steps: 10 per token in row()
+        "1.0000 – 1.0000 | 2 (0.16 – 1.00) | 0.6667 – 1.0000 | open | 160 |"  # 10 steps/token
+    assert per_length[1]["lossless_ci95_low"] == pytest.approx(0.025 ** 0.5)   # 2 of 2 lossless
     with_settings = report.per_length_table(per_length, 0.99, show_settings=True).splitlines()
     assert with_settings[0].startswith("| model | source | m | settings | L |")
     assert with_settings[3].startswith("| EleutherAI/pythia-160m | pg19 | 1 | h1 | 16 | 2/3 |")
@@ -364,7 +372,7 @@ def test_a_text_or_length_only_in_flight_still_counts(tmp_path):
     assert rec["passages"] == {"8": 3, "16": 0}
     assert report_groups.capacity_label(report_groups.table_rows([g])[0]) == "≥ 8 (16 open)"
     lines = report.per_length_table(report_groups.per_length_rows([g]), 0.99, False).splitlines()
-    assert lines[-1].startswith("| EleutherAI/pythia-160m | pg19 | 1 | 16 | 0/3 | – | – | "
+    assert lines[-1].startswith("| EleutherAI/pythia-160m | pg19 | 1 | 16 | 0/3 | – | – | – | "
                                 f"{13 / 15:.4f} – 1.0000 | open |")
 
 
@@ -433,13 +441,41 @@ def test_a_partial_length_below_the_threshold_whatever_the_rest_do_fails():
     assert report_groups.capacity_label(report_groups.table_rows([g])[0]) == "? (8, 16 open)"
 
 
-def test_accuracy_interval_is_the_normal_one_over_texts():
-    low, high = report_groups.accuracy_interval([1.0, 0.985])
-    half = 1.96 * (0.015 / 2 ** 0.5) / 2 ** 0.5        # sd of two values: |a - b| / sqrt(2)
-    assert low == pytest.approx(0.9925 - half) and high == 1.0       # clipped at 1
-    assert report_groups.accuracy_interval([0.5]) is None
-    assert report_groups.accuracy_interval([0.2, 0.4, 0.6]) == pytest.approx(
-        (0.4 - 1.96 * 0.2 / 3 ** 0.5, 0.4 + 1.96 * 0.2 / 3 ** 0.5))
+def test_mean_interval_is_students_t_over_texts():
+    low, high = intervals.mean_interval([1.0, 0.985])
+    half = 12.7062 * (0.015 / 2 ** 0.5) / 2 ** 0.5     # t(0.975, 1); sd of two: |a - b| / sqrt(2)
+    assert low == pytest.approx(0.9925 - half, abs=1e-4) and high == 1.0     # clipped at 1
+    assert intervals.mean_interval([0.5]) is None
+    assert intervals.mean_interval([0.5] * 8) == (0.5, 0.5)      # zero wide: all the same
+    assert intervals.mean_interval([0.4, 0.5, 0.6]) == pytest.approx(
+        (0.5 - 4.3027 * 0.1 / 3 ** 0.5, 0.5 + 4.3027 * 0.1 / 3 ** 0.5), abs=1e-4)
+
+
+# two-sided 97.5% points of Student's t (standard tables): 8 and 16 passages, the paper's 50
+@pytest.mark.parametrize("df,t", [(1, 12.7062), (2, 4.3027), (3, 3.1824), (7, 2.3646),
+                                  (15, 2.1314), (30, 2.0423), (49, 2.0096), (1000, 1.9623)])
+def test_t_quantile_matches_the_tables(df, t):
+    assert intervals.t_quantile(df) == pytest.approx(t, abs=5e-5)
+    assert intervals.t_two_sided_probability(t, df) == pytest.approx(0.95, abs=1e-4)
+
+
+def test_binomial_interval_is_clopper_pearson():
+    # the closed forms at the ends: k = n gives [(alpha/2)^(1/n), 1], k = 0 its mirror
+    assert intervals.binomial_interval(16, 16) == pytest.approx((0.025 ** (1 / 16), 1.0))
+    assert intervals.binomial_interval(0, 8) == pytest.approx((0.0, 1 - 0.025 ** (1 / 8)))
+    # inside, the endpoints solve the binomial tails (published values: R's binom.test)
+    assert intervals.binomial_interval(14, 16) == pytest.approx((0.6165, 0.9845), abs=1e-4)
+    assert intervals.binomial_interval(1, 8) == pytest.approx((0.0032, 0.5265), abs=1e-4)
+    low, high = intervals.binomial_interval(30, 50)
+    tail = lambda k, p: sum(math.comb(50, i) * p ** i * (1 - p) ** (50 - i)
+                            for i in range(k, 51))
+    assert tail(30, low) == pytest.approx(0.025) and 1 - tail(31, high) == pytest.approx(0.025)
+    assert intervals.binomial_interval(0, 0) is None
+    with pytest.raises(ValueError):
+        intervals.binomial_interval(3, 2)
+
+
+def test_text_kind_is_read_from_the_source_name():
     assert [report_groups.text_kind(s) for s in ("random:wordfreq-x?sample_seed=0",
                                                  "file:/b.txt?c", "dir:/books?c", "pg19:test?c",
                                                  "other")] == [

@@ -20,14 +20,15 @@ one row per job. For each group:
   bits/vector    CE reduction in bits / n_mem
   search capacity  (--search rows) per text, the largest lossless length; median, min, max
 Published numbers (Kuratov et al. 2025, Table 1 and Figure 4) are put beside models whose name
-matches. Per length: the mean accuracy, its 95% interval (normal approximation over the texts'
-accuracies) and the passages it is over. Files written: table1.csv, per_length.csv (the
-capacity's inputs), summary.json (one record per group: capacity, passages and mean accuracy
-per length, preset, max_steps, the search's per-text capacities),
-fig1_capacity.png, fig3_ce.png, fig4_capacity_vs_nmem.png, fig5_theory_vs_measured.png, one CSV
-per figure with the plotted points, search.csv (--search runs), warm_start.csv (--warm-start
-runs), controlled.csv (a model and m with several groups: what sets each apart, its capacity),
-and report.md embedding it all. Every number carries the refs ("FILE#id") of its rows.
+matches. Per length: the mean accuracy with its 95% interval (Student's t over the texts'
+accuracies), the texts lossless with theirs (Clopper-Pearson) and the passages it is over. Files
+written: table1.csv, per_length.csv (the capacity's inputs), summary.json (one record per group:
+capacity, passages, mean accuracy and texts lossless per length, preset, max_steps, the search's
+per-text capacities), fig1_capacity.png, fig3_ce.png, fig4_capacity_vs_nmem.png,
+fig5_theory_vs_measured.png, one CSV per figure with the plotted points, search.csv (--search runs),
+warm_start.csv (--warm-start runs), controlled.csv (a model and m with several groups: what sets
+each apart, its capacity), and report.md embedding it all. Every number carries the refs ("FILE#id")
+of its rows.
 The numbers are computed in cramfast.report.groups, the figures drawn in cramfast.report.figures.
 The output folder is checked writable before the store is read.
 """
@@ -127,18 +128,21 @@ def capacity_table(table: list[dict], summary: list[dict], show_settings: bool) 
 
 
 def per_length_table(per_length: list[dict], threshold: float, show_settings: bool) -> str:
-    """Mean accuracy per group and length with its 95% interval and its passages ("3/4": fewer
-    than the length's texts); where fewer, the interval the mean over all of them will end
-    in; the verdict (yes, no, open, or not counted: a length the paper's capacity is not decided
-    at); the mean steps of its texts (what the length cost)."""
+    """Mean accuracy per group and length with its 95% interval, the texts lossless with the 95%
+    interval of their share, and its passages ("3/4": fewer than the length's texts); where fewer,
+    the interval the mean over all of them will end in; the verdict (yes, no, open, or not counted:
+    a length the paper's capacity is not decided at); the mean steps of its texts (what the length
+    cost)."""
     head = ["model", "source", "m"] + (["settings"] if show_settings else []) + [
-        "L", "passages", "mean accuracy", "95% interval", "will end in",
+        "L", "passages", "mean accuracy", "95% interval", "lossless (95% share)", "will end in",
         f"≥ {threshold:g}", "mean steps"]
     body = []
     for p in per_length:
         passages = str(p["passages"]) + (f"/{p['texts']}" if p["passages"] < p["texts"] else "")
         interval = ("–" if p["ci95_low"] is None
                     else f"{p['ci95_low']:.4f} – {p['ci95_high']:.4f}")
+        share = (p["lossless_ci95_low"], p["lossless_ci95_high"])
+        lossless = "–" if share[0] is None else f"{p['lossless']} ({share[0]:.2f} – {share[1]:.2f})"
         will_end = ("–" if p["passages"] == p["texts"]
                     else f"{p['mean_will_end_low']:.4f} – {p['mean_will_end_high']:.4f}")
         verdict = {"pass": "yes", "fail": "no", "open": "open", None: "not counted"}[
@@ -146,7 +150,7 @@ def per_length_table(per_length: list[dict], threshold: float, show_settings: bo
         body.append([p["model"], p["source"], str(p["n_mem"])]
                     + ([p["settings"]] if show_settings else [])
                     + [str(p["length"]), passages, _fmt(p["mean_accuracy"], 4), interval,
-                       will_end, verdict, _fmt(p["mean_steps"], 0)])
+                       lossless, will_end, verdict, _fmt(p["mean_steps"], 0)])
     return tables.markdown_table(head, body)
 
 
@@ -218,8 +222,10 @@ def make_report(dbs, out_dir, threshold: float = CAPACITY_THRESHOLD, paper: bool
         threshold=threshold, sources=[str(d) for d in dbs],
         capacity=capacity_sentences(threshold)[0].replace("**", ""),
         search_capacity=capacity_sentences(threshold)[1].replace("**", ""),
-        mean_accuracy_ci95="normal approximation: mean ± 1.96 · sd / sqrt(n) over the texts' "
+        mean_accuracy_ci95="Student's t: mean ± t(0.975, n - 1) · sd / sqrt(n) over the texts' "
                            "accuracies (sd with n - 1), clipped to [0, 1]; null below 2 texts",
+        lossless_ci95="Clopper-Pearson (exact binomial) interval of the share of the texts "
+                      "lossless (accuracy 1.0), from lossless of passages",
         records=summary), indent=1, ensure_ascii=False) + "\n")
     searches, warm = search_rows(groups), warm_start_rows(groups)
     controlled = controlled_rows(groups, threshold)
@@ -257,8 +263,11 @@ def make_report(dbs, out_dir, threshold: float = CAPACITY_THRESHOLD, paper: bool
     text += [f"- {line}" for line in capacity_sentences(threshold)] + [""]
     text += ["## Mean accuracy per length", "",
              per_length_table(per_length, threshold, show_settings), "",
-             "95% interval: normal approximation over the texts' accuracies (mean ± 1.96 · sd / "
-             "√n), none for one text, zero wide when every text has the same accuracy. "
+             "95% interval: Student's t over the texts' accuracies (mean ± t(0.975, n − 1) · sd / "
+             "√n), none for one text, zero wide when every text has the same accuracy. Lossless: "
+             "the texts at accuracy 1.0, with the exact (Clopper-Pearson) 95% interval of their "
+             "share, which says something where every text is lossless (16 of 16: at least "
+             "0.79). "
              "Passages \"3/4\": the length was run for fewer than the group's texts; \"will end "
              "in\": its mean over all of them, the others counted at the floor under their "
              "results where they are in flight, else at 0, and at 1. All in "

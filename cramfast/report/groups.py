@@ -1,8 +1,9 @@
-"""The numbers of ``cramfast.report``: the store's rows grouped by (model, source, n_mem,
-settings), each group's Table 1 row (the paper's definitions, see cramfast.report), the per-length
-rows behind a capacity (mean accuracy, its 95% interval, the passages it is over), the capacity
-search's per-text results, the warm-start comparison, the records of summary.json, and the
-published numbers of Kuratov et al. 2025 to put beside models whose name matches."""
+"""The numbers of ``cramfast.report``: the store's rows grouped by (model, source, n_mem, settings),
+each group's Table 1 row (the paper's definitions, see cramfast.report), the per-length rows behind
+a capacity (mean accuracy and the texts lossless, each with its 95% interval
+(cramfast.report.intervals), the passages it is over), the capacity search's per-text results, the
+warm-start comparison, the records of summary.json, and the published numbers of Kuratov et al. 2025
+to put beside models whose name matches."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from cramfast.engine.checkpoint import progress, unpack
 from cramfast.metrics import CAPACITY_THRESHOLD
 from cramfast.presets import PRESETS
+from cramfast.report.intervals import binomial_interval, mean_interval
 from cramfast.settings import RESULT_SETTINGS, preset_settings
 from cramfast.sweep.grid import CLIMB_PATIENCE, PAPER_LENGTHS, climb_below, mean_at_most
 
@@ -261,19 +263,6 @@ def text_kind(source: str) -> str:
         else "unknown"
 
 
-def accuracy_interval(accuracies, z: float = 1.96):
-    """(low, high): the normal-approximation 95% interval of the mean of per-text accuracies,
-    mean +- z * sd / sqrt(n) (sd over the texts, n - 1 in its denominator), clipped to [0, 1].
-    None below 2 texts. Zero wide when every text has the same accuracy (all lossless)."""
-    n = len(accuracies)
-    if n < 2:
-        return None
-    mean = sum(accuracies) / n
-    sd = math.sqrt(sum((a - mean) ** 2 for a in accuracies) / (n - 1))
-    half = z * sd / math.sqrt(n)
-    return max(0.0, mean - half), min(1.0, mean + half)
-
-
 def groups_of(rows) -> list[Group]:
     groups: dict[tuple, Group] = {}
     for r in rows:
@@ -352,9 +341,10 @@ def table_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[dict]:
 
 
 def per_length_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[dict]:
-    """Per group and length: what the capacity is decided from (the mean over the texts stored
-    there, its 95% interval, the interval the mean over the group's texts will end in, the
-    length's verdict; verdict None at a length not counted for the capacity)."""
+    """Per group and length: what the capacity is decided from (the mean over the texts stored there
+    with its 95% interval, the texts lossless there with theirs, the interval the mean over the
+    group's texts will end in, the length's verdict; verdict None at a length not counted for the
+    capacity)."""
     out = []
     for g in groups:
         complete, counted = g.complete_lengths(), g.capacity_lengths()
@@ -362,7 +352,9 @@ def per_length_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[d
         for L in sorted(set(stored) | set(counted)):
             rows = counted[L] if L in counted else stored[L]
             accuracies = [r["accuracy"] for r in rows]
-            interval = accuracy_interval(accuracies) or (None, None)
+            interval = mean_interval(accuracies) or (None, None)
+            lossless = sum(a >= 1.0 for a in accuracies)
+            share = binomial_interval(lossless, len(rows)) or (None, None)
             low, high = g.mean_bounds(L, rows)
             out.append(dict(model=g.model_label, source=g.source_label, n_mem=g.n_mem,
                             settings=label, length=L, runs=len(rows),
@@ -372,6 +364,8 @@ def per_length_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[d
                             ci95_low=interval[0], ci95_high=interval[1],
                             mean_will_end_low=low, mean_will_end_high=high,
                             verdict=verdicts.get(L),
+                            lossless=lossless, lossless_ci95_low=share[0],
+                            lossless_ci95_high=share[1],
                             exact=sum(r["exact"] for r in rows),
                             mean_token_gain=mean_of([r["token_gain"] for r in rows]),
                             mean_ce_reduction_nats=mean_of([r["info_gain_nats"] for r in rows]),
@@ -525,8 +519,9 @@ def search_summary(g: Group) -> dict | None:
 
 def summary_records(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[dict]:
     """One record per group for summary.json: the paper's capacity and what it is decided from
-    (passages and mean accuracy per length, with the 95% interval; each length's verdict and
-    the interval its mean over all its texts will end in; the open lengths above the capacity),
+    (passages, mean accuracy and texts lossless per length, each with its 95% interval; each
+    length's verdict and the interval its mean over all its texts will end in; the open lengths
+    above the capacity),
     the per-text search capacity where the group has --search rows, and the settings the rows
     ran with (preset and max_steps from the sweep's record, column ``sweep``, else the result's
     own settings, ``settings``; settings_changed: those that differ from the preset's,
@@ -561,8 +556,9 @@ def summary_records(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[d
         if cap is not None and len(counted[cap]) < len(g.texts):
             note = (note + "; " if note else "") + \
                 f"decided over {len(counted[cap])} of the group's {len(g.texts)} texts"
-        intervals = {str(L): accuracy_interval([r["accuracy"] for r in rows])
+        intervals = {str(L): mean_interval([r["accuracy"] for r in rows])
                      for L, rows in counted.items()}
+        lossless = {str(L): sum(r["accuracy"] >= 1.0 for r in rows) for L, rows in counted.items()}
         gain_rows = g.gain_rows(threshold)
         out.append(dict(
             model=g.model_label, model_id=g.model, source=g.source_label, source_id=g.source,
@@ -579,6 +575,9 @@ def summary_records(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[d
                            for L, rows in counted.items()},
             mean_accuracy_ci95={L: list(v) if v else None for L, v in intervals.items()},
             mean_accuracy_will_end_in=bounds,
+            lossless=lossless,
+            lossless_ci95={L: list(binomial_interval(k, passages[L]) or ()) or None
+                           for L, k in lossless.items()},
             verdicts={str(L): v for L, v in g.verdicts(threshold).items()},
             token_gain=mean_of([r["token_gain"] for r in gain_rows]),
             ce_reduction_nats=mean_of([r["info_gain_nats"] for r in gain_rows]),
