@@ -95,7 +95,7 @@ def test_the_capacity_runs_script_names_grids_that_build(tmp_path):
                 g = grid_args(*shlex.split(args))
                 assert (g.climb or g.search) and g.optim["max_steps"] in (600, 5000)
                 hashes.setdefault(g.db, set()).add(g.settings_hash())
-    assert len(hashes) == 6 and len(hashes[str(tmp_path / "controls.db")]) == 8
+    assert len(hashes) == 6 and len(hashes[str(tmp_path / "controls.db")]) == 9
 
 
 def test_sources_seeded_prefix_stable(corpus_file, trained_path, tmp_path):

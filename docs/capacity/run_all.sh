@@ -57,8 +57,9 @@ table_and_fig4() {
 # about an hour of one CPU thread), beside `fast` and `paper` at 600, and the per-text search
 # beside `fast` at 600 (its probes at the grid's lengths are the grid's rows); then Table 1's
 # random-word row: the published settings at the paper's grid's first length, 8, below the
-# grids' own (`paper` fails 16 there), and at 16 and 32 (8 passages), random words with `fast`
-# at 5000, and the published settings' full climb; then the factors again at 5000 steps
+# grids' own (`paper` fails 16 there), and at 16 and 32 (8 passages); `paper` with the mem
+# after the BOS at 600 steps (is the attention sink what holds `paper` down?); random words
+# with `fast` at 5000, and the published settings' full climb; then the factors again at 5000 steps
 controls_and_random() {
     sweep --config capacity-controls --source "$BOOKS" --preset fast --max-steps 600 --db $OUT/controls.db
     sweep --config capacity-controls --source "$BOOKS" --preset paper --max-steps 600 --db $OUT/controls.db
@@ -68,6 +69,7 @@ controls_and_random() {
     sweep --config capacity-search --source "$BOOKS" --preset fast --max-steps 600 --db $OUT/controls.db
     sweep --config capacity-random --preset paper --samples 8 --lengths 8 --db $OUT/random-paper.db
     sweep --config capacity-random --preset paper --samples 8 --lengths 16,32 --db $OUT/random-paper.db
+    sweep --config capacity-controls --source "$BOOKS" --preset paper --max-steps 600 --set mem_position=after_bos --db $OUT/controls.db
     sweep --config capacity-random --preset fast --db $OUT/random-fast.db
     sweep --config capacity-random --preset paper --samples 8 --db $OUT/random-paper.db
     sweep --config capacity-controls --source "$BOOKS" --preset fast --set mem_position=after_bos --db $OUT/controls.db
