@@ -32,7 +32,7 @@ def row(sample, length, acc, n_mem=1, origin="grid", gain=None, ce0=None, source
                 accuracy=acc, token_gain=gain if gain is not None else acc * (length - 1) - 1,
                 info_gain_nats=ce0 - ce1, info_gain_bits=(ce0 - ce1) / 0.6931471805599453,
                 ce_without_mem=ce0, ce_with_mem=ce1, exact=int(acc >= 1), steps=10 * length,
-                sweep=SETTINGS)
+                stop_reason="lossless" if acc >= 1 else "stalled", sweep=SETTINGS)
 
 
 @pytest.fixture

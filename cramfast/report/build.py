@@ -225,7 +225,7 @@ def make_report(dbs, out_dir, threshold: float = CAPACITY_THRESHOLD, paper: bool
         mean_accuracy_ci95="Student's t: mean ± t(0.975, n - 1) · sd / sqrt(n) over the texts' "
                            "accuracies (sd with n - 1), clipped to [0, 1]; null below 2 texts",
         lossless_ci95="Clopper-Pearson (exact binomial) interval of the share of the texts "
-                      "lossless (accuracy 1.0), from lossless of passages",
+                      "lossless (every token right and decoded back), from lossless of passages",
         records=summary), indent=1, ensure_ascii=False) + "\n")
     searches, warm = search_rows(groups), warm_start_rows(groups)
     controlled = controlled_rows(groups, threshold)
@@ -265,9 +265,9 @@ def make_report(dbs, out_dir, threshold: float = CAPACITY_THRESHOLD, paper: bool
              per_length_table(per_length, threshold, show_settings), "",
              "95% interval: Student's t over the texts' accuracies (mean ± t(0.975, n − 1) · sd / "
              "√n), none for one text, zero wide when every text has the same accuracy. Lossless: "
-             "the texts at accuracy 1.0, with the exact (Clopper-Pearson) 95% interval of their "
-             "share, which says something where every text is lossless (16 of 16: at least "
-             "0.79). "
+             "the texts that came back (every token right, decoded back), with the exact "
+             "(Clopper-Pearson) 95% interval of their share, which says something where every "
+             "text is lossless (16 of 16: at least 0.79). "
              "Passages \"3/4\": the length was run for fewer than the group's texts; \"will end "
              "in\": its mean over all of them, the others counted at the floor under their "
              "results where they are in flight, else at 0, and at 1. All in "

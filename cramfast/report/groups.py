@@ -263,6 +263,12 @@ def text_kind(source: str) -> str:
         else "unknown"
 
 
+def is_lossless(row) -> bool:
+    """A row whose text came back: every token right and decoded back (its stop reason), as
+    ``sweep.status`` counts them."""
+    return row.get("stop_reason") == "lossless"
+
+
 def groups_of(rows) -> list[Group]:
     groups: dict[tuple, Group] = {}
     for r in rows:
@@ -353,7 +359,7 @@ def per_length_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[d
             rows = counted[L] if L in counted else stored[L]
             accuracies = [r["accuracy"] for r in rows]
             interval = mean_interval(accuracies) or (None, None)
-            lossless = sum(a >= 1.0 for a in accuracies)
+            lossless = sum(map(is_lossless, rows))
             share = binomial_interval(lossless, len(rows)) or (None, None)
             low, high = g.mean_bounds(L, rows)
             out.append(dict(model=g.model_label, source=g.source_label, n_mem=g.n_mem,
@@ -558,7 +564,7 @@ def summary_records(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[d
                 f"decided over {len(counted[cap])} of the group's {len(g.texts)} texts"
         intervals = {str(L): mean_interval([r["accuracy"] for r in rows])
                      for L, rows in counted.items()}
-        lossless = {str(L): sum(r["accuracy"] >= 1.0 for r in rows) for L, rows in counted.items()}
+        lossless = {str(L): sum(map(is_lossless, rows)) for L, rows in counted.items()}
         gain_rows = g.gain_rows(threshold)
         out.append(dict(
             model=g.model_label, model_id=g.model, source=g.source_label, source_id=g.source,
