@@ -111,6 +111,27 @@ def test_a_record_of_other_inputs_or_unreadable_is_not_resumed(lm, tmp_path):
                      cramfast.compress(texts, model=lm, **HARD))
 
 
+def test_a_write_cut_short_by_a_kill_is_removed_with_its_record(tmp_path, monkeypatch):
+    """A kill -9 between mkstemp and the rename leaves a partial file: the text's record is
+    still the previous one, and the partial goes when the text finishes (its delete), while
+    another text's partial stays."""
+    folder = checkpoint.DirectoryCheckpoints(tmp_path)
+    folder.put({"a" * 32: b"first", "b" * 32: b"other"})
+
+    def killed(src, dst):
+        raise KeyboardInterrupt             # the process dies before the rename
+    monkeypatch.setattr(checkpoint.os, "replace", killed)
+    for fp in ("a" * 32, "b" * 32):
+        with pytest.raises(KeyboardInterrupt):
+            folder.put({fp: b"second, cut short"})
+    monkeypatch.undo()
+    assert folder.get(["a" * 32]) == {"a" * 32: b"first"}
+    assert len(list(tmp_path.glob("*.tmp"))) == 2
+    folder.delete(["a" * 32])
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("b")) == []
+    assert [p.suffix for p in tmp_path.glob("b*")] in ([".pt", ".tmp"], [".tmp", ".pt"])
+
+
 def test_checkpoints_are_saved_when_due(lm, tmp_path):
     texts = corpus_texts(lm.tokenizer, [40, 56, 64, 80], seed=1)[1:2]    # runs out of steps
     saves = []

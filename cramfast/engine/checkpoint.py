@@ -47,7 +47,8 @@ class CheckpointStore(Protocol):
 
 class DirectoryCheckpoints:
     """One file per text under ``path``, each written whole and then renamed into place, so a
-    kill mid-write leaves the previous record."""
+    kill mid-write leaves the previous record (and a partial ``<fingerprint>.*.tmp``, removed
+    with the text's record when it finishes)."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -70,7 +71,7 @@ class DirectoryCheckpoints:
 
     def put(self, records):
         for fp, blob in records.items():
-            fd, tmp = tempfile.mkstemp(dir=self.path, suffix=".tmp")
+            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f"{fp}.", suffix=".tmp")
             with os.fdopen(fd, "wb") as out:
                 out.write(blob)
                 out.flush()
@@ -80,6 +81,8 @@ class DirectoryCheckpoints:
     def delete(self, fingerprints):
         for fp in fingerprints:
             self._file(fp).unlink(missing_ok=True)
+            for partial in self.path.glob(f"{fp}.*.tmp"):   # a write a kill cut short
+                partial.unlink(missing_ok=True)
 
 
 def as_store(checkpoint) -> CheckpointStore | None:
