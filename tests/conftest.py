@@ -152,8 +152,10 @@ def one_line_failure(run, prog):
     return err
 
 
-def fake_compressor(capacity_of, accept_init=False):
-    """Yields results as cramfast.compress_iter does: lossless iff len <= capacity_of(ids)."""
+def fake_compressor(capacity_of, accept_init=False, right_but_not_back=False):
+    """Yields results as cramfast.compress_iter does: lossless iff len <= capacity_of(ids).
+    With right_but_not_back a longer text has every token right in the training forward
+    (accuracy 1.0) but does not decode back, as one that ran out of steps in its decode retry."""
     from cramfast.metrics import make_result
     calls = []
 
@@ -162,10 +164,12 @@ def fake_compressor(capacity_of, accept_init=False):
         for i, ids in enumerate(texts):
             ok = len(ids) <= capacity_of(ids)
             n = len(ids) - 1
-            yield i, make_result(token_ids=ids, correct_with_mem=n if ok else n // 2,
+            all_right = ok or right_but_not_back
+            yield i, make_result(token_ids=ids, correct_with_mem=n if all_right else n // 2,
                                  correct_without_mem=0,
                                  ce_without_mem=3.0 * n, ce_with_mem=0.0 if ok else 1.5 * n,
-                                 decoded_ids=ids[1:], stop_reason="lossless" if ok else "max_steps",
+                                 decoded_ids=ids[1:] if ok else ids[:0:-1],
+                                 stop_reason="lossless" if ok else "max_steps",
                                  mem=torch.full((n_mem, 32), float(len(ids))), n_mem=n_mem,
                                  model="fake",
                                  seed=seed, steps=len(ids), best_step=len(ids), seconds=0.0,

@@ -205,6 +205,28 @@ def test_search_capacity_doubling_then_bisection(trained_path, corpus_file, tmp_
     assert again.calls == [] and summary2.ran == 0 and summary2.search == summary.search
 
 
+def test_search_counts_a_probe_lossless_by_its_stop_reason(trained_path, corpus_file, tmp_path):
+    """A probe with every token right in the training forward that does not decode back
+    (accuracy 1.0, stop reason max_steps) is lossy: the search bisects below it, and the
+    report's per-text capacity says the same."""
+    def cap(ids):
+        return 9 + sum(ids[:3]) % 30
+    db = tmp_path / "search.db"
+    g = grid_args("--model", trained_path, "--source", str(corpus_file), "--samples", "3",
+                  "--search", "capacity", "--db", str(db))
+    summary = sweep.run_sweep(g, quiet=True,
+                              compress_iter=fake_compressor(cap, right_but_not_back=True))
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(trained_path)
+    src = sources.open_source(str(corpus_file))
+    expected = {i: cap(src.tokens(tok, i, 3)) for i in range(3)}
+    assert {unit[2]: L for unit, L in summary.search.items()} == expected
+    rows = rows_of(db)
+    assert any(r["accuracy"] == 1.0 and r["stop_reason"] != "lossless" for r in rows)
+    (group,) = report_groups(db)
+    assert {text[0]: L for text, L in group.search_capacities().items()} == expected
+
+
 def stream_or_rounds(stream: bool, calls: dict):
     """cramfast.compress_iter, its calls counted in calls[stream]; with stream False its results
     come through a plain generator, which takes no more texts (so the sweep runs in rounds)."""

@@ -16,7 +16,7 @@ from cramfast.engine.checkpoint import progress, unpack
 from cramfast.metrics import CAPACITY_THRESHOLD
 from cramfast.presets import PRESETS
 from cramfast.report.intervals import binomial_interval, mean_interval
-from cramfast.settings import RESULT_SETTINGS, preset_settings
+from cramfast.settings import RESULT_SETTINGS, StopReason, preset_settings
 from cramfast.sweep.grid import CLIMB_PATIENCE, PAPER_LENGTHS, climb_below, mean_at_most
 
 # Kuratov, Arkhipov, Bulatov, Burtsev (2025), arXiv 2502.13063, Table 1 (one vector):
@@ -217,7 +217,7 @@ class Group:
         out = {}
         for text in sorted(searched):
             rows = [r for r in self.rows if (r["sample"], r["seed"]) == text]
-            cap = max((r["length"] for r in rows if r["accuracy"] >= 1.0), default=1)
+            cap = max((r["length"] for r in rows if is_lossless(r)), default=1)
             out[text] = (cap, not any(r["length"] > cap for r in rows))
         return out
 
@@ -265,8 +265,9 @@ def text_kind(source: str) -> str:
 
 def is_lossless(row) -> bool:
     """A row whose text came back: every token right and decoded back (its stop reason), as
-    ``sweep.status`` counts them."""
-    return row.get("stop_reason") == "lossless"
+    ``sweep.status`` counts them and a --search probes (a text can have every token right in the
+    training forward and still not decode back: its accuracy is 1.0, its stop reason not)."""
+    return row.get("stop_reason") == StopReason.LOSSLESS.label
 
 
 def groups_of(rows) -> list[Group]:

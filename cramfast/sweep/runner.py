@@ -56,6 +56,7 @@ from cramfast.cli.tools import Parser, at_least, run
 from cramfast.engine.stopping import stop_on_signals
 from cramfast.errors import CramfastError
 from cramfast.metrics import CAPACITY_THRESHOLD
+from cramfast.settings import StopReason
 from cramfast.sources import CHUNKINGS
 from cramfast.sweep import store
 from cramfast.sweep.grid import (
@@ -71,6 +72,9 @@ from cramfast.sweep.grid import (
 )
 from cramfast.sweep.store import JobKey
 
+# what the runner keeps of each stored row (job key -> these): the accuracy decides a climb's
+# lengths (the paper's mean), the stop reason a search's probes (lossless: decoded back)
+STORED_COLUMNS = ("accuracy", "stop_reason")
 CLIMB_POLL_SECONDS = 0.5   # a climbing rank's wait between reads of the other ranks' shards
 
 
@@ -192,7 +196,7 @@ def run_sweep(grid: Grid, quiet: bool = False, compress_iter=None, rank: int | N
     start = time.perf_counter()
     try:
         sweep_jobs = SweepJobs(grid)
-        stored = store.family_key_values(grid.db, "accuracy")
+        stored = store.family_key_values(grid.db, *STORED_COLUMNS)
         summary = Summary(db=str(db), skipped_context=0 if grid.search else sweep_jobs.skipped,
                           mode="search" if grid.search else "climb" if grid.climb
                           else "warm" if grid.warm_start else "grid")
@@ -289,7 +293,7 @@ class _RankRunner:
                 taken(job)
 
         def taken(job):
-            lossless = self.stored[job.key][0] >= 1.0
+            lossless = self.stored[job.key][1] == StopReason.LOSSLESS.label
             state[text_of(job)][0 if lossless else 1] = job.length
 
         def follow(job):            # a probe came back: the text's next one, at once
@@ -453,7 +457,7 @@ class _RankRunner:
         since, said = time.perf_counter(), False
         while missing:
             time.sleep(CLIMB_POLL_SECONDS)
-            for key, values in store.family_key_values(self.grid.db, "accuracy").items():
+            for key, values in store.family_key_values(self.grid.db, *STORED_COLUMNS).items():
                 self.stored.setdefault(key, values)
             missing = [j for j in missing if j.key not in self.stored]
             if missing and not said and time.perf_counter() - since > 30:
@@ -521,7 +525,7 @@ class _RankRunner:
                                    sweep=self.record, rank=self.rank)
             if self.out.add(row):
                 self.summary.ran += 1
-            self.stored[job.key] = (result.accuracy,)
+            self.stored[job.key] = (result.accuracy, result.stop_reason)
             counted = count
             if job.key in self.unfinished:      # ended before it could be withdrawn: skipped
                 self.unfinished.discard(job.key)
@@ -602,7 +606,7 @@ class _Climb:
         return self.jobs[self.lengths[self.index + 1]]
 
     def decide(self, stored: dict, early: bool = True) -> bool:
-        """The current length decided from the ``stored`` accuracies (job key -> (accuracy,))
+        """The current length decided from the ``stored`` accuracies (job key -> STORED_COLUMNS)
         if they decide it: every text stored, or (``early``) fewer whose mean can end at most
         below the threshold (grid.mean_at_most); then on to the next length. False if still
         open."""

@@ -34,6 +34,7 @@ from cramfast.metrics import CAPACITY_THRESHOLD
 from cramfast.report.groups import (
     attach_in_flight,
     groups_of,
+    is_lossless,
     mean_of,
     settings_label,
     sweep_record,
@@ -49,7 +50,7 @@ def stored_table(rows: list[dict]) -> str:
     for g in groups_of(rows):
         what = settings_label(g)
         for length, at in g.per_length().items():
-            lossless = sum(r["stop_reason"] == "lossless" for r in at)
+            lossless = sum(map(is_lossless, at))
             body.append([g.model_label, g.source_label, str(g.n_mem), what, str(length),
                          str(len(at)), str(lossless),
                          f"{mean_of([r['accuracy'] for r in at]):.4f}",
