@@ -347,6 +347,21 @@ def table_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[dict]:
     return out
 
 
+def length_figures(rows) -> dict:
+    """What one length's rows say, each with its 95% interval (cramfast.report.intervals): the
+    mean accuracy (``mean``, ``mean_ci95``: Student's t, None below 2 rows) and the texts
+    lossless (``lossless``, ``lossless_ci95``: Clopper-Pearson, None without rows)."""
+    accuracies = [r["accuracy"] for r in rows]
+    lossless = sum(map(is_lossless, rows))
+    return dict(mean=mean_of(accuracies), mean_ci95=mean_interval(accuracies),
+                lossless=lossless, lossless_ci95=binomial_interval(lossless, len(rows)))
+
+
+def _listed(interval):
+    """An interval as summary.json holds it: [low, high], or None."""
+    return list(interval) if interval else None
+
+
 def per_length_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[dict]:
     """Per group and length: what the capacity is decided from (the mean over the texts stored there
     with its 95% interval, the texts lossless there with theirs, the interval the mean over the
@@ -358,20 +373,19 @@ def per_length_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[d
         verdicts, stored, label = g.verdicts(threshold), g.per_length(), settings_label(g)
         for L in sorted(set(stored) | set(counted)):
             rows = counted[L] if L in counted else stored[L]
-            accuracies = [r["accuracy"] for r in rows]
-            interval = mean_interval(accuracies) or (None, None)
-            lossless = sum(map(is_lossless, rows))
-            share = binomial_interval(lossless, len(rows)) or (None, None)
+            figures = length_figures(rows)
+            interval = figures["mean_ci95"] or (None, None)
+            share = figures["lossless_ci95"] or (None, None)
             low, high = g.mean_bounds(L, rows)
             out.append(dict(model=g.model_label, source=g.source_label, n_mem=g.n_mem,
                             settings=label, length=L, runs=len(rows),
                             passages=len(rows), texts=len(g.expected(L, rows)),
                             complete=L in complete, counted=L in counted,
-                            mean_accuracy=mean_of(accuracies),
+                            mean_accuracy=figures["mean"],
                             ci95_low=interval[0], ci95_high=interval[1],
                             mean_will_end_low=low, mean_will_end_high=high,
                             verdict=verdicts.get(L),
-                            lossless=lossless, lossless_ci95_low=share[0],
+                            lossless=figures["lossless"], lossless_ci95_low=share[0],
                             lossless_ci95_high=share[1],
                             exact=sum(r["exact"] for r in rows),
                             mean_token_gain=mean_of([r["token_gain"] for r in rows]),
@@ -563,9 +577,7 @@ def summary_records(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[d
         if cap is not None and len(counted[cap]) < len(g.texts):
             note = (note + "; " if note else "") + \
                 f"decided over {len(counted[cap])} of the group's {len(g.texts)} texts"
-        intervals = {str(L): mean_interval([r["accuracy"] for r in rows])
-                     for L, rows in counted.items()}
-        lossless = {str(L): sum(map(is_lossless, rows)) for L, rows in counted.items()}
+        figures = {str(L): length_figures(rows) for L, rows in counted.items()}
         gain_rows = g.gain_rows(threshold)
         out.append(dict(
             model=g.model_label, model_id=g.model, source=g.source_label, source_id=g.source,
@@ -578,13 +590,11 @@ def summary_records(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[d
             open_lengths=list(open_lengths),
             lengths=list(counted), passages=passages,
             min_passages=min(passages.values(), default=None),
-            mean_accuracy={str(L): mean_of([r["accuracy"] for r in rows])
-                           for L, rows in counted.items()},
-            mean_accuracy_ci95={L: list(v) if v else None for L, v in intervals.items()},
+            mean_accuracy={L: f["mean"] for L, f in figures.items()},
+            mean_accuracy_ci95={L: _listed(f["mean_ci95"]) for L, f in figures.items()},
             mean_accuracy_will_end_in=bounds,
-            lossless=lossless,
-            lossless_ci95={L: list(binomial_interval(k, passages[L]) or ()) or None
-                           for L, k in lossless.items()},
+            lossless={L: f["lossless"] for L, f in figures.items()},
+            lossless_ci95={L: _listed(f["lossless_ci95"]) for L, f in figures.items()},
             verdicts={str(L): v for L, v in g.verdicts(threshold).items()},
             token_gain=mean_of([r["token_gain"] for r in gain_rows]),
             ce_reduction_nats=mean_of([r["info_gain_nats"] for r in gain_rows]),

@@ -39,19 +39,26 @@ def t_two_sided_probability(t: float, df: int) -> float:
     return min(1.0, 2 / math.pi * (theta + s * total))
 
 
-def t_quantile(df: int, level: float = LEVEL) -> float:
-    """The t with P(|T| <= t) = level (the half-width factor of a two-sided interval), by
-    bisection on t_two_sided_probability."""
-    low, high = 0.0, 2.0
-    while t_two_sided_probability(high, df) < level:
-        high *= 2
-    for _ in range(200):
+def solve_increasing(f, target: float, low: float, high: float) -> float:
+    """The x in [low, high] where the increasing function f reaches target (f(low) < target
+    <= f(high)), by bisection down to adjacent floats: the midpoint then equals an end."""
+    while True:
         mid = (low + high) / 2
-        if t_two_sided_probability(mid, df) < level:
+        if mid in (low, high):
+            return mid
+        if f(mid) < target:
             low = mid
         else:
             high = mid
-    return (low + high) / 2
+
+
+def t_quantile(df: int, level: float = LEVEL) -> float:
+    """The t with P(|T| <= t) = level (the half-width factor of a two-sided interval), by
+    bisection on t_two_sided_probability."""
+    high = 2.0
+    while t_two_sided_probability(high, df) < level:
+        high *= 2
+    return solve_increasing(lambda t: t_two_sided_probability(t, df), level, 0.0, high)
 
 
 def mean_interval(values, level: float = LEVEL):
@@ -74,18 +81,6 @@ def _binomial_tail_at_least(k: int, n: int, p: float) -> float:
                                  + i * log_p + (n - i) * log_q) for i in range(k, n + 1)))
 
 
-def _solve_increasing(f, target: float) -> float:
-    """The p in (0, 1) where the increasing function f reaches target, by bisection."""
-    low, high = 0.0, 1.0
-    for _ in range(200):
-        mid = (low + high) / 2
-        if f(mid) < target:
-            low = mid
-        else:
-            high = mid
-    return (low + high) / 2
-
-
 def binomial_interval(k: int, n: int, level: float = LEVEL):
     """(low, high): the Clopper-Pearson interval of a binomial fraction, k successes (texts
     lossless) of n. low solves P(X >= k | p) = alpha / 2 (0 at k = 0), high solves
@@ -95,9 +90,9 @@ def binomial_interval(k: int, n: int, level: float = LEVEL):
     if n == 0:
         return None
     alpha = 1 - level
-    low = 0.0 if k == 0 else _solve_increasing(lambda p: _binomial_tail_at_least(k, n, p),
-                                               alpha / 2)
+    low = 0.0 if k == 0 else solve_increasing(lambda p: _binomial_tail_at_least(k, n, p),
+                                              alpha / 2, 0.0, 1.0)
     # P(X <= k | p) = 1 - P(X >= k + 1 | p) falls as p grows: solve P(X >= k + 1) = 1 - alpha/2
-    high = 1.0 if k == n else _solve_increasing(
-        lambda p: _binomial_tail_at_least(k + 1, n, p), 1 - alpha / 2)
+    high = 1.0 if k == n else solve_increasing(
+        lambda p: _binomial_tail_at_least(k + 1, n, p), 1 - alpha / 2, 0.0, 1.0)
     return low, high
