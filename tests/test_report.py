@@ -441,6 +441,28 @@ def test_a_partial_length_below_the_threshold_whatever_the_rest_do_fails():
     assert report_groups.capacity_label(report_groups.table_rows([g])[0]) == "? (8, 16 open)"
 
 
+def test_what_a_vector_removes_per_length_by_whether_its_texts_came_back():
+    """Per length, the CE without mem (nats) of the texts lossless and of those short of it,
+    the most one mem removed and the CE per predicted token, in per_length.csv and report.md."""
+    rows = [dict(r, ref=f"r.db#{i}") for i, r in enumerate([
+        row(0, 11, 1.0, ce0=30.0), row(1, 11, 1.0, ce0=40.0), row(2, 11, 0.9, ce0=55.0),
+        row(3, 11, 0.8, ce0=60.0), row(0, 21, 1.0, ce0=70.0)])]
+    rows[1]["stop_reason"] = "max_steps"      # every token right, not decoded back: short of it
+    per_length = report_groups.per_length_rows(report_groups.groups_of(rows))
+    at = {p["length"]: p for p in per_length}
+    assert (at[11]["lossless"], at[11]["ce_without_mem_lossless_min_nats"],
+            at[11]["ce_without_mem_lossless_max_nats"]) == (1, 30.0, 30.0)
+    assert (at[11]["ce_without_mem_short_min_nats"],
+            at[11]["ce_without_mem_short_max_nats"]) == (40.0, 60.0)
+    # removed: ce0 - ce1 with ce1 = ce0 - 2 L acc below 1, all of ce0 at 1
+    assert at[11]["ce_removed_max_nats"] == pytest.approx(max(30.0, 40.0, 2 * 11 * 0.9))
+    assert at[11]["mean_ce_without_mem_per_token_nats"] == pytest.approx(185.0 / 4 / 10)
+    assert at[21]["ce_without_mem_short_min_nats"] is None
+    lines = report.ce_table(per_length, show_settings=False).splitlines()
+    assert lines[2] == "| EleutherAI/pythia-160m | pg19 | 1 | 11 | 1 | 30 | 3 | 40–60 | 40 | 4.62 |"
+    assert lines[3] == "| EleutherAI/pythia-160m | pg19 | 1 | 21 | 1 | 70 | 0 | – | 70 | 3.50 |"
+
+
 def test_mean_interval_is_students_t_over_texts():
     low, high = intervals.mean_interval([1.0, 0.985])
     half = 12.7062 * (0.015 / 2 ** 0.5) / 2 ** 0.5     # t(0.975, 1); sd of two: |a - b| / sqrt(2)

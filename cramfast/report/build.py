@@ -22,7 +22,8 @@ one row per job. For each group:
 Published numbers (Kuratov et al. 2025, Table 1 and Figure 4) are put beside models whose name
 matches. Per length: the mean accuracy with its 95% interval (Student's t over the texts'
 accuracies), the texts lossless with theirs (Clopper-Pearson) and the passages it is over. Files
-written: table1.csv, per_length.csv (the capacity's inputs), summary.json (one record per group:
+written: table1.csv, per_length.csv (the capacity's inputs, and per length the CE its texts had
+to remove by whether they came back: what a vector holds in nats), summary.json (one record per group:
 capacity, passages, mean accuracy and texts lossless per length, preset, max_steps, the search's
 per-text capacities), fig1_capacity.png, fig3_ce.png, fig4_capacity_vs_nmem.png,
 fig5_theory_vs_measured.png, one CSV per figure with the plotted points, search.csv (--search runs),
@@ -67,7 +68,8 @@ def capacity_sentences(threshold: float) -> list[str]:
             "their results cannot change its verdict (else it is open); ≥ marks a lower bound: "
             "the longest length run (none longer failed) or a longer one still open.",
             "**Search capacity** (`--search capacity`): for each text alone, the largest length "
-            "it was crammed into losslessly (teacher-forced accuracy 1.0), found by doubling and "
+            "it was crammed into losslessly (every token right and decoded back), found by "
+            "doubling and "
             "then bisection, off the grid; given as the median, min and max over the texts, with "
             "how many were still lossless at the search's limit (lower bounds)."]
 
@@ -151,6 +153,27 @@ def per_length_table(per_length: list[dict], threshold: float, show_settings: bo
                     + ([p["settings"]] if show_settings else [])
                     + [str(p["length"]), passages, _fmt(p["mean_accuracy"], 4), interval,
                        lossless, will_end, verdict, _fmt(p["mean_steps"], 0)])
+    return tables.markdown_table(head, body)
+
+
+def ce_table(per_length: list[dict], show_settings: bool) -> str:
+    """Per group and length, what its texts had to remove (CE without mem, nats) by whether they
+    came back, the most one mem removed, and the CE without mem per predicted token."""
+    def span(p, kind):
+        low, high = p[f"ce_without_mem_{kind}_min_nats"], p[f"ce_without_mem_{kind}_max_nats"]
+        return "–" if low is None else f"{low:.0f}" if round(low) == round(high) \
+            else f"{low:.0f}–{high:.0f}"
+    head = ["model", "source", "m"] + (["settings"] if show_settings else []) + [
+        "L", "lossless", "their CE without mem", "short of it", "their CE without mem",
+        "most CE removed", "CE without mem per token"]
+    body = []
+    for p in (p for p in per_length if p["runs"]):    # a length only in flight has no CE yet
+        body.append([p["model"], p["source"], str(p["n_mem"])]
+                    + ([p["settings"]] if show_settings else [])
+                    + [str(p["length"]), str(p["lossless"]), span(p, "lossless"),
+                       str(p["runs"] - p["lossless"]), span(p, "short"),
+                       _fmt(p["ce_removed_max_nats"], 0),
+                       _fmt(p["mean_ce_without_mem_per_token_nats"], 2)])
     return tables.markdown_table(head, body)
 
 
@@ -274,6 +297,14 @@ def make_report(dbs, out_dir, threshold: float = CAPACITY_THRESHOLD, paper: bool
              "per_length.csv and summary.json.", ""]
     if settings_notes:
         text += ["Settings:", ""] + sorted(set(settings_notes)) + [""]
+    text += ["## What a vector removes, in nats", "",
+             ce_table(per_length, show_settings), "",
+             "CE in nats summed over a text's predicted tokens (the first is given): without "
+             "mem, what the text costs the model, and removed, what its mem took off (the most "
+             "over the length's texts). Where the texts that came back all start from less CE "
+             "than those short of it, what a vector holds is a number of nats rather than of "
+             "tokens, and a text kind the model finds more surprising per token (random words "
+             "against prose) fits fewer tokens. In per_length.csv.", ""]
     if controlled:
         text += ["## What moves the capacity", "",
                  "Every group of one model and m, side by side: its text kind, preset, budget "

@@ -357,6 +357,27 @@ def length_figures(rows) -> dict:
                 lossless=lossless, lossless_ci95=binomial_interval(lossless, len(rows)))
 
 
+def ce_figures(rows) -> dict:
+    """What one length's texts had to remove and what a mem removed there, in nats (CE summed
+    over a text's predicted tokens, the first token given): the CE without mem of the texts
+    lossless and of those short of it (min and max of each: where the lossless ones stay below
+    what the others start from, the vector holds a number of nats rather than of tokens), the
+    most CE one mem removed, and the mean CE without mem per predicted token (how surprising
+    the text kind is to the model). None where no row gives it."""
+    def span(values):
+        values = [v for v in values if v is not None]
+        return (min(values), max(values)) if values else (None, None)
+    lossless = span(r["ce_without_mem"] for r in rows if is_lossless(r))
+    short = span(r["ce_without_mem"] for r in rows if not is_lossless(r))
+    per_token = [r["ce_without_mem"] / (r["length"] - 1) for r in rows
+                 if r["ce_without_mem"] is not None and r["length"] > 1]
+    return dict(ce_without_mem_lossless_min_nats=lossless[0],
+                ce_without_mem_lossless_max_nats=lossless[1],
+                ce_without_mem_short_min_nats=short[0], ce_without_mem_short_max_nats=short[1],
+                ce_removed_max_nats=span(r["info_gain_nats"] for r in rows)[1],
+                mean_ce_without_mem_per_token_nats=mean_of(per_token))
+
+
 def _listed(interval):
     """An interval as summary.json holds it: [low, high], or None."""
     return list(interval) if interval else None
@@ -390,6 +411,7 @@ def per_length_rows(groups: list[Group], threshold=CAPACITY_THRESHOLD) -> list[d
                             exact=sum(r["exact"] for r in rows),
                             mean_token_gain=mean_of([r["token_gain"] for r in rows]),
                             mean_ce_reduction_nats=mean_of([r["info_gain_nats"] for r in rows]),
+                            **ce_figures(rows),
                             mean_steps=mean_of([r["steps"] for r in rows]),
                             rows=" ".join(r["ref"] for r in rows)))
     return out
