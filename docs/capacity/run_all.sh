@@ -40,13 +40,15 @@ sweep() {
 # (8 passages each): m = 2 at 128 and m = 4 at 256, each a lower bound on the capacity where its
 # mean passes (the climbs of m = 2 and 4 past their capacity run every text its whole budget at
 # lengths of 160 and more: days); between them the published settings on prose at 32 and 64
-# (8 passages, the grid's first 8: `paper` takes most of its budget on every text), so that
-# Table 1's prose row has both columns before Fig 4's m = 4; then the full climbs of the
-# published settings and of Fig 4, which reuse those rows (the same jobs).
+# (8 passages, the grid's first 8: `paper` takes most of its budget on every text), and at 16
+# (a short length: at most about 1.5 h), so that Table 1's prose row has both columns before
+# Fig 4's m = 4; then the full climbs of the published settings and of Fig 4, which reuse
+# those rows (the same jobs).
 table_and_fig4() {
     sweep --config capacity-pg19 --source "$BOOKS" --preset fast --db $OUT/pg19-fast.db
     sweep --config capacity-nmem --source "$BOOKS" --preset fast --n-mem 2 --lengths 128 --db $OUT/nmem-fast.db
     sweep --config capacity-pg19 --source "$BOOKS" --preset paper --samples 8 --lengths 32,64 --db $OUT/pg19-paper.db
+    sweep --config capacity-pg19 --source "$BOOKS" --preset paper --samples 8 --lengths 16 --db $OUT/pg19-paper.db
     sweep --config capacity-nmem --source "$BOOKS" --preset fast --n-mem 4 --lengths 256 --db $OUT/nmem-fast.db
     sweep --config capacity-pg19 --source "$BOOKS" --preset paper --samples 8 --db $OUT/pg19-paper.db
     sweep --config capacity-nmem --source "$BOOKS" --preset fast --db $OUT/nmem-fast.db
