@@ -13,7 +13,7 @@ skips the stored ones, so a sweep killed at any moment resumes where it was. Sam
 is one text whatever the grid, its lengths prefixes of each other (cramfast.sources.open_source).
 
 Modes beyond the paper's fixed grid:
-  --search capacity   per text, the largest lossless L (teacher-forced accuracy 1.0) by doubling
+  --search capacity   per text, the largest lossless L (every token right, decoded back) by doubling
                       from the smallest length then bisection (to --search-tol tokens); every
                       probe is a stored row (origin "search"), so a rerun replays and continues.
   --warm-start        each length starts from the mem found for the previous length of the same
