@@ -14,6 +14,8 @@ from cramfast.report import build as report
 from cramfast.report import figures as report_figures
 from cramfast.report import groups as report_groups
 from cramfast.report import intervals
+from cramfast.report import published as report_published
+from cramfast.report import records as report_records
 from cramfast.sweep import grid, store
 from cramfast.sweep import runner as sweep
 
@@ -112,10 +114,10 @@ def test_the_first_passages_alone_compare_runs_on_the_same_texts(db, tmp_path, c
 
 
 def test_published_names_match():
-    assert report_groups.published("meta-llama/Llama-3.2-1B")[0] == "Llama-3.2-1B"
-    assert report_groups.published("allenai/OLMo-1B-hf")[0] == "OLMo-1B"
-    assert report_groups.published("facebook/opt-1.3b")[0] == "OPT-1.3B"
-    assert report_groups.published("smollm2-135m-q4") is None
+    assert report_published.published("meta-llama/Llama-3.2-1B")[0] == "Llama-3.2-1B"
+    assert report_published.published("allenai/OLMo-1B-hf")[0] == "OLMo-1B"
+    assert report_published.published("facebook/opt-1.3b")[0] == "OPT-1.3B"
+    assert report_published.published("smollm2-135m-q4") is None
 
 
 def test_sweep_then_report_end_to_end(trained_path, tmp_path):
@@ -170,7 +172,7 @@ def test_tables_keep_their_layout():
         "|---|---|---|---|---|---|---|---|\n"
         "| m | s | 1 | 16 | 2 | 40.0 | 30.0 | 25% |\n"
         "| m | s | 1 | 32 | 1 | – | 5.0 | –% |")
-    table = report_groups.table_rows(report_groups.groups_of([dict(
+    table = report_records.table_rows(report_groups.groups_of([dict(
         row(0, 8, 1.0), id=1, ref="r.db#1")]))
     assert report.markdown_table(table, show_settings=False).splitlines() == [
         "| model | source | m | d | V | MaxCap | texts | capacity | token gain | CE red. (nats) | "
@@ -268,7 +270,7 @@ def test_a_length_some_texts_have_not_reached_is_open_until_they_cannot_change_i
     rows += [dict(row(s, L, 0.5, n_mem=2), id=20 + s + L, ref="r.db#x") for s in range(2)
              for L in (8, 16)]
     groups = report_groups.groups_of(rows)
-    one, two = report_groups.summary_records(groups)
+    one, two = report_records.summary_records(groups)
     # 16's mean over the 3 texts will end in [2/3, 1]: open, so 8 is all that is decided
     assert one["capacity"] == 8 and one["capacity_is_lower_bound"]
     assert one["verdicts"] == {"8": "pass", "16": "open"} and one["open_lengths"] == [16]
@@ -280,10 +282,10 @@ def test_a_length_some_texts_have_not_reached_is_open_until_they_cannot_change_i
     assert two["capacity"] is None and two["verdicts"] == {"8": "fail", "16": "fail"}
     assert two["capacity_note"] == "below the smallest length tried (8): no length reaches 0.99"
     assert one["preset"] is None and one["max_steps"] is None and one["text_kind"] == "prose"
-    table = report_groups.table_rows(groups)
-    assert report_groups.capacity_label(table[0]) == "≥ 8 (16 open)"
-    assert report_groups.capacity_label(table[1]) == "<8"
-    per_length = report_groups.per_length_rows(groups)
+    table = report_records.table_rows(groups)
+    assert report_records.capacity_label(table[0]) == "≥ 8 (16 open)"
+    assert report_records.capacity_label(table[1]) == "<8"
+    per_length = report_records.per_length_rows(groups)
     lines = report.per_length_table(per_length, 0.99, show_settings=False).splitlines()
     assert lines[3] == "| EleutherAI/pythia-160m | pg19 | 1 | 16 | 2/3 | 1.0000 | " \
         "1.0000 – 1.0000 | 2 (0.16 – 1.00) | 0.6667 – 1.0000 | open | 160 |"  # 10 steps/token
@@ -293,11 +295,11 @@ def test_a_length_some_texts_have_not_reached_is_open_until_they_cannot_change_i
     assert with_settings[3].startswith("| EleutherAI/pythia-160m | pg19 | 1 | h1 | 16 | 2/3 |")
     # at a threshold the missing text cannot miss (2 of 3 lossless >= 0.6 whatever it does),
     # 16 is decided over 2 texts
-    one, _ = report_groups.summary_records(groups, threshold=0.6)
+    one, _ = report_records.summary_records(groups, threshold=0.6)
     assert one["capacity"] == 16 and one["capacity_is_lower_bound"] and one["open_lengths"] == []
     assert one["capacity_note"] == ("lower bound: 16 is the largest length tried and none failed; "
                                     "decided over 2 of the group's 3 texts")
-    assert report_groups.capacity_label(report_groups.table_rows(groups, 0.6)[0]) == "≥ 16 (2/3)"
+    assert report_records.capacity_label(report_records.table_rows(groups, 0.6)[0]) == "≥ 16 (2/3)"
 
 
 def checkpoint_blob(n_pred: int, best_correct: int, margin: float = 0.0) -> bytes:
@@ -367,11 +369,11 @@ def test_a_text_or_length_only_in_flight_still_counts(tmp_path):
     [g], _ = in_flight_store(tmp_path / "b.db", stored, [
         (f"fp{s}", checkpoint_blob(15, 14), dict(sample=s, length=16)) for s in range(3)])
     assert g.verdicts() == {8: "pass", 16: "open"}
-    [rec] = report_groups.summary_records([g])
+    [rec] = report_records.summary_records([g])
     assert rec["capacity"] == 8 and rec["capacity_is_lower_bound"] and rec["open_lengths"] == [16]
     assert rec["passages"] == {"8": 3, "16": 0}
-    assert report_groups.capacity_label(report_groups.table_rows([g])[0]) == "≥ 8 (16 open)"
-    lines = report.per_length_table(report_groups.per_length_rows([g]), 0.99, False).splitlines()
+    assert report_records.capacity_label(report_records.table_rows([g])[0]) == "≥ 8 (16 open)"
+    lines = report.per_length_table(report_records.per_length_rows([g]), 0.99, False).splitlines()
     assert lines[-1].startswith("| EleutherAI/pythia-160m | pg19 | 1 | 16 | 0/3 | – | – | – | "
                                 f"{13 / 15:.4f} – 1.0000 | open |")
 
@@ -392,7 +394,7 @@ def test_a_seed_whose_climb_stopped_below_a_length_is_not_waited_for_there():
     assert g.expected(32, g.per_length()[32]) == {(0, 1), (1, 1)}
     assert g.verdicts() == {8: "pass", 16: "fail", 24: "fail", 32: "pass"}
     assert g.capacity()[:2] == (32, True)
-    assert report_groups.capacity_label(report_groups.table_rows([g])[0]) == "≥ 32 (2/4)"
+    assert report_records.capacity_label(report_records.table_rows([g])[0]) == "≥ 32 (2/4)"
 
 
 def test_a_seed_not_yet_at_a_length_is_waited_for_there():
@@ -411,7 +413,7 @@ def test_a_search_probe_of_another_text_at_a_grid_length_is_left_out():
     assert g.grid_texts() == {(0, 0), (1, 0)}
     assert [len(g.capacity_lengths()[L]) for L in (16, 32)] == [2, 2]
     assert g.verdicts() == {16: "pass", 32: "pass"}
-    per_length = {p["length"]: p for p in report_groups.per_length_rows([g])}
+    per_length = {p["length"]: p for p in report_records.per_length_rows([g])}
     assert (per_length[32]["passages"], per_length[32]["mean_accuracy"]) == (2, 1.0)
 
 
@@ -435,10 +437,10 @@ def test_a_partial_length_below_the_threshold_whatever_the_rest_do_fails():
     assert g.capacity() == (8, False, ["r.db#0", "r.db#1", "r.db#2"])
     # none passed yet and the smallest is open: undecided, not "below the smallest"
     [g] = report_groups.groups_of(rows[:1] + [dict(row(1, 16, 1.0), id=11, ref="r.db#11")])
-    [record] = report_groups.summary_records([g])
+    [record] = report_records.summary_records([g])
     assert record["capacity"] is None and record["verdicts"] == {"8": "open", "16": "open"}
     assert record["capacity_note"].startswith("undecided: no length has passed yet; 8 still open")
-    assert report_groups.capacity_label(report_groups.table_rows([g])[0]) == "? (8, 16 open)"
+    assert report_records.capacity_label(report_records.table_rows([g])[0]) == "? (8, 16 open)"
 
 
 def test_what_a_vector_removes_per_length_by_whether_its_texts_came_back():
@@ -448,7 +450,7 @@ def test_what_a_vector_removes_per_length_by_whether_its_texts_came_back():
         row(0, 11, 1.0, ce0=30.0), row(1, 11, 1.0, ce0=40.0), row(2, 11, 0.9, ce0=55.0),
         row(3, 11, 0.8, ce0=60.0), row(0, 21, 1.0, ce0=70.0)])]
     rows[1]["stop_reason"] = "max_steps"      # every token right, not decoded back: short of it
-    per_length = report_groups.per_length_rows(report_groups.groups_of(rows))
+    per_length = report_records.per_length_rows(report_groups.groups_of(rows))
     at = {p["length"]: p for p in per_length}
     assert (at[11]["lossless"], at[11]["ce_without_mem_lossless_min_nats"],
             at[11]["ce_without_mem_lossless_max_nats"]) == (1, 30.0, 30.0)
@@ -559,8 +561,8 @@ def test_controlled_comparison_names_what_sets_each_group_apart(tmp_path):
 def test_tables_and_figures_label_a_capacity_alike():
     row = dict(capacity=96, capacity_is_lower_bound=True, capacity_passages=3, texts=16,
                lengths="16 32 64 80 96")
-    assert report_groups.capacity_label(row) == "≥ 96 (3/16)"
-    assert report_groups.capacity_label(dict(row, capacity_passages=16)) == "≥ 96"
-    assert report_groups.capacity_label(dict(row, capacity=None)) == "<16"
-    assert report_groups.capacity_label(dict(row, capacity=80, capacity_passages=16,
+    assert report_records.capacity_label(row) == "≥ 96 (3/16)"
+    assert report_records.capacity_label(dict(row, capacity_passages=16)) == "≥ 96"
+    assert report_records.capacity_label(dict(row, capacity=None)) == "<16"
+    assert report_records.capacity_label(dict(row, capacity=80, capacity_passages=16,
                                              open_lengths="96")) == "≥ 80 (96 open)"

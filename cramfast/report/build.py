@@ -23,14 +23,15 @@ Published numbers (Kuratov et al. 2025, Table 1 and Figure 4) are put beside mod
 matches. Per length: the mean accuracy with its 95% interval (Student's t over the texts'
 accuracies), the texts lossless with theirs (Clopper-Pearson) and the passages it is over. Files
 written: table1.csv, per_length.csv (the capacity's inputs, and per length the CE its texts had
-to remove by whether they came back: what a vector holds in nats), summary.json (one record per group:
-capacity, passages, mean accuracy and texts lossless per length, preset, max_steps, the search's
-per-text capacities), fig1_capacity.png, fig3_ce.png, fig4_capacity_vs_nmem.png,
+to remove by whether they came back: what a vector holds in nats), summary.json (one record per
+group: capacity, passages, mean accuracy and texts lossless per length, preset, max_steps, the
+search's per-text capacities), fig1_capacity.png, fig3_ce.png, fig4_capacity_vs_nmem.png,
 fig5_theory_vs_measured.png, one CSV per figure with the plotted points, search.csv (--search runs),
 warm_start.csv (--warm-start runs), controlled.csv (a model and m with several groups: what sets
 each apart, its capacity), and report.md embedding it all. Every number carries the refs ("FILE#id")
 of its rows.
-The numbers are computed in cramfast.report.groups, the figures drawn in cramfast.report.figures.
+The groups and what they decide are in cramfast.report.groups, each output's rows in
+cramfast.report.records, the figures drawn in cramfast.report.figures.
 The output folder is checked writable before the store is read.
 """
 from __future__ import annotations
@@ -45,15 +46,13 @@ from cramfast.errors import CramfastError
 from cramfast.metrics import CAPACITY_THRESHOLD
 from cramfast.report import tables
 from cramfast.report.figures import FIGURES, fig1, fig3, fig4, fig5
-from cramfast.report.groups import (
-    attach_in_flight,
+from cramfast.report.groups import attach_in_flight, groups_of, sweep_identity
+from cramfast.report.records import (
     capacity_label,
     controlled_rows,
-    groups_of,
     per_length_rows,
     search_rows,
     summary_records,
-    sweep_identity,
     table_rows,
     warm_start_rows,
 )

@@ -7,7 +7,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from cramfast.metrics import CAPACITY_THRESHOLD
-from cramfast.report.groups import PAPER_FIG4, Group, below_smallest, capacity_label, mean_of
+from cramfast.report.groups import Group, mean_of
+from cramfast.report.published import PAPER_FIG4
+from cramfast.report.records import below_smallest, capacity_label
 from cramfast.report.tables import write_csv
 
 FIGURES = ("fig1_capacity.png", "fig3_ce.png", "fig4_capacity_vs_nmem.png",

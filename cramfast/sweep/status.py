@@ -36,9 +36,9 @@ from cramfast.report.groups import (
     groups_of,
     is_lossless,
     mean_of,
-    settings_label,
     sweep_record,
 )
+from cramfast.report.records import settings_label
 from cramfast.report.tables import markdown_table
 from cramfast.sweep import store
 from cramfast.sweep.grid import mean_at_most
