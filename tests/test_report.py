@@ -556,6 +556,14 @@ def test_controlled_comparison_names_what_sets_each_group_apart(tmp_path):
     table1 = md.split("## Table 1")[1].split("## ")[0]
     assert "| pg19 | 1 | fast, 600 steps [short] | 768 |" in table1
     assert "| pg19 | 1 | fast, 5000 steps, mem_position=after_bos [sink] | 768 |" in table1
+    # so do the figures' points: Fig 3's, each marked by whether its text came back
+    with open(tmp_path / "rep" / "fig3_ce.csv") as f:
+        fig3 = list(csv.DictReader(f))
+    assert {(r["settings"], r["length"], r["lossless"]) for r in fig3} >= {
+        ("fast, 600 steps [short]", "32", "False"), ("fast, 600 steps [short]", "16", "True"),
+        ("fast, 5000 steps, mem_position=after_bos [sink]", "16", "False")}
+    with open(tmp_path / "rep" / "fig5_theory_vs_measured.csv") as f:
+        assert "fast, 600 steps [short]" in {r["settings"] for r in csv.DictReader(f)}
 
 
 def test_tables_and_figures_label_a_capacity_alike():

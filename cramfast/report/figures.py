@@ -7,9 +7,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from cramfast.metrics import CAPACITY_THRESHOLD
-from cramfast.report.groups import Group, mean_of
+from cramfast.report.groups import Group, is_lossless, mean_of
 from cramfast.report.published import PAPER_FIG4
-from cramfast.report.records import below_smallest, capacity_label
+from cramfast.report.records import below_smallest, capacity_label, settings_label
 from cramfast.report.tables import write_csv
 
 FIGURES = ("fig1_capacity.png", "fig3_ce.png", "fig4_capacity_vs_nmem.png",
@@ -82,16 +82,27 @@ def fig1(table: list[dict], out: Path, threshold=CAPACITY_THRESHOLD):
 
 
 def fig3(groups: list[Group], out: Path, threshold=CAPACITY_THRESHOLD):
+    """CE with vs without mem per one-vector run, filled where the text came back (lossless),
+    open where it fell short; per group the paper's fit y = x + b on its runs with accuracy <=
+    threshold, whose x = -b is the CE a vector removes."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 5))
     points = []
     one = [g for g in groups if g.n_mem == 1]
+    several = len({g.settings_hash for g in one}) > 1
     for i, g in enumerate(one):
         color = f"C{i % 10}"
-        label = f"{g.model_label} / {g.source_label}"
+        settings = settings_label(g)
+        label = f"{g.model_label} / {g.source_label}" + (f" / {settings}" if several else "")
         xs = [r["ce_without_mem"] for r in g.rows]
         ys = [r["ce_with_mem"] for r in g.rows]
-        ax.scatter(xs, ys, s=12, color=color, alpha=0.7, label=label)
+        came_back = [is_lossless(r) for r in g.rows]
+        ax.scatter([x for x, ok in zip(xs, came_back) if ok],
+                   [y for y, ok in zip(ys, came_back) if ok], s=12, color=color, alpha=0.7,
+                   label=label)
+        ax.scatter([x for x, ok in zip(xs, came_back) if not ok],
+                   [y for y, ok in zip(ys, came_back) if not ok], s=14, facecolors="none",
+                   edgecolors=color, alpha=0.9)
         lossy = g.gain_rows(threshold)
         b = mean_of([r["ce_with_mem"] - r["ce_without_mem"] for r in lossy])
         if b is not None:
@@ -99,22 +110,23 @@ def fig3(groups: list[Group], out: Path, threshold=CAPACITY_THRESHOLD):
             ax.plot([-b, max(x_hi, -b)], [0, max(x_hi, -b) + b], "-", color=color, lw=1,
                     label=f"y = x + b, b = {b:.1f}")
             ax.axvline(-b, color=color, ls="--", lw=0.8)
-        for r in g.rows:
-            points.append(dict(model=g.model_label, source=g.source_label, ref=r["ref"],
-                               length=r["length"],
+        for r, ok in zip(g.rows, came_back):
+            points.append(dict(model=g.model_label, source=g.source_label, settings=settings,
+                               ref=r["ref"], length=r["length"],
                                ce_without_mem=r["ce_without_mem"], ce_with_mem=r["ce_with_mem"],
-                               accuracy=r["accuracy"], fit_b=b))
+                               accuracy=r["accuracy"], lossless=ok, fit_b=b))
     if one:
         ax.legend(fontsize=7)
     else:
         _no_data(ax, "one-vector runs")
     ax.set_xlabel("CE of the text without mem (nats, summed)")
     ax.set_ylabel("CE with mem (nats, summed)")
-    ax.set_title(f"Fig 3: CE with vs without mem\n(solid: y = x + b fit on runs with acc ≤ "
-                 f"{threshold:g}; "
+    ax.set_title(f"Fig 3: CE with vs without mem (filled: lossless, open: short of it)\n"
+                 f"(solid: y = x + b fit on runs with acc ≤ {threshold:g}; "
                  "dashed: lossless threshold x = -b)", fontsize=9)
-    _save(plt, fig, out / FIGURES[1], points, ["model", "source", "ref", "length", "ce_without_mem",
-                                               "ce_with_mem", "accuracy", "fit_b"])
+    _save(plt, fig, out / FIGURES[1], points, ["model", "source", "settings", "ref", "length",
+                                               "ce_without_mem", "ce_with_mem", "accuracy",
+                                               "lossless", "fit_b"])
 
 
 def fig4(table: list[dict], out: Path):
@@ -165,17 +177,19 @@ def fig5(table: list[dict], out: Path):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 5))
     rows = [r for r in table if r["max_cap"] and (r["capacity"] or r["token_gain"])]
+    several = len({r["settings"] for r in rows}) > 1
     points = []
     for i, r in enumerate(rows):
         theory = r["max_cap"] * r["n_mem"]
         color = f"C{i % 10}"
         if r["capacity"]:
             ax.scatter(theory, r["capacity"], color=color, marker="o",
-                       label=f"{r['model']} / {r['source']} / m={r['n_mem']}")
+                       label=f"{r['model']} / {r['source']} / m={r['n_mem']}"
+                             + (f" / {r['settings']}" if several else ""))
         if r["token_gain"]:
             ax.scatter(theory, r["token_gain"], color=color, marker="^", facecolors="none")
-        points.append(dict(model=r["model"], source=r["source"], n_mem=r["n_mem"],
-                           theoretical=theory,
+        points.append(dict(model=r["model"], source=r["source"], settings=r["settings"],
+                           n_mem=r["n_mem"], theoretical=theory,
                            capacity=r["capacity"], token_gain=r["token_gain"],
                            capacity_rows=r["capacity_rows"], gain_rows=r["gain_rows"]))
     if rows:
@@ -190,6 +204,6 @@ def fig5(table: list[dict], out: Path):
     ax.set(xlabel="theoretical capacity MaxCap · m = round(d·16/log2 V) · m",
            ylabel="measured tokens (o: capacity, △: token gain)",
            title="Fig 5: theoretical vs measured capacity")
-    _save(plt, fig, out / FIGURES[3], points, ["model", "source", "n_mem", "theoretical",
-                                               "capacity",
-                                               "token_gain", "capacity_rows", "gain_rows"])
+    _save(plt, fig, out / FIGURES[3], points, ["model", "source", "settings", "n_mem",
+                                               "theoretical", "capacity", "token_gain",
+                                               "capacity_rows", "gain_rows"])
