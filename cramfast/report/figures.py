@@ -38,11 +38,13 @@ def _save(plt, fig, path: Path, points: list[dict], columns: list[str]):
 def fig1(table: list[dict], out: Path, threshold=CAPACITY_THRESHOLD):
     plt = _plt()
     rows = [r for r in table if r["n_mem"] == 1]
-    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(rows) + 2), 4))
+    several = len({x["settings"] for x in rows}) > 1
+    # a bar pair's width in inches: wide enough for its tick label, the settings on two lines
+    fig, ax = plt.subplots(figsize=(max(5, (2.0 if several else 1.4) * len(rows) + 3), 4))
     points = []
     if rows:
-        several = len({x["settings"] for x in rows}) > 1
-        labels = [f"{r['model']}\n{r['source']}" + (f"\n{r['settings']}" if several else "")
+        labels = [f"{r['model']}\n{r['source']}"
+                  + (f"\n{r['settings'].replace(' [', chr(10) + '[')}" if several else "")
                   for r in rows]
         caps = [r["capacity"] or 0 for r in rows]
         gains = [r["token_gain"] or 0 for r in rows]
@@ -182,12 +184,13 @@ def fig5(table: list[dict], out: Path):
     for i, r in enumerate(rows):
         theory = r["max_cap"] * r["n_mem"]
         color = f"C{i % 10}"
+        label = f"{r['model']} / {r['source']} / m={r['n_mem']}" + (
+            f" / {r['settings']}" if several else "")
         if r["capacity"]:
-            ax.scatter(theory, r["capacity"], color=color, marker="o",
-                       label=f"{r['model']} / {r['source']} / m={r['n_mem']}"
-                             + (f" / {r['settings']}" if several else ""))
-        if r["token_gain"]:
-            ax.scatter(theory, r["token_gain"], color=color, marker="^", facecolors="none")
+            ax.scatter(theory, r["capacity"], color=color, marker="o", label=label)
+        if r["token_gain"]:     # the legend names the group here where it has no capacity
+            ax.scatter(theory, r["token_gain"], color=color, marker="^", facecolors="none",
+                       label=None if r["capacity"] else label)
         points.append(dict(model=r["model"], source=r["source"], settings=r["settings"],
                            n_mem=r["n_mem"], theoretical=theory,
                            capacity=r["capacity"], token_gain=r["token_gain"],
