@@ -35,34 +35,37 @@ sweep() {
     "$PY" -m cramfast.sweep --checkpoint-every "$EVERY" --quiet "${THREADS[@]}" "$@"
 }
 
-# Table 1's prose column and Fig 4, each first at a cost one CPU affords, then the full climbs.
-# Table 1's prose run with `fast` first (m = 1, the headline); Fig 4 at one length per m
-# (8 passages each): m = 2 at 128 and m = 4 at 256, each a lower bound on the capacity where its
-# mean passes (the climbs of m = 2 and 4 past their capacity run every text its whole budget at
-# lengths of 160 and more: days); between them the published settings on prose at 32 and 64
-# (8 passages, the grid's first 8: `paper` takes most of its budget on every text), and at 16
-# (a short length: at most about 1.5 h), so that Table 1's prose row has both columns before
-# Fig 4's m = 4; then the full climbs of the published settings and of Fig 4, which reuse
-# those rows (the same jobs).
-table_and_fig4() {
+# The first chain: Table 1's prose row, then the controls at the paper's budget. The prose run
+# with `fast` first (m = 1, the headline); Fig 4's m = 2 at 128 (8 passages; a lower bound on
+# the capacity where its mean passes); the published settings on prose at 32 and 64 (8
+# passages, the grid's first 8: `paper` takes most of its budget on every text), then at 16 (a
+# short length: at most about 1.5 h), then their full climb, which reuses those rows (the same
+# jobs); then the factors of the controlled table again at 5000 steps (the mem after and before
+# the BOS, the learning rate), each about pg19-fast's time on its first 8 passages.
+prose_table_then_controls() {
     sweep --config capacity-pg19 --source "$BOOKS" --preset fast --db $OUT/pg19-fast.db
     sweep --config capacity-nmem --source "$BOOKS" --preset fast --n-mem 2 --lengths 128 --db $OUT/nmem-fast.db
     sweep --config capacity-pg19 --source "$BOOKS" --preset paper --samples 8 --lengths 32,64 --db $OUT/pg19-paper.db
     sweep --config capacity-pg19 --source "$BOOKS" --preset paper --samples 8 --lengths 16 --db $OUT/pg19-paper.db
-    sweep --config capacity-nmem --source "$BOOKS" --preset fast --n-mem 4 --lengths 256 --db $OUT/nmem-fast.db
     sweep --config capacity-pg19 --source "$BOOKS" --preset paper --samples 8 --db $OUT/pg19-paper.db
-    sweep --config capacity-nmem --source "$BOOKS" --preset fast --db $OUT/nmem-fast.db
+    sweep --config capacity-controls --source "$BOOKS" --preset fast --set mem_position=after_bos --db $OUT/controls.db
+    sweep --config capacity-controls --source "$BOOKS" --preset fast --set mem_position=before_bos --db $OUT/controls.db
+    sweep --config capacity-controls --source "$BOOKS" --preset paper --set lr=0.5std --db $OUT/controls.db
 }
 
-# the controlled table (one factor changed per run, the first 8 passages of pg19-fast's) and
-# Table 1's random-word column. Every factor first at the short budget (600 steps: a row costs
-# about an hour of one CPU thread), beside `fast` and `paper` at 600, and the per-text search
-# beside `fast` at 600 (its probes at the grid's lengths are the grid's rows); then Table 1's
-# random-word row: the published settings at the paper's grid's first length, 8, below the
-# grids' own (`paper` fails 16 there), and at 16 and 32 (8 passages); `paper` with the mem
+# The second chain: the controlled table at the short budget, Table 1's random-word row, then
+# Fig 4. The controls (one factor changed per run, the first 8 passages of pg19-fast's) at 600
+# steps (a row costs about an hour of one CPU thread), beside `fast` and `paper` at 600, and
+# the per-text search beside `fast` at 600 (its probes at the grid's lengths are the grid's
+# rows); the published settings on random words at the paper's grid's first length, 8, below
+# the grids' own (`paper` fails 16 there), and at 16 and 32 (8 passages); `paper` with the mem
 # after the BOS at 600 steps (is the attention sink what holds `paper` down?); random words
-# with `fast` at 5000, and the published settings' full climb; then the factors again at 5000 steps
-controls_and_random() {
+# with `fast` at 5000 and the published settings' full climb; then Fig 4's m = 4 at 256 (8
+# passages; 5000 batched steps of about 17.5 s: about 24 h if every passage ran its whole
+# budget) and the full climbs of m = 2 and 4 (past their capacity every text runs its whole
+# budget at lengths of 160 and more: days). Each store's jobs run in one chain only (two
+# processes must not run the same texts), so Fig 4's m = 4 and climbs are all here.
+controls_random_then_fig4() {
     sweep --config capacity-controls --source "$BOOKS" --preset fast --max-steps 600 --db $OUT/controls.db
     sweep --config capacity-controls --source "$BOOKS" --preset paper --max-steps 600 --db $OUT/controls.db
     sweep --config capacity-controls --source "$BOOKS" --preset fast --max-steps 600 --set mem_position=after_bos --db $OUT/controls.db
@@ -74,23 +77,22 @@ controls_and_random() {
     sweep --config capacity-controls --source "$BOOKS" --preset paper --max-steps 600 --set mem_position=after_bos --db $OUT/controls.db
     sweep --config capacity-random --preset fast --db $OUT/random-fast.db
     sweep --config capacity-random --preset paper --samples 8 --db $OUT/random-paper.db
-    sweep --config capacity-controls --source "$BOOKS" --preset fast --set mem_position=after_bos --db $OUT/controls.db
-    sweep --config capacity-controls --source "$BOOKS" --preset fast --set mem_position=before_bos --db $OUT/controls.db
-    sweep --config capacity-controls --source "$BOOKS" --preset paper --set lr=0.5std --db $OUT/controls.db
+    sweep --config capacity-nmem --source "$BOOKS" --preset fast --n-mem 4 --lengths 256 --db $OUT/nmem-fast.db
+    sweep --config capacity-nmem --source "$BOOKS" --preset fast --db $OUT/nmem-fast.db
 }
 
 if [[ $CHAINS == 2 ]]; then
     trap 'trap - TERM INT; kill -TERM 0' TERM INT     # a stop takes both chains with it
     # (a sweep takes a copy of the stop within a second as the same stop: engine/stopping.py)
-    table_and_fig4 & first=$!
-    controls_and_random & second=$!
+    prose_table_then_controls & first=$!
+    controls_random_then_fig4 & second=$!
     status=0
     wait $first || status=$?
     wait $second || status=$?
     (( status == 0 ))
 else
-    table_and_fig4
-    controls_and_random
+    prose_table_then_controls
+    controls_random_then_fig4
 fi
 
 "$PY" -m cramfast.report $OUT/pg19-fast.db $OUT/random-fast.db $OUT/pg19-paper.db \
