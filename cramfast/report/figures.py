@@ -43,8 +43,8 @@ def fig1(table: list[dict], out: Path, threshold=CAPACITY_THRESHOLD):
     fig, ax = plt.subplots(figsize=(max(5, (2.0 if several else 1.4) * len(rows) + 3), 4))
     points = []
     if rows:
-        labels = [f"{r['model']}\n{r['source']}"
-                  + (f"\n{r['settings'].replace(' [', chr(10) + '[')}" if several else "")
+        labels = ["\n".join([r["model"], r["source"]]
+                             + ([r["settings"].replace(" [", "\n[")] if several else []))
                   for r in rows]
         caps = [r["capacity"] or 0 for r in rows]
         gains = [r["token_gain"] or 0 for r in rows]
